@@ -1,0 +1,47 @@
+# From Sliding Windows to Feature Pyramids -- two commands:
+#   make lab    set up .venv, build the offline datasets, open JupyterLab on notebooks/
+#   make test   set up .venv, build the ci datasets, run unit tests + every notebook (nbval)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# pip must fetch torch/torchvision from the package index as a matched (CUDA) pair.
+# Machine-wide pip settings may point at a CPU-only torch wheel whose build cannot
+# load torchvision's compiled ops ("operator torchvision::nms does not exist"),
+# so the course's venv ignores them.
+PIP_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_NO_INDEX PIP_CONFIG_FILE=/dev/null
+PYTEST_ARGS ?=
+
+.PHONY: lab test venv data bench clean help
+
+help:
+	@echo "make lab    - open the course in JupyterLab (sets everything up first)"
+	@echo "make test   - run the whole test suite, notebooks included, in the ci profile"
+	@echo "make bench  - run the benchmark scripts (course_lib vs torchvision, side by side)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_ENV) $(PY) -m pip install --upgrade pip
+	$(PIP_ENV) $(PY) -m pip install -e ".[dev]"
+	@$(PY) -c "import torch, torchvision; torchvision.ops.nms(torch.zeros(0, 4), torch.zeros(0), 0.5)" || { \
+	  echo "torchvision's compiled ops do not load against this torch: reinstall them as a matched pair:"; \
+	  echo "  rm -rf $(VENV) && make venv"; exit 1; }
+	@touch $@
+
+lab: $(STAMP)
+	$(PY) data_scripts/make_synthetic.py --skip-existing
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: export COURSE_PROFILE = ci
+test: $(STAMP)
+	$(PY) data_scripts/make_synthetic.py --profile ci --skip-existing
+	$(PY) -m pytest --nbval-lax --current-env tests notebooks $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) tests/benchmarks/bench_ops.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

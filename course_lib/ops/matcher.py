@@ -1,0 +1,2 @@
+# TEMPORARY SHIM (to be replaced by the pure-PyTorch implementation)
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, Matcher  # noqa

@@ -1,0 +1,151 @@
+"""How big things are: the one place that decides data sizes and schedules.
+
+Three profiles, chosen with the environment variable ``COURSE_PROFILE``:
+
+* ``ci``  -- tiny data and schedules: every notebook runs in under 60 s on 2 CPU cores.
+* ``cpu`` -- a laptop: visibly meaningful results in minutes.
+* ``gpu`` -- instructors: the papers' full-scale models and schedules, CUDA and mixed precision.
+
+Default: ``gpu`` when CUDA is available, else ``cpu``. ``make test`` sets ``ci``.
+
+Profiles change sizes and schedules, never the code path: a notebook runs the same
+cells in every profile, only with smaller numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+__all__ = ["Profile", "PROFILES", "get_profile", "profile_names"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    device: str  # "cpu" or "cuda"
+    amp: bool  # mixed precision (CUDA only)
+    num_workers: int
+
+    # --- offline synthetic datasets (data_scripts/make_synthetic.py) ---
+    seg_num_images: int  # segmentation scenes
+    seg_image_size: int  # square side in pixels
+    small_num_images: int  # small objects, modelled on Tsinghua-Tencent 100K
+    small_image_size: tuple[int, int]  # (height, width)
+    multi_num_images: int  # multi-scale objects for the R-CNN family and FPN
+    multi_image_size: tuple[int, int]  # (height, width)
+
+    # --- chapters 1-3: sliding window, FCN, U-Net ---
+    seg_train_steps: int  # optimiser steps per FCN / U-Net training run
+    seg_batch_size: int
+    seg_crop_size: int  # training crop side (pixels)
+    seg_width: float  # channel width multiplier of the trained models (1.0 = paper)
+
+    # --- chapters 4-8: detectors ---
+    det_min_size: int  # transform: shorter side (paper: 800)
+    det_max_size: int  # transform: longer side cap (paper: 1333)
+    det_train_steps: int
+    det_batch_size: int
+
+
+PROFILES: dict[str, Profile] = {
+    "ci": Profile(
+        name="ci",
+        description="tiny data and schedules for CI (every notebook < 60 s on 2 CPU cores)",
+        device="cpu",
+        amp=False,
+        num_workers=0,
+        seg_num_images=12,
+        seg_image_size=128,
+        small_num_images=8,
+        small_image_size=(256, 256),
+        multi_num_images=12,
+        multi_image_size=(256, 256),
+        seg_train_steps=4,
+        seg_batch_size=2,
+        seg_crop_size=96,
+        seg_width=0.125,
+        det_min_size=256,
+        det_max_size=320,
+        det_train_steps=3,
+        det_batch_size=2,
+    ),
+    "cpu": Profile(
+        name="cpu",
+        description="a laptop: meaningful results in minutes on a CPU",
+        device="cpu",
+        amp=False,
+        num_workers=2,
+        seg_num_images=120,
+        seg_image_size=192,
+        small_num_images=60,
+        small_image_size=(512, 512),
+        multi_num_images=120,
+        multi_image_size=(384, 384),
+        seg_train_steps=300,
+        seg_batch_size=4,
+        seg_crop_size=160,
+        seg_width=0.25,
+        det_min_size=384,
+        det_max_size=512,
+        det_train_steps=300,
+        det_batch_size=2,
+    ),
+    "gpu": Profile(
+        name="gpu",
+        description="instructors: full-scale models and schedules on CUDA with mixed precision",
+        device="cuda",
+        amp=True,
+        num_workers=8,
+        seg_num_images=1500,
+        seg_image_size=384,
+        small_num_images=1000,
+        small_image_size=(1024, 1024),
+        multi_num_images=2000,
+        multi_image_size=(800, 1024),
+        seg_train_steps=20000,
+        seg_batch_size=8,
+        seg_crop_size=320,
+        seg_width=1.0,
+        det_min_size=800,
+        det_max_size=1333,
+        det_train_steps=20000,
+        det_batch_size=4,
+    ),
+}
+
+
+def profile_names() -> list[str]:
+    return list(PROFILES)
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile named ``name``, else ``$COURSE_PROFILE``, else ``gpu`` with CUDA / ``cpu`` without."""
+    if name is None:
+        name = os.environ.get("COURSE_PROFILE", "").strip()
+    if not name:
+        import torch
+
+        name = "gpu" if torch.cuda.is_available() else "cpu"
+    key = name.strip().lower()
+    if key not in PROFILES:
+        raise ValueError(
+            f"Unknown course profile {name!r}. Valid profiles: {', '.join(PROFILES)}. "
+            "Set it with e.g. `export COURSE_PROFILE=cpu`."
+        )
+    profile = PROFILES[key]
+    if profile.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "The 'gpu' profile needs CUDA, but torch.cuda.is_available() is False. "
+                "Use COURSE_PROFILE=cpu on this machine."
+            )
+    return profile
+
+
+def replace(profile: Profile, **changes) -> Profile:
+    """A copy of ``profile`` with some fields changed (for experiments in a notebook)."""
+    return dataclasses.replace(profile, **changes)
