@@ -1,0 +1,59 @@
+"""Repository hygiene: the two dependency lists agree, notebooks carry no outputs, CI runs `make test`."""
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# conda-forge names that differ from PyPI names
+CONDA_TO_PYPI = {"pytorch": "torch"}
+
+
+def _name_and_spec(requirement: str) -> tuple[str, str]:
+    match = re.match(r"\s*([A-Za-z0-9_.\-]+)\s*(.*)", requirement)
+    return match.group(1).lower().replace("_", "-"), match.group(2).replace(" ", "")
+
+
+def test_environment_yml_and_pyproject_name_the_same_packages():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pypi = dict(_name_and_spec(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"])
+    conda = {}
+    text = (ROOT / "environment.yml").read_text()
+    for line in text.split("dependencies:", 1)[1].splitlines():
+        item = re.match(r"\s+-\s+([^#]+)", line)
+        if item and not item.group(1).strip().startswith(("python", "pip")):
+            name, spec = _name_and_spec(item.group(1).strip())
+            conda[CONDA_TO_PYPI.get(name, name)] = spec
+    assert sorted(conda) == sorted(pypi), (
+        f"environment.yml and pyproject.toml list different packages: only in environment.yml "
+        f"{sorted(set(conda) - set(pypi))}, only in pyproject.toml {sorted(set(pypi) - set(conda))}")
+    mismatched = {name: (conda[name], pypi[name]) for name in pypi if conda[name] != pypi[name]}
+    assert not mismatched, f"version ranges differ (environment.yml, pyproject.toml): {mismatched}"
+
+
+NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_committed_without_outputs(path):
+    cells = json.loads(path.read_text())["cells"]
+    dirty = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+    assert not dirty, (f"{path.name}: cells {dirty} carry outputs or execution counts; clear them before committing "
+                       f"(`jupyter nbconvert --clear-output --inplace {path.relative_to(ROOT)}`)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_opens_with_goals_and_ends_with_self_checking_exercises(path):
+    cells = json.loads(path.read_text())["cells"]
+    first = "".join(cells[0]["source"]) if cells else ""
+    assert cells[0]["cell_type"] == "markdown" and "learn" in first.lower(), (
+        f"{path.name} must open with a markdown cell saying what the student will learn")
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    assert any("assert" in src for src in code[-3:]), f"{path.name} must end with self-checking exercises (asserts)"
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make test" in (ROOT / "README.md").read_text()
