@@ -38,7 +38,7 @@ lab: $(STAMP)
 test: export COURSE_PROFILE = ci
 test: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py --profile ci --skip-existing
-	$(PY) -m pytest --nbval-lax --current-env tests notebooks $(PYTEST_ARGS)
+	$(PY) -m pytest --nbval-lax --nbval-current-env tests notebooks $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_ops.py
