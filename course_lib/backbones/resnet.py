@@ -1,0 +1,303 @@
+"""ResNet-50/101 (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016) as a
+detection backbone.
+
+The stages are named as in the paper's Table 1 and as in torchvision::
+
+    paper      module             stride  channels (ResNet-50/101)   detection name
+    conv1      conv1, bn1, relu   2       64
+    conv2_x    maxpool, layer1    4       256                        C2 -> "0"
+    conv3_x    layer2             8       512                        C3 -> "1"
+    conv4_x    layer3             16      1024                       C4 -> "2"
+    conv5_x    layer4             32      2048                       C5 -> "3"
+
+Module tree and parameter names are identical to ``torchvision.models.resnet50`` (the v1.5
+variant: the stride of a down-sampling bottleneck sits in its 3x3 convolution), so a
+torchvision ResNet state dict saved to a file loads as-is (:func:`load_torchvision_resnet`).
+
+Detectors fine-tune with small batches (1-2 images per GPU), far too few for batch
+statistics, so the backbone's batch norm is *frozen*: :class:`FrozenBatchNorm2d` applies the
+ImageNet statistics as a fixed affine map.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "FrozenBatchNorm2d",
+    "Bottleneck",
+    "ResNet",
+    "resnet50",
+    "resnet101",
+    "IntermediateLayerGetter",
+    "freeze_layers",
+    "overwrite_eps",
+    "load_torchvision_resnet",
+    "resnet_body",
+]
+
+NormLayer = Callable[[int], nn.Module]
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Batch norm with fixed statistics and affine parameters: ``y = (x - mean) / sqrt(var + eps) * w + b``.
+
+    The four tensors are buffers (not parameters), so the optimiser never sees them. ``eps``
+    defaults to 1e-5 like ``nn.BatchNorm2d``, which makes a frozen copy of a trained
+    ``BatchNorm2d`` in eval mode compute the same function.
+
+    torchvision's *published detection* weights (e.g. Faster R-CNN R50-FPN COCO_V1) were trained
+    with ``eps = 0``; load them, then call ``overwrite_eps(model, 0.0)`` (torchvision does the
+    same) or the features drift slightly from the ones the weights were trained with.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # a BatchNorm2d state dict also counts batches; there is nothing to count here
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # fold the four tensors into one scale and one shift (same arithmetic as torchvision)
+        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
+        shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
+        return x * scale + shift
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class Bottleneck(nn.Module):
+    """The bottleneck residual block (paper Fig. 5 right): 1x1 reduce, 3x3, 1x1 expand (x4), plus
+    the shortcut ``F(x) + x`` (paper eq. 1), or a strided 1x1 projection ``F(x) + W_s x`` (eq. 2)
+    when the shape changes. The stride sits in the 3x3 conv (v1.5), not in the first 1x1."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, norm_layer: NormLayer = nn.BatchNorm2d):
+        super().__init__()
+        width = planes
+        self.conv1 = conv1x1(inplanes, width)
+        self.bn1 = norm_layer(width)
+        self.conv2 = conv3x3(width, width, stride)
+        self.bn2 = norm_layer(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.bn3 = norm_layer(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """ResNet with bottleneck blocks (paper Table 1); ``layers`` = blocks per stage,
+    (3, 4, 6, 3) for ResNet-50 and (3, 4, 23, 3) for ResNet-101.
+
+    The construction order and the initialisation (Kaiming-normal fan-out convs, BN = identity)
+    follow torchvision, so the same ``torch.manual_seed`` gives the same initial weights.
+    """
+
+    def __init__(self, layers: tuple[int, int, int, int], num_classes: int = 1000,
+                 norm_layer: NormLayer = nn.BatchNorm2d):
+        super().__init__()
+        self._norm_layer = norm_layer
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(64, layers[0])  # conv2_x, stride 4
+        self.layer2 = self._make_layer(128, layers[1], stride=2)  # conv3_x, stride 8
+        self.layer3 = self._make_layer(256, layers[2], stride=2)  # conv4_x, stride 16
+        self.layer4 = self._make_layer(512, layers[3], stride=2)  # conv5_x, stride 32
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512 * Bottleneck.expansion, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
+            # projection shortcut W_s (paper eq. 2, option B)
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * Bottleneck.expansion, stride),
+                self._norm_layer(planes * Bottleneck.expansion),
+            )
+        layers = [Bottleneck(self.inplanes, planes, stride, downsample, self._norm_layer)]
+        self.inplanes = planes * Bottleneck.expansion
+        layers += [Bottleneck(self.inplanes, planes, norm_layer=self._norm_layer) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet50(*, norm_layer: NormLayer = nn.BatchNorm2d, num_classes: int = 1000) -> ResNet:
+    """ResNet-50: 3, 4, 6 and 3 bottleneck blocks (paper Table 1)."""
+    return ResNet((3, 4, 6, 3), num_classes=num_classes, norm_layer=norm_layer)
+
+
+def resnet101(*, norm_layer: NormLayer = nn.BatchNorm2d, num_classes: int = 1000) -> ResNet:
+    """ResNet-101: 3, 4, 23 and 3 bottleneck blocks (paper Table 1)."""
+    return ResNet((3, 4, 23, 3), num_classes=num_classes, norm_layer=norm_layer)
+
+
+class IntermediateLayerGetter(nn.ModuleDict):
+    """Runs the children of ``model`` in order and returns the outputs of the ones named in
+    ``return_layers`` (``{child name: output name}``), e.g. ``{"layer1": "0", ..., "layer4": "3"}``
+    for C2..C5. Children after the last returned one (avgpool, fc) are dropped, so the state
+    dict keys are the model's own (``conv1.weight``, ``layer1.0.conv1.weight`` ...)."""
+
+    def __init__(self, model: nn.Module, return_layers: dict[str, str]):
+        children = [name for name, _ in model.named_children()]
+        missing = set(return_layers) - set(children)
+        if missing:
+            raise ValueError(f"return_layers {sorted(missing)} are not children of the model; "
+                             f"its children are {children}")
+        layers = OrderedDict()
+        remaining = set(return_layers)
+        for name, module in model.named_children():
+            layers[name] = module
+            remaining.discard(name)
+            if not remaining:
+                break
+        super().__init__(layers)
+        self.return_layers = dict(return_layers)
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        out = OrderedDict()
+        for name, module in self.items():
+            x = module(x)
+            if name in self.return_layers:
+                out[self.return_layers[name]] = x
+        return out
+
+
+def freeze_layers(model: nn.Module, trainable_layers: int) -> None:
+    """Freeze all but the last ``trainable_layers`` stages (0..5), counted from conv5_x down to
+    conv1, like torchvision's detection models (default 3: conv1 and conv2_x stay frozen: their
+    generic low-level filters gain little from fine-tuning and cost memory)."""
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in [0, 5] (5 = train everything), got {trainable_layers}")
+    layers_to_train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        layers_to_train.append("bn1")
+    for name, parameter in model.named_parameters():
+        if not any(name.startswith(layer) for layer in layers_to_train):
+            parameter.requires_grad_(False)
+
+
+def overwrite_eps(model: nn.Module, eps: float) -> None:
+    """Set ``eps`` of every :class:`FrozenBatchNorm2d` in ``model`` (use 0.0 after loading
+    torchvision's published detection weights, which were trained that way)."""
+    for module in model.modules():
+        if isinstance(module, FrozenBatchNorm2d):
+            module.eps = eps
+
+
+def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Weights file {path!r} does not exist. Pass the path of a state dict saved with "
+            "torch.save(model.state_dict(), path) (nothing is downloaded in this course).")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise ValueError(f"Could not read a state dict from {path!r}: {e}. Save one with "
+                         "torch.save(model.state_dict(), path).") from e
+    for key in ("model", "state_dict"):  # training checkpoints often wrap the state dict
+        if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+    if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+        raise ValueError(f"{path!r} does not hold a state dict (a dict of tensors); got {type(state_dict).__name__}.")
+    return state_dict
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
+    """``model.load_state_dict(state_dict)`` with an error that lists what does not fit."""
+    own = model.state_dict()
+    # FrozenBatchNorm2d has no batch counter: a BatchNorm2d state dict's counters are not a mismatch
+    ignorable = {k for k in state_dict if k.endswith("num_batches_tracked") and k not in own}
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own) - ignorable)
+    wrong_shape = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or wrong_shape:
+        lines = [f"The weights in {source} do not fit {type(model).__name__}:"]
+        if missing:
+            lines.append(f"  {len(missing)} missing keys, e.g. {missing[:5]}")
+        if unexpected:
+            lines.append(f"  {len(unexpected)} unexpected keys, e.g. {unexpected[:5]}")
+        for k in wrong_shape[:5]:
+            lines.append(f"  {k}: file has shape {tuple(state_dict[k].shape)}, model has {tuple(own[k].shape)}")
+        lines.append("Check that the file was saved from the same architecture (depth, number of classes).")
+        raise ValueError("\n".join(lines))
+    model.load_state_dict({k: v for k, v in state_dict.items() if k not in ignorable})
+
+
+def load_torchvision_resnet(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a torchvision ResNet state dict (``torch.save(torchvision.models.resnet50(...).state_dict(), path)``)
+    from a local file into ``model``: a :class:`ResNet`, or a body made by :func:`resnet_body` /
+    :class:`IntermediateLayerGetter` (keys the body does not have, e.g. ``fc.*``, are skipped)."""
+    state_dict = _read_state_dict(path)
+    own = model.state_dict()
+    if not isinstance(model, ResNet):
+        # a body keeps a prefix of the stages; drop the stages (and the classifier) it cut off
+        kept_stages = {k.split(".")[0] for k in own}
+        state_dict = {k: v for k, v in state_dict.items() if k.split(".")[0] in kept_stages}
+    load_state_dict_checked(model, state_dict, repr(os.fspath(path)))
+    return model
+
+
+def resnet_body(depth: int = 50, *, return_layers: dict[str, str] | None = None,
+                trainable_layers: int = 3, norm_layer: NormLayer = FrozenBatchNorm2d,
+                weights: str | os.PathLike | None = None) -> IntermediateLayerGetter:
+    """The ResNet-``depth`` feature extractor of a detector: returns C2..C5 as ``"0".."3"`` by
+    default (``return_layers`` picks others, e.g. ``{"layer3": "0"}`` for C4 only), with frozen
+    batch norm and the first ``5 - trainable_layers`` stages frozen. ``weights``: a local
+    torchvision ResNet state dict file (ImageNet weights), loaded before the cut."""
+    builders = {50: resnet50, 101: resnet101}
+    if depth not in builders:
+        raise ValueError(f"depth must be 50 or 101, got {depth}")
+    model = builders[depth](norm_layer=norm_layer)
+    if weights is not None:
+        load_torchvision_resnet(model, weights)
+    freeze_layers(model, trainable_layers)
+    if return_layers is None:
+        return_layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
+    return IntermediateLayerGetter(model, return_layers)
