@@ -1,0 +1,307 @@
+"""One training loop for every chapter.
+
+``fit`` runs ``steps`` optimiser steps of ``loss_fn(model, batch)`` with
+
+* a deterministic data order: epoch ``e`` visits the samples in the order
+  ``torch.randperm(len(dataset), generator=Generator().manual_seed(seed + e))``, cut into
+  ``len(dataset) // batch_size`` batches (the last incomplete one is dropped);
+* mixed precision (``torch.autocast`` + ``GradScaler``) and channels-last memory on CUDA only;
+* optional gradient clipping (global L2 norm) and a learning-rate scheduler stepped per step;
+* a ``History`` of every step (loss, each named loss term, learning rate, time) to plot;
+* atomic, resumable checkpoints: model, optimiser, scheduler, scaler, step, history and the
+  random number generators (so that dropout and random augmentations replay exactly).
+  An interrupted run resumed from its checkpoint ends with the same weights, bit for bit on
+  CPU with ``num_workers=0``, as a run that was never interrupted.
+
+Checkpoints hold only tensors and plain Python values: they load with
+``torch.load(path, weights_only=True)``, which cannot execute code hidden in a file.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+__all__ = ["seed_everything", "fit", "History", "save_checkpoint", "save_weights", "load_weights"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy and PyTorch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds all CUDA devices
+
+
+class History:
+    """What happened at each step: ``records`` is a list of dicts with keys
+    ``step`` (1-based), ``loss`` (the sum), one key per named loss term, ``lr`` and ``time``
+    (seconds since the run started)."""
+
+    def __init__(self, records: list[dict] | None = None):
+        self.records = list(records or [])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def last(self) -> dict | None:
+        return self.records[-1] if self.records else None
+
+    def to_dict(self) -> dict:
+        return {"records": [dict(r) for r in self.records]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(d["records"])
+
+    def plot(self, ax=None, terms: bool = True, smooth: float = 0.6):
+        """Plot the loss (and each loss term) against the step; returns the figure.
+
+        ``smooth`` is the weight of an exponential moving average drawn over the raw
+        curve (0 = no smoothing), as in TensorBoard.
+        """
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5)) if ax is None else (ax.figure, ax)
+        steps = [r["step"] for r in self.records]
+        keys = ["loss"] + ([k for k in self.records[0] if k not in ("step", "loss", "lr", "time")]
+                           if terms and self.records else [])
+        for key in keys:
+            raw = np.array([r[key] for r in self.records], dtype=float)
+            (line,) = ax.plot(steps, raw, alpha=0.3 if smooth else 1.0, lw=1)
+            if smooth:
+                ema, avg = np.empty_like(raw), raw[0]
+                for i, v in enumerate(raw):  # a loop over steps, not pixels: a few thousand at most
+                    avg = smooth * avg + (1 - smooth) * v
+                    ema[i] = avg
+                ax.plot(steps, ema, color=line.get_color(), lw=2 if key == "loss" else 1.5)
+            line.set_label(key)
+        ax.set(xlabel="step", ylabel="loss", title="training loss")
+        if len(keys) > 1:
+            ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+        return fig
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """``torch.save(state, path)`` atomically: write a temporary file in the same
+    directory, then ``os.replace`` it over ``path``. A crash mid-save leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Save the final weights (the model's ``state_dict``) atomically."""
+    save_checkpoint(path, {"model": model.state_dict()})
+
+
+def _load(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"Could not read checkpoint {path} ({e}). Delete it or pass another path.") from e
+    if not isinstance(state, dict):
+        raise RuntimeError(f"{path} is not a course_lib checkpoint. Delete it or pass another path.")
+    return state
+
+
+def _check_matches(model: nn.Module, weights: dict, path: Path) -> None:
+    """Name the first key that differs between ``weights`` and ``model`` (missing,
+    unexpected, or another shape -- e.g. a head trained for another number of classes)."""
+    own = model.state_dict()
+    fix = f"Delete {path} or pass another checkpoint path to start from scratch."
+    for key in own:
+        if key not in weights:
+            raise ValueError(f"Checkpoint {path} does not match the model: missing key {key!r}. {fix}")
+        if weights[key].shape != own[key].shape:
+            raise ValueError(
+                f"Checkpoint {path} does not match the model: {key!r} has shape "
+                f"{list(weights[key].shape)} in the checkpoint but {list(own[key].shape)} in the model. {fix}")
+    for key in weights:
+        if key not in own:
+            raise ValueError(f"Checkpoint {path} does not match the model: unexpected key {key!r}. {fix}")
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load weights saved by ``save_weights`` or a training checkpoint of ``fit`` into ``model``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No weights at {path}: train the model first (e.g. with fit(..., checkpoint_path=...)).")
+    state = _load(path)
+    weights = state.get("model", state)
+    _check_matches(model, weights, path)
+    model.load_state_dict(weights)
+    return model
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def _to_device(x, device: torch.device):
+    """Move tensors (tv_tensors included) inside lists, tuples and dicts to ``device``."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
+
+
+def _batches(dataset, batch_size, start, steps, seed, collate_fn, num_workers, pin_memory):
+    """Yield ``(step, batch)`` for steps ``start+1 .. steps``: the order is a function of
+    (seed, epoch) only, so a resumed run starts at the right batch without replaying data."""
+    per_epoch = len(dataset) // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"The dataset has {len(dataset)} samples, fewer than batch_size={batch_size}: "
+                         "lower batch_size or add data.")
+    step, epoch = start, start // per_epoch
+    while step < steps:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + epoch))
+        batches = order[: per_epoch * batch_size].view(per_epoch, batch_size)
+        batches = batches[step - epoch * per_epoch: steps - epoch * per_epoch].tolist()
+        # An explicit generator keeps the DataLoader from drawing from the global RNG.
+        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers,
+                            pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed + epoch))
+        for batch in loader:
+            step += 1
+            yield step, batch
+        epoch += 1
+
+
+def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *, steps: int, batch_size: int,
+        collate_fn=None, lr_scheduler=None, device=None, amp: bool | None = None, grad_clip: float | None = None,
+        checkpoint_path=None, checkpoint_every: int = 100, seed: int = 0, num_workers: int = 0,
+        progress: bool = True, callback=None) -> History:
+    """Train ``model`` for ``steps`` optimiser steps and return the ``History``.
+
+    ``loss_fn(model, batch)`` returns a scalar tensor or a dict of named scalar terms
+    (summed; each is recorded). The batch is already on ``device`` (default: CUDA if
+    available, else CPU). ``amp`` defaults to True on CUDA; it is ignored on CPU.
+    ``callback(step, record)`` is called after each step (and after its checkpoint).
+
+    With ``checkpoint_path``, state is saved every ``checkpoint_every`` steps and at the
+    end; calling ``fit`` again with the same path resumes where it stopped, and returns at
+    once when the checkpoint already holds ``steps`` steps.
+    """
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+    amp = cuda if amp is None else (amp and cuda)
+    model.to(device)  # in place: the optimiser keeps pointing at the same parameters
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    history, start = History(), 0
+
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+    if path is not None and path.exists():
+        state = _load(path)
+        _check_matches(model, state["model"], path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if lr_scheduler is not None and state.get("lr_scheduler") is not None:
+            lr_scheduler.load_state_dict(state["lr_scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, start = History.from_dict(state["history"]), state["step"]
+        _set_rng_state(state["rng"])
+        if (state["seed"], state["batch_size"]) != (seed, batch_size):
+            warnings.warn(f"Resuming {path}, saved with seed={state['seed']}, batch_size={state['batch_size']}, "
+                          f"under seed={seed}, batch_size={batch_size}: the data order changes.")
+        if start >= steps:
+            return history
+
+    def save(step):
+        save_checkpoint(path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
+            "scaler": scaler.state_dict(), "step": step, "rng": _rng_state(),
+            "history": history.to_dict(), "seed": seed, "batch_size": batch_size,
+        })
+
+    model.train()
+    t0 = time.perf_counter() - (history.last["time"] if history.last else 0.0)
+    bar = tqdm(total=steps, initial=start, disable=not progress, desc="training")
+    try:
+        for step, batch in _batches(dataset, batch_size, start, steps, seed, collate_fn, num_workers, cuda):
+            batch = _to_device(batch, device)
+            with torch.autocast(device.type, enabled=amp):
+                out = loss_fn(model, batch)
+            terms = out if isinstance(out, dict) else {"loss": out}
+            for name, v in terms.items():
+                if v.numel() != 1:
+                    raise ValueError(f"step {step}: loss term {name!r} has shape {list(v.shape)}; "
+                                     "loss_fn must return scalars (reduce with .mean() or .sum()).")
+            values = {name: float(v.detach()) for name, v in terms.items()}
+            for name, v in values.items():
+                if not math.isfinite(v):
+                    raise FloatingPointError(
+                        f"step {step}: loss term {name!r} is {v} (terms: {values}). Training stopped before "
+                        f"updating the weights; the last checkpoint is intact. Try a lower learning rate, "
+                        f"grad_clip, or check the targets of this batch.")
+            loss = sum(terms.values())
+
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if grad_clip is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+            if lr_scheduler is not None:
+                lr_scheduler.step()
+
+            record = {"step": step, **(values if isinstance(out, dict) else {}),
+                      "loss": float(loss.detach()), "lr": lr, "time": time.perf_counter() - t0}
+            history.records.append(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            if path is not None and (step % checkpoint_every == 0 or step == steps):
+                save(step)
+            if callback is not None:
+                callback(step, record)
+    finally:
+        bar.close()
+    return history
