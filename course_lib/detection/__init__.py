@@ -1,0 +1,16 @@
+"""Two-stage detectors: the R-CNN family composed like torchvision's detection package.
+
+    transform -> backbone -> (neck) -> RPN -> RoI heads -> post-processing
+
+Every piece is its own small module (``transform.py``, ``rpn.py``, ``roi_heads.py``,
+``generalized_rcnn.py``) with torchvision's names, so its checkpoints load as they are.
+"""
+from .generalized_rcnn import FasterRCNN, GeneralizedRCNN
+from .roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
+from .rpn import RegionProposalNetwork, RPNHead
+from .transform import GeneralizedRCNNTransform
+
+__all__ = [
+    "GeneralizedRCNN", "FasterRCNN", "GeneralizedRCNNTransform", "RPNHead", "RegionProposalNetwork",
+    "RoIHeads", "TwoMLPHead", "FastRCNNPredictor",
+]
