@@ -48,6 +48,15 @@ class Profile:
     det_train_steps: int
     det_batch_size: int
 
+    # --- chapter 4: R-CNN and Fast R-CNN (selective search proposals, VGG16) ---
+    lineage_num_images: int  # images given selective search proposals (training + evaluation)
+    lineage_ss_mode: str  # selective search strategies: "single" or R-CNN's "fast" (8 strategies)
+    lineage_max_proposals: int  # proposals per image (R-CNN: ~2000)
+    lineage_width: float  # VGG16 channel width multiplier (1.0 = paper)
+    lineage_min_size: int  # Fast R-CNN transform: shorter side (paper: 600)
+    lineage_max_size: int  # longer side cap (paper: 1000)
+    lineage_train_steps: int  # fine-tuning steps of R-CNN and of Fast R-CNN
+
 
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
@@ -70,6 +79,13 @@ PROFILES: dict[str, Profile] = {
         det_max_size=320,
         det_train_steps=3,
         det_batch_size=2,
+        lineage_num_images=4,
+        lineage_ss_mode="single",
+        lineage_max_proposals=100,
+        lineage_width=0.125,
+        lineage_min_size=256,
+        lineage_max_size=320,
+        lineage_train_steps=3,
     ),
     "cpu": Profile(
         name="cpu",
@@ -91,6 +107,13 @@ PROFILES: dict[str, Profile] = {
         det_max_size=512,
         det_train_steps=300,
         det_batch_size=2,
+        lineage_num_images=40,
+        lineage_ss_mode="fast",
+        lineage_max_proposals=2000,
+        lineage_width=0.25,
+        lineage_min_size=384,
+        lineage_max_size=512,
+        lineage_train_steps=200,
     ),
     "gpu": Profile(
         name="gpu",
@@ -112,6 +135,13 @@ PROFILES: dict[str, Profile] = {
         det_max_size=1333,
         det_train_steps=20000,
         det_batch_size=4,
+        lineage_num_images=200,
+        lineage_ss_mode="fast",
+        lineage_max_proposals=2000,
+        lineage_width=1.0,
+        lineage_min_size=600,
+        lineage_max_size=1000,
+        lineage_train_steps=4000,
     ),
 }
 
