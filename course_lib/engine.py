@@ -149,7 +149,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load weights saved by ``save_weights`` or a training checkpoint of ``fit`` into ``model``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No weights at {path}: train the model first (e.g. with fit(..., checkpoint_path=...)).")
+        raise FileNotFoundError(f"No weights at {path}: train the model first "
+                                "(e.g. with fit(..., checkpoint_path=...)).")
     state = _load(path)
     weights = state.get("model", state)
     _check_matches(model, weights, path)
@@ -226,6 +227,10 @@ def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *,
     end; calling ``fit`` again with the same path resumes where it stopped, and returns at
     once when the checkpoint already holds ``steps`` steps.
     """
+    for name, value, low in (("steps", steps, 0), ("batch_size", batch_size, 1),
+                             ("checkpoint_every", checkpoint_every, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}={value!r}: must be an integer >= {low}.")
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
     amp = cuda if amp is None else (amp and cuda)
@@ -238,17 +243,21 @@ def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *,
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     if path is not None and path.exists():
         state = _load(path)
+        if "optimizer" not in state:
+            raise ValueError(f"{path} holds weights only, not a training checkpoint of fit(): load it with "
+                             "load_weights(model, path), or pass another checkpoint_path.")
         _check_matches(model, state["model"], path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if lr_scheduler is not None and state.get("lr_scheduler") is not None:
             lr_scheduler.load_state_dict(state["lr_scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without AMP (e.g. on the CPU)
+            scaler.load_state_dict(state["scaler"])
         history, start = History.from_dict(state["history"]), state["step"]
         _set_rng_state(state["rng"])
         if (state["seed"], state["batch_size"]) != (seed, batch_size):
             warnings.warn(f"Resuming {path}, saved with seed={state['seed']}, batch_size={state['batch_size']}, "
-                          f"under seed={seed}, batch_size={batch_size}: the data order changes.")
+                          f"under seed={seed}, batch_size={batch_size}: the data order changes.", stacklevel=2)
         if start >= steps:
             return history
 
@@ -296,8 +305,8 @@ def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *,
             record = {"step": step, **(values if isinstance(out, dict) else {}),
                       "loss": float(loss.detach()), "lr": lr, "time": time.perf_counter() - t0}
             history.records.append(record)
-            bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            bar.update(1)
             if path is not None and (step % checkpoint_every == 0 or step == steps):
                 save(step)
             if callback is not None:

@@ -183,6 +183,8 @@ def test_save_and_load_weights_roundtrip(tmp_path):
     model, _ = train(2)
     save_weights(model, tmp_path / "w.pt")
     assert_same_weights(model, load_weights(make_model(), tmp_path / "w.pt"))
+    with pytest.raises(ValueError, match="weights only, not a training checkpoint"):
+        train(3, tmp_path / "w.pt")
 
 
 def test_grad_clip_bounds_the_update():
@@ -191,7 +193,7 @@ def test_grad_clip_bounds_the_update():
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     fit(model, Noisy(), lambda m, b: 100 * loss_fn(m, b)["loss_ce"], opt, steps=1, batch_size=4, grad_clip=0.01,
-        device="cpu", progress=False)
+        device="cpu", progress=True)  # the progress bar path runs too
     step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
     assert 0 < step.norm() <= 0.01 + 1e-6
 
@@ -210,3 +212,11 @@ def test_dataset_smaller_than_a_batch_is_a_clear_error():
     model, opt, _ = make_run()
     with pytest.raises(ValueError, match="18 samples, fewer than batch_size=32"):
         fit(model, Noisy(), loss_fn, opt, steps=1, batch_size=32, device="cpu", progress=False)
+
+
+def test_bad_arguments_are_named():
+    model, opt, _ = make_run()
+    with pytest.raises(ValueError, match="batch_size=0: must be an integer >= 1"):
+        fit(model, Noisy(), loss_fn, opt, steps=1, batch_size=0, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="loss term 'loss' has shape \\[4\\]"):
+        fit(model, Noisy(), lambda m, b: m(b[0]).sum(1), opt, steps=1, batch_size=4, device="cpu", progress=False)
