@@ -24,7 +24,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from course_lib.data.paths import SYNTHETIC_DATASETS, data_root
 from course_lib.data.synthetic import build_dataset
-from course_lib.data.synthetic.common import directory_size
+from course_lib.data.atomic import directory_size
 from course_lib.profiles import PROFILES, get_profile, profile_names
 
 

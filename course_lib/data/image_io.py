@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .atomic import atomic_write_bytes
 
 __all__ = [
     "read_rgb",
@@ -97,19 +98,6 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
     except (OSError, SyntaxError) as exc:
         raise OSError(f"Cannot read label image {path}: {exc}") from exc
     return arr
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file in the same directory, then rename it to ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _encode(image: Image.Image, **save_kwargs) -> bytes:

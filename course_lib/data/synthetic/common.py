@@ -1,15 +1,14 @@
 """Shared pieces of the synthetic datasets: random streams, noise textures, COCO JSON, atomic builds."""
 from __future__ import annotations
 
-import os
-import shutil
+import json
 import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..image_io import write_json
+from ..atomic import AtomicDirectory, directory_size  # noqa: F401  (re-exported for the builders)
 from ..paths import MARKER
 
 GENERATOR_VERSION = 1
@@ -63,12 +62,6 @@ def coco_json(images: list[dict], annotations: list[dict], categories: list[dict
     }
 
 
-def directory_size(path: Path) -> tuple[int, int]:
-    """(number of files, total bytes) under ``path``."""
-    files = [p for p in Path(path).rglob("*") if p.is_file()]
-    return len(files), sum(p.stat().st_size for p in files)
-
-
 def marker_params(name: str, seed: int, profile_name: str, num_images: int, image_size) -> dict:
     return {
         "dataset": name,
@@ -85,44 +78,8 @@ def is_complete(path: Path, params: dict) -> bool:
     marker = Path(path) / MARKER
     if not marker.is_file():
         return False
-    import json
-
     try:
         recorded = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
     return all(recorded.get(k) == v for k, v in params.items())
-
-
-class AtomicDirectory:
-    """Build a directory under a temporary name next to ``dest``; on success write ``DONE.json``
-    last and move it into place (an older ``dest`` is replaced); on failure remove it.
-
-    >>> with AtomicDirectory(dest, params) as tmp:
-    ...     (tmp / "images").mkdir()   # write everything under tmp
-    """
-
-    def __init__(self, dest: Path, params: dict):
-        self.dest = Path(dest)
-        self.params = params
-        self.tmp = self.dest.parent / f".{self.dest.name}.tmp-{os.getpid()}"
-
-    def __enter__(self) -> Path:
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir()
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        num_files, num_bytes = directory_size(self.tmp)
-        write_json(self.tmp / MARKER, dict(self.params, files=num_files, bytes=num_bytes), indent=1)
-        old = self.dest.parent / f".{self.dest.name}.old-{os.getpid()}"
-        if self.dest.exists():
-            os.replace(self.dest, old)
-        os.replace(self.tmp, self.dest)
-        shutil.rmtree(old, ignore_errors=True)
-        return False

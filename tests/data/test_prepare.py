@@ -1,0 +1,242 @@
+"""The real-data scripts on small archives fabricated in each dataset's real layout."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from course_lib.data import CocoDetection, SegmentationDataset, read_label_png
+from course_lib.data.download import ChecksumError, UnsafeArchiveError
+
+from .conftest import load_script
+
+voc = load_script("prepare_voc")
+coco_script = load_script("prepare_coco")
+tt100k = load_script("prepare_tt100k")
+
+
+def jpeg_bytes(width: int, height: int, color=(120, 60, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def png_bytes(array: np.ndarray, palette: list[int] | None = None) -> bytes:
+    image = Image.fromarray(array.astype(np.uint8))
+    if palette is not None:
+        image = Image.frombytes("P", image.size, array.astype(np.uint8).tobytes())
+        image.putpalette(palette)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+# ------------------------------------------------------------------ PASCAL VOC 2012
+VOC_XML = """<annotation><folder>VOC2012</folder><filename>{stem}.jpg</filename>
+<size><width>{w}</width><height>{h}</height><depth>3</depth></size>{objects}</annotation>"""
+VOC_OBJECT = """<object><name>{name}</name><pose>Left</pose><truncated>{trunc}</truncated><difficult>{diff}</difficult>
+<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"""
+
+
+def voc_mask(h: int, w: int, cls: int) -> tuple[np.ndarray, np.ndarray]:
+    """A class mask with one object of class ``cls`` and VOC's 255 border, and its instance mask."""
+    mask = np.zeros((h, w), np.uint8)
+    mask[5:15, 5:20] = 255
+    mask[6:14, 6:19] = cls
+    inst = np.where(mask == cls, 1, mask)  # VOC's SegmentationObject: ids and the same 255 border
+    return mask, inst
+
+
+def fabricate_voc(tmp_path: Path) -> Path:
+    base = "VOCdevkit/VOC2012/"
+    members: dict[str, bytes] = {}
+    palette = voc.voc_colormap().ravel().tolist()
+    stems = {"2007_000027": ("person", 15), "2008_000123": ("cat", 8), "2011_001000": ("dog", 12)}
+    for stem, (name, cls) in stems.items():
+        members[f"{base}JPEGImages/{stem}.jpg"] = jpeg_bytes(40, 30)
+        mask, inst = voc_mask(30, 40, cls)
+        members[f"{base}SegmentationClass/{stem}.png"] = png_bytes(mask, palette)
+        members[f"{base}SegmentationObject/{stem}.png"] = png_bytes(inst, palette)
+        objects = VOC_OBJECT.format(name=name, trunc=0, diff=0, b=(11, 21, 30, 28))
+        if stem == "2007_000027":
+            objects += VOC_OBJECT.format(name="chair", trunc=1, diff=1, b=(1, 1, 10, 10))
+        members[f"{base}Annotations/{stem}.xml"] = VOC_XML.format(stem=stem, w=40, h=30, objects=objects).encode()
+    members[f"{base}ImageSets/Segmentation/train.txt"] = b"2007_000027\n2008_000123\n"
+    members[f"{base}ImageSets/Segmentation/val.txt"] = b"2011_001000\n"
+    members[f"{base}ImageSets/Main/train.txt"] = b"2007_000027\n2011_001000\n"
+    members[f"{base}ImageSets/Main/val.txt"] = b"2008_000123\n"
+    return write_tar(tmp_path / "VOCtrainval_11-May-2012.tar", members)
+
+
+def test_voc_colormap_is_the_devkits():
+    cmap = voc.voc_colormap()
+    assert cmap[1].tolist() == [128, 0, 0] and cmap[15].tolist() == [192, 128, 128] and cmap[255].tolist() == [224, 224, 192]
+
+
+def test_prepare_voc_on_a_fabricated_archive(tmp_path):
+    archive = fabricate_voc(tmp_path)
+    out = tmp_path / "real"
+    with pytest.raises(ChecksumError, match="MD5"):  # the published MD5 is checked unless told not to
+        voc.main(["--archive", str(archive), "--out", str(out)])
+    assert voc.main(["--archive", str(archive), "--out", str(out), "--skip-checksum"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["voc_det", "voc_seg"], "the extracted tree must be removed"
+
+    seg = SegmentationDataset(out / "voc_seg", "train", with_instances=True)
+    assert seg.num_classes == 21 and seg.class_names[15] == "person" and len(seg) == 2
+    assert seg.colors[15].tolist() == [192, 128, 128]
+    image, mask, inst = seg[0]
+    expected_mask, expected_inst = voc_mask(30, 40, 15)
+    assert image.shape == (3, 30, 40) and torch.equal(mask, torch.from_numpy(expected_mask.astype(np.int64)))
+    assert (mask == 255).any(), "VOC's 255 borders are kept in the class mask"
+    assert torch.equal(inst, torch.from_numpy(np.where(expected_inst == 255, 0, expected_inst).astype(np.int64)))
+    assert SegmentationDataset(out / "voc_seg", "val").ids == ["2011_001000"]
+
+    train = CocoDetection(out / "voc_det" / "images", out / "voc_det" / "annotations" / "instances_train.json")
+    assert train.num_classes == 21 and train.class_names[1:3] == ["aeroplane", "bicycle"]
+    assert train.ids == [2007000027, 2011001000]
+    _, target = train[0]
+    # VOC (11, 21, 30, 28), 1-based inclusive -> continuous XYXY (10, 20, 30, 28); the difficult chair is crowd
+    assert target["boxes"].tolist() == [[10, 20, 30, 28]] and target["labels"].tolist() == [15]
+    everything = CocoDetection(out / "voc_det" / "images", out / "voc_det" / "annotations" / "instances_train.json",
+                               skip_crowd=False)[0][1]
+    assert everything["iscrowd"].tolist() == [0, 1] and everything["labels"].tolist() == [15, 9]
+    gt = COCO(str(out / "voc_det" / "annotations" / "instances_val.json"))
+    assert [a["bbox"] for a in gt.anns.values()] == [[10.0, 20.0, 20.0, 8.0]]
+    assert json.loads((out / "voc_det" / "DONE.json").read_text())["num_train"] == 2
+
+
+def test_prepare_voc_refuses_a_malicious_archive(tmp_path):
+    archive = write_tar(tmp_path / "VOCtrainval_11-May-2012.tar",
+                        {"VOCdevkit/VOC2012/ok.txt": b"ok", "../evil.txt": b"evil", "/abs/path": b"evil"})
+    out = tmp_path / "real"
+    with pytest.raises(UnsafeArchiveError, match="'../evil.txt'"):
+        voc.main(["--archive", str(archive), "--out", str(out), "--skip-checksum"])
+    assert not (tmp_path / "evil.txt").exists() and not (out / "voc_seg").exists()
+    assert not any(out.rglob("ok.txt")), "nothing may be extracted from a refused archive"
+
+
+# ------------------------------------------------------------------ MS COCO 2017
+def fabricate_coco(tmp_path: Path) -> list[Path]:
+    images = [{"id": 139, "file_name": "000000000139.jpg", "height": 30, "width": 40},
+              {"id": 285, "file_name": "000000000285.jpg", "height": 20, "width": 20}]
+    annotations = [
+        {"id": 1, "image_id": 139, "category_id": 18, "bbox": [1.5, 2.0, 10.0, 12.5], "area": 100.0, "iscrowd": 0},
+        {"id": 2, "image_id": 139, "category_id": 1, "bbox": [0, 0, 40, 30], "area": 900.0, "iscrowd": 1},
+        {"id": 3, "image_id": 285, "category_id": 1, "bbox": [3, 4, 5, 6], "area": 30.0, "iscrowd": 0},
+    ]
+    categories = [{"id": 1, "name": "person", "supercategory": "person"}, {"id": 18, "name": "dog", "supercategory": "animal"}]
+    ann = json.dumps({"images": images, "annotations": annotations, "categories": categories}).encode()
+    return [
+        write_zip(tmp_path / "annotations_trainval2017.zip", {"annotations/instances_val2017.json": ann}),
+        write_zip(tmp_path / "val2017.zip", {f"val2017/{im['file_name']}": jpeg_bytes(im["width"], im["height"]) for im in images}),
+    ]
+
+
+def test_prepare_coco_on_fabricated_archives(tmp_path, monkeypatch):
+    archives = fabricate_coco(tmp_path)
+    out = tmp_path / "real"
+    monkeypatch.setenv("CI", "1")  # the train archive is not given: fetch would have to ask -> exits
+    with pytest.raises(SystemExit, match="--yes"):
+        coco_script.main(["--archive", str(archives[0]), "--archive", str(archives[1]), "--out", str(out),
+                          "--download-dir", str(tmp_path / "dl")])
+    args = ["--splits", "val", "--out", str(out), "--skip-checksum"]
+    assert coco_script.main(args + [a for p in archives for a in ("--archive", str(p))]) == 0
+    root = out / "coco"
+    ds = CocoDetection(root / "images", root / "annotations" / "instances_val.json")
+    assert ds.class_names == ["background", "person", "dog"] and ds.cat_id_to_label == {1: 1, 18: 2}
+    image, target = ds[0]
+    assert image.shape == (3, 30, 40)
+    assert target["boxes"].tolist() == [[1.5, 2.0, 11.5, 14.5]] and target["labels"].tolist() == [2]
+    assert sorted(p.name for p in out.iterdir()) == ["coco"]
+
+
+def test_prepare_coco_names_missing_images(tmp_path):
+    archives = fabricate_coco(tmp_path)
+    write_zip(archives[1], {"val2017/000000000139.jpg": jpeg_bytes(40, 30)})  # one image missing
+    args = ["--splits", "val", "--out", str(tmp_path / "real"), "--skip-checksum"]
+    with pytest.raises(FileNotFoundError, match=r"1 images listed in .*instances_val2017.json .*000000000285.jpg"):
+        coco_script.main(args + [a for p in archives for a in ("--archive", str(p))])
+    assert not (tmp_path / "real" / "coco").exists()
+
+
+def test_prepare_coco_refuses_a_malicious_archive(tmp_path):
+    archives = fabricate_coco(tmp_path)
+    write_zip(archives[1], {"val2017/000000000139.jpg": jpeg_bytes(40, 30), "/abs/path": b"evil"})
+    args = ["--splits", "val", "--out", str(tmp_path / "real"), "--skip-checksum"]
+    with pytest.raises(UnsafeArchiveError, match="'/abs/path'"):
+        coco_script.main(args + [a for p in archives for a in ("--archive", str(p))])
+    assert not (tmp_path / "real" / "coco").exists()
+
+
+# ------------------------------------------------------------------ Tsinghua-Tencent 100K
+def fabricate_tt100k(tmp_path: Path) -> Path:
+    def obj(category, xmin, ymin, xmax, ymax):
+        return {"category": category, "bbox": {"xmin": xmin, "ymin": ymin, "xmax": xmax, "ymax": ymax}}
+
+    imgs = {
+        "10": {"id": 10, "path": "train/10.jpg", "objects": [obj("pl80", 10.5, 4.0, 22.25, 16.0), obj("i5", 1, 1, 5, 5)]},
+        "11": {"id": 11, "path": "train/11.jpg", "objects": [obj("pl80", 0, 0, 8, 8), obj("w55", 30, 2, 40, 12)]},
+        "20": {"id": 20, "path": "test/20.jpg", "objects": [obj("pl80", 3, 3, 9, 9), obj("w55", 1, 1, 4, 4)]},
+        "30": {"id": 30, "path": "other/30.jpg", "objects": []},
+    }
+    members = {"data/annotations.json": json.dumps({"types": ["i5", "pl80", "w55"], "imgs": imgs}).encode()}
+    for img in imgs.values():
+        members[f"data/{img['path']}"] = jpeg_bytes(48, 32)
+    members["data/train/ids.txt"] = b"10\n11\n"
+    return write_zip(tmp_path / "data.zip", members)
+
+
+def test_prepare_tt100k_on_a_fabricated_archive(tmp_path, capsys):
+    archive = fabricate_tt100k(tmp_path)
+    out = tmp_path / "real"
+    # pl80 has 3 instances, w55 2, i5 1: "more than 1" keeps pl80 and w55, like the paper's "> 100"
+    assert tt100k.main(["--archive", str(archive), "--out", str(out), "--min-instances", "1"]) == 0
+    assert "2 classes with more than 1 instances" in capsys.readouterr().out
+    root = out / "tt100k"
+    train = CocoDetection(root / "images", root / "annotations" / "instances_train.json")
+    assert train.class_names == ["background", "pl80", "w55"] and train.ids == [10, 11]
+    image, target = train[0]
+    assert image.shape == (3, 32, 48)
+    assert target["boxes"].tolist() == [[10.5, 4.0, 22.25, 16.0]] and target["labels"].tolist() == [1]
+    assert train[1][1]["labels"].tolist() == [1, 2]
+    test = COCO(str(root / "annotations" / "instances_test.json"))
+    assert list(test.imgs) == [20] and test.imgs[20]["file_name"] == "test/20.jpg" and len(test.anns) == 2
+    assert not (root / "images" / "other").exists() and sorted(p.name for p in out.iterdir()) == ["tt100k"]
+
+
+def test_prepare_tt100k_all_classes_and_refusal(tmp_path):
+    archive = fabricate_tt100k(tmp_path)
+    out = tmp_path / "real"
+    tt100k.main(["--archive", str(archive), "--out", str(out), "--all-classes"])
+    assert [c["name"] for c in COCO(str(out / "tt100k" / "annotations" / "instances_train.json")).cats.values()] == ["i5", "pl80", "w55"]
+    with pytest.raises(ValueError, match="no class has more than 100 instances"):
+        tt100k.main(["--archive", str(archive), "--out", str(tmp_path / "other")])
+    (tmp_path / "evil").mkdir()
+    evil = write_zip(tmp_path / "evil" / "data.zip", {"data/annotations.json": b"{}", "data/../../evil.txt": b"evil"})
+    with pytest.raises(UnsafeArchiveError, match="'data/../../evil.txt'"):
+        tt100k.main(["--archive", str(evil), "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "x" / "tt100k").exists()
