@@ -60,8 +60,15 @@ class AtomicDirectory:
         text = json.dumps(dict(self.params, files=num_files, bytes=num_bytes), sort_keys=True, indent=1) + "\n"
         atomic_write_bytes(self.tmp / MARKER, text.encode())
         old = self.dest.parent / f".{self.dest.name}.old-{os.getpid()}"
-        if self.dest.exists():
-            os.replace(self.dest, old)
-        os.replace(self.tmp, self.dest)
+        for attempt in range(3):  # another process may put its own build in place meanwhile
+            if self.dest.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(self.dest, old)
+            try:
+                os.replace(self.tmp, self.dest)
+                break
+            except OSError:
+                if attempt == 2 or not self.dest.exists():
+                    raise
         shutil.rmtree(old, ignore_errors=True)
         return False

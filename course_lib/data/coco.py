@@ -77,6 +77,7 @@ class CocoDetection(torch.utils.data.Dataset):
       warning** naming the file and the annotation ids (a zero-area box has no IoU with anything
       and would break the box encoding of every detector).
 
+    ``area`` and ``iscrowd`` are the file's values (COCO's evaluation buckets sizes by ``area``);
     :attr:`coco` keeps the file's annotations unchanged, for evaluation.
     """
 
@@ -114,9 +115,14 @@ class CocoDetection(torch.utils.data.Dataset):
         self.class_names = ["background"] + [names[c] for c in category_ids]
         self.num_classes = len(self.class_names)
 
-        # --- images: sorted ids, sizes ---
+        # --- images: sorted ids ---
+        incomplete = [img for img in data["images"] if not {"id", "file_name", "height", "width"} <= img.keys()]
+        if incomplete:
+            raise ValueError(
+                f"{self.ann_file}: every image needs 'id', 'file_name', 'height' and 'width'; "
+                f"this one does not: {incomplete[0]}"
+            )
         self.ids = sorted(int(i) for i in self.coco.imgs)
-        self._row = {image_id: row for row, image_id in enumerate(self.ids)}
         self._targets = self._index_annotations(data["annotations"], set(all_cat_ids), skip_crowd)
 
     # ------------------------------------------------------------------ annotations

@@ -133,6 +133,10 @@ def test_missing_or_corrupt_annotation_file_is_named(tmp_path):
         CocoDetection(images_dir, path)
     with pytest.raises(FileNotFoundError, match="Image directory not found"):
         CocoDetection(tmp_path / "noimages", path)
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "0.png", "width": 30}], "annotations": [],
+                                "categories": []}))
+    with pytest.raises(ValueError, match=r"ann\.json: every image needs .*'height'"):
+        CocoDetection(images_dir, path)
 
 
 def test_unknown_category_is_an_error_naming_annotation_and_value(tmp_path):

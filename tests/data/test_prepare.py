@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from course_lib.data import CocoDetection, SegmentationDataset, read_label_png
+from course_lib.data import CocoDetection, SegmentationDataset
 from course_lib.data.download import ChecksumError, UnsafeArchiveError
 
 from .conftest import load_script

@@ -17,10 +17,11 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from ..atomic import AtomicDirectory
 from ..image_io import write_jpeg, write_json, write_png
 from ..paths import SYNTHETIC_DATASETS
 from . import multiscale, segmentation_scenes, traffic_signs
-from .common import AtomicDirectory, coco_json, is_complete, marker_params, split_ids
+from .common import coco_json, is_complete, marker_params, split_ids
 
 __all__ = ["SYNTHETIC_DATASETS", "build_dataset", "dataset_params"]
 

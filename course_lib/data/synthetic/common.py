@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..atomic import AtomicDirectory, directory_size  # noqa: F401  (re-exported for the builders)
 from ..paths import MARKER
 
 GENERATOR_VERSION = 1
