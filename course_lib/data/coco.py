@@ -67,6 +67,10 @@ class CocoDetection(torch.utils.data.Dataset):
     :attr:`label_to_cat_id` and :attr:`class_names` (``class_names[0] == "background"``) map
     between them.
 
+    Images that are not 8-bit RGB (grey, RGBA, palette, 16-bit...) are converted as
+    :func:`course_lib.data.image_io.read_rgb` documents; an image whose size differs from its
+    ``images`` entry is an error naming the file.
+
     Annotation checks (at construction, for all annotations at once):
 
     * a ``category_id`` that is not among ``categories`` -> ``ValueError`` naming the annotation id

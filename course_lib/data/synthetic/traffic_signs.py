@@ -223,6 +223,14 @@ def _sample_sizes(rng: np.random.Generator, n: int, index: int, max_side: float)
     return log_uniform(rng, lo, hi)
 
 
+def _overlaps(boxes: np.ndarray, box, gap: int) -> bool:
+    """Whether ``box`` (x, y, w, h) comes within ``gap`` px of any of ``boxes`` ``[N, 4]`` (x, y, w, h)."""
+    x, y, w, h = box
+    apart = (x + w + gap < boxes[:, 0]) | (boxes[:, 0] + boxes[:, 2] + gap < x) \
+        | (y + h + gap < boxes[:, 1]) | (boxes[:, 1] + boxes[:, 3] + gap < y)
+    return bool((~apart).any())
+
+
 def generate_image(seed: int, index: int, height: int, width: int) -> tuple[np.ndarray, list[dict]]:
     """Image ``index``: ``(uint8 [H, W, 3], [{"bbox": [x, y, w, h], "category_id", "area"}, ...])``."""
     rng = image_rng(seed, NAME, index)
@@ -252,7 +260,7 @@ def generate_image(seed: int, index: int, height: int, width: int) -> tuple[np.n
                 y = int(rng.integers(int(0.03 * height), max(int(0.03 * height) + 1, int(0.85 * height) - h + 1)))
             if not (0 <= x <= width - w and 0 <= y <= height - h):
                 continue
-            if all(x + w + 1 < bx or bx + bw + 1 < x or y + h + 1 < by or by + bh + 1 < y for bx, by, bw, bh in boxes):
+            if not _overlaps(np.array(boxes).reshape(-1, 4), (x, y, w, h), gap=1):
                 placed = (x, y, w, h)
                 break
         if placed is None:
