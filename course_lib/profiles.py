@@ -41,6 +41,8 @@ class Profile:
     seg_batch_size: int
     seg_crop_size: int  # training crop side (pixels)
     seg_width: float  # channel width multiplier of the trained models (1.0 = paper)
+    window_train_steps: int  # chapter 1: optimiser steps of the sliding-window patch classifiers
+    window_batch_size: int  # chapter 1: patches per step
 
     # --- chapters 4-8: detectors ---
     det_min_size: int  # transform: shorter side (paper: 800)
@@ -75,6 +77,8 @@ PROFILES: dict[str, Profile] = {
         seg_batch_size=2,
         seg_crop_size=96,
         seg_width=0.125,
+        window_train_steps=40,
+        window_batch_size=64,
         det_min_size=256,
         det_max_size=320,
         det_train_steps=3,
@@ -103,6 +107,8 @@ PROFILES: dict[str, Profile] = {
         seg_batch_size=4,
         seg_crop_size=160,
         seg_width=0.25,
+        window_train_steps=1500,
+        window_batch_size=128,
         det_min_size=384,
         det_max_size=512,
         det_train_steps=300,
@@ -131,6 +137,8 @@ PROFILES: dict[str, Profile] = {
         seg_batch_size=8,
         seg_crop_size=320,
         seg_width=1.0,
+        window_train_steps=4000,
+        window_batch_size=256,
         det_min_size=800,
         det_max_size=1333,
         det_train_steps=20000,
