@@ -18,7 +18,7 @@ from .sliding_window import (
     sliding_window_scores,
     window_boxes,
 )
-from .unet import UNet, mirror_pad, nearest_valid_sizes, unet_output_size, unet_tiled_inference
+from .unet import TiledUNet, UNet, mirror_pad, nearest_valid_sizes, unet_output_size, unet_tiled_inference
 from .weight_map import class_balance_weights, touching_borders, unet_weight_map, weighted_cross_entropy
 
 __all__ = [
@@ -27,6 +27,6 @@ __all__ = [
     "PatchClassifier", "DensePatchClassifier", "extract_windows", "sliding_window_scores", "shift_and_stitch",
     "center_pad", "random_center_patches", "window_boxes", "label_windows", "crop_windows",
     "sliding_window_detect", "count_macs",
-    "UNet", "mirror_pad", "nearest_valid_sizes", "unet_output_size", "unet_tiled_inference",
+    "UNet", "TiledUNet", "mirror_pad", "nearest_valid_sizes", "unet_output_size", "unet_tiled_inference",
     "class_balance_weights", "touching_borders", "unet_weight_map", "weighted_cross_entropy",
 ]

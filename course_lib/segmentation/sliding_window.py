@@ -63,8 +63,8 @@ class PatchClassifier(nn.Module):
         num_classes: int,
         in_channels: int = 3,
         window: int = 32,
-        channels: Sequence[int] = (32, 64),
-        hidden: int = 256,
+        channels: Sequence[int] = (16, 32),
+        hidden: int = 128,
     ):
         super().__init__()
         if window % 4 != 0 or window < 16:
@@ -220,18 +220,24 @@ def random_center_patches(
     return patches.contiguous(), masks.view(-1)[pick]
 
 
-def window_boxes(image_size: tuple[int, int], window_sizes: Sequence[int], stride: int) -> Tensor:
-    """Every square window of each size at ``stride`` that fits in the image, ``K x 4`` (x1, y1, x2, y2)."""
+def window_boxes(
+    image_size: tuple[int, int], window_sizes: Sequence[int], stride: int, aspect_ratios: Sequence[float] = (1.0,)
+) -> Tensor:
+    """Every window of each size and aspect ratio (height / width) at ``stride`` that fits in the image,
+    ``K x 4`` (x1, y1, x2, y2), ordered by size, ratio, row, column. A window of size s and ratio r is
+    ``s / sqrt(r)`` wide and ``s * sqrt(r)`` high (its area is s^2, as for Faster R-CNN's anchors)."""
     h, w = image_size
     boxes = []
     for size in window_sizes:
-        if size > min(h, w):
-            continue
-        ys = torch.arange(0, h - size + 1, stride, dtype=torch.float32)
-        xs = torch.arange(0, w - size + 1, stride, dtype=torch.float32)
-        y, x = torch.meshgrid(ys, xs, indexing="ij")
-        y, x = y.reshape(-1), x.reshape(-1)
-        boxes.append(torch.stack([x, y, x + size, y + size], dim=1))
+        for ratio in aspect_ratios:
+            bh, bw = round(size * ratio**0.5), round(size / ratio**0.5)
+            if bh > h or bw > w:
+                continue
+            ys = torch.arange(0, h - bh + 1, stride, dtype=torch.float32)
+            xs = torch.arange(0, w - bw + 1, stride, dtype=torch.float32)
+            y, x = torch.meshgrid(ys, xs, indexing="ij")
+            y, x = y.reshape(-1), x.reshape(-1)
+            boxes.append(torch.stack([x, y, x + bw, y + bh], dim=1))
     return torch.cat(boxes) if boxes else torch.zeros(0, 4)
 
 
@@ -264,18 +270,19 @@ def sliding_window_detect(
     image: Tensor,
     window_sizes: Sequence[int],
     stride: int,
+    aspect_ratios: Sequence[float] = (1.0,),
     score_thresh: float = 0.5,
     nms_thresh: float = 0.3,
     batch_size: int = 1024,
 ) -> dict[str, Tensor]:
-    """Detection by classification: every window (of each size, at ``stride``) is resized to the
+    """Detection by classification: every window (of each size and ratio, at ``stride``) is resized to the
     classifier's input and scored; windows scoring ``1 - p(background) >= score_thresh`` are kept and
     non-maximum suppression removes the overlapping duplicates.
 
     Returns ``boxes`` (K x 4), ``scores``, ``labels`` (the best non-background class), and
     ``num_windows`` (how many forward passes the image cost).
     """
-    boxes = window_boxes(tuple(image.shape[-2:]), window_sizes, stride)
+    boxes = window_boxes(tuple(image.shape[-2:]), window_sizes, stride, aspect_ratios)
     probs = []
     for i in range(0, len(boxes), batch_size):
         patches = crop_windows(image, boxes[i : i + batch_size], classifier.window)

@@ -35,6 +35,7 @@ __all__ = [
     "nearest_valid_sizes",
     "mirror_pad",
     "unet_tiled_inference",
+    "TiledUNet",
 ]
 
 #: feature channels per level of the paper's network (Fig. 1)
@@ -267,3 +268,16 @@ def _tiled_inference(model: UNet, image: Tensor, tile: int | None, batch_size: i
     scores = outputs.view(n, ny, nx, k, step, step).permute(0, 3, 1, 4, 2, 5).reshape(n, k, ny * step, nx * step)
     scores = scores[..., :h, :w]
     return scores[0] if single else scores
+
+
+class TiledUNet(nn.Module):
+    """A valid U-Net as a module that maps any image to scores of its size, by overlap-tile
+    inference (:func:`unet_tiled_inference`); for evaluation loops that expect ``H x W`` outputs.
+    ``tile=None`` runs the whole mirror-padded image at once."""
+
+    def __init__(self, unet: UNet, tile: int | None = None, batch_size: int = 4):
+        super().__init__()
+        self.unet, self.tile, self.batch_size = unet, tile, batch_size
+
+    def forward(self, images: Tensor) -> Tensor:
+        return unet_tiled_inference(self.unet, images, tile=self.tile, batch_size=self.batch_size)

@@ -91,6 +91,8 @@ def test_window_boxes_and_labels():
     assert len(boxes) == n16 + n32  # 64 does not fit
     assert torch.equal(boxes[0], torch.tensor([0.0, 0, 16, 16])) and torch.equal(boxes[n16], torch.tensor([0.0, 0, 32, 32]))
     gt = torch.tensor([[0.0, 0, 16, 16], [20, 8, 52, 40]])
+    tall = window_boxes((40, 50), window_sizes=[16], stride=8, aspect_ratios=[4.0])  # 8 wide, 32 high
+    assert torch.equal(tall[:2], torch.tensor([[0.0, 0, 8, 32], [8, 0, 16, 32]])) and len(tall) == 2 * 6
     labels = label_windows(boxes, gt, torch.tensor([1, 2]))
     iou = box_iou(gt, boxes).max(0).values
     assert (labels[iou >= 0.5] > 0).all() and (labels[iou < 0.3] == 0).all() and (labels[(iou >= 0.3) & (iou < 0.5)] == -1).all()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.segmentation import (
+    TiledUNet,
     UNet,
     load_checkpoint,
     mirror_pad,
@@ -88,6 +89,7 @@ def test_tiled_inference_equals_whole_image_inference(size, tile):
     assert whole.shape == tiled.shape == (4, *size)
     torch.testing.assert_close(tiled, whole, rtol=1e-10, atol=1e-10)
     assert model.training  # the mode is restored
+    torch.testing.assert_close(TiledUNet(model, tile=tile)(image[None])[0], whole, rtol=1e-10, atol=1e-10)
 
 
 def test_tiled_inference_rejects_bad_arguments():
