@@ -1,0 +1,143 @@
+"""Faster R-CNN with a ResNet-FPN backbone (Lin et al., CVPR 2017, sec. 4), built like torchvision's
+``fasterrcnn_resnet50_fpn`` so that its state dict loads as it is::
+
+    transform   shorter side 800, longer side <= 1333, ImageNet normalisation, pad to a multiple of 32
+    backbone    body: ResNet C2..C5 ("0".."3")  ->  fpn: P2..P5 ("0".."3") + P6 ("pool"), d = 256
+    rpn         one shared 3x3 + sibling 1x1 head on P2..P6, one anchor size per level (32^2 on P2 ...
+                512^2 on P6) x 3 aspect ratios = 15 anchors (sec. 4.1); top-n per level before NMS
+    roi_heads   RoIAlign 7x7 (sampling ratio 2) from P_k, k = floor(4 + log2(sqrt(wh) / 224)) clamped to
+                [2, 5] (eq. 1), then two 1024-d fully connected layers and the class / box predictors
+
+Defaults are torchvision's (min_size 800, max_size 1333, RPN pre/post NMS top-n 2000/2000 in training and
+1000/1000 in testing, 100 detections per image ...); every ``FasterRCNN`` keyword can be passed on.
+
+Weights are local files (nothing is downloaded in this course): ``weights`` = a whole detector's state dict
+(e.g. torchvision's ``fasterrcnn_resnet50_fpn_coco-258fb6c6.pth``, or ``torch.save(model.state_dict(), path)``),
+``weights_backbone`` = a torchvision ResNet's ImageNet state dict. As in torchvision, giving either one
+freezes the batch norms (``FrozenBatchNorm2d``) and the first stages (``trainable_backbone_layers``, default 3);
+without weights everything trains and batch norm is ordinary ``nn.BatchNorm2d``.
+
+The paper's ablations (Tables 1-2, rows (d)-(f)) are three switches, everything else unchanged:
+``fpn_top_down=False`` (d) bottom-up pyramid, ``fpn_lateral=False`` (e) top-down pyramid without 1x1
+lateral connections, ``rois_from_p2_only=True`` (f) every RoI pooled from the finest level P2.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+from torch import nn
+
+from course_lib.backbones.resnet import FrozenBatchNorm2d, _read_state_dict, overwrite_eps, resnet_body
+from course_lib.ops import MultiScaleRoIAlign
+
+from .fpn import BackboneWithFPN, FeaturePyramidNetwork, LastLevelMaxPool
+from .generalized_rcnn import FasterRCNN
+
+__all__ = ["resnet_fpn_backbone", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet101_fpn"]
+
+# torchvision's published detection weights were trained with FrozenBatchNorm2d(eps=0) (pytorch/vision#2933)
+PUBLISHED_WEIGHTS_BN_EPS = 0.0
+
+
+def resnet_fpn_backbone(depth: int = 50, *, weights_backbone: str | os.PathLike | None = None,
+                        trainable_layers: int = 3, norm_layer=FrozenBatchNorm2d, out_channels: int = 256,
+                        top_down: bool = True, lateral: bool = True) -> BackboneWithFPN:
+    """ResNet-``depth`` C2..C5 (``body``) followed by an FPN with P6 (``fpn``): every level has ``out_channels``.
+
+    C_k has 256 * 2^(k-2) channels (ResNet-50/101: 256, 512, 1024, 2048) and stride 2^k.
+    """
+    body = resnet_body(depth, trainable_layers=trainable_layers, norm_layer=norm_layer, weights=weights_backbone)
+    in_channels_list = [256, 512, 1024, 2048]
+    fpn = FeaturePyramidNetwork(in_channels_list, out_channels, LastLevelMaxPool(), top_down=top_down, lateral=lateral)
+    return BackboneWithFPN(body, fpn, out_channels)
+
+
+def _fasterrcnn_resnet_fpn(depth: int, *, weights, num_classes, weights_backbone, trainable_backbone_layers,
+                           fpn_top_down, fpn_lateral, rois_from_p2_only, frozen_bn_eps, **kwargs) -> FasterRCNN:
+    state_dict = None
+    if weights is not None:
+        state_dict = _read_state_dict(weights)  # clear error if the file is missing or not a state dict
+        weights_backbone = None  # the detector's weights contain the backbone's (as in torchvision)
+        predictor = state_dict.get("roi_heads.box_predictor.cls_score.weight")
+        if num_classes is None and predictor is not None:
+            num_classes = predictor.shape[0]
+    if num_classes is None:
+        num_classes = 91  # COCO's category ids 1..90 plus the background
+
+    # torchvision's _validate_trainable_layers: without any weights, train everything
+    is_trained = weights is not None or weights_backbone is not None
+    if not is_trained:
+        if trainable_backbone_layers is not None and trainable_backbone_layers != 5:
+            warnings.warn(f"trainable_backbone_layers={trainable_backbone_layers} has no effect without weights or "
+                          "weights_backbone: a randomly initialised backbone trains all 5 stages (as in torchvision).")
+        trainable_backbone_layers = 5
+    elif trainable_backbone_layers is None:
+        trainable_backbone_layers = 3
+    norm_layer = FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
+
+    if rois_from_p2_only:
+        if "box_roi_pool" in kwargs:
+            raise ValueError("Pass either rois_from_p2_only=True or box_roi_pool, not both.")
+        # (f): the same 7x7 RoIAlign, but with a single level the level mapper sends every RoI to P2
+        kwargs["box_roi_pool"] = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
+
+    backbone = resnet_fpn_backbone(depth, weights_backbone=weights_backbone, trainable_layers=trainable_backbone_layers,
+                                   norm_layer=norm_layer, top_down=fpn_top_down, lateral=fpn_lateral)
+    model = FasterRCNN(backbone, num_classes=num_classes, **kwargs)
+
+    if state_dict is not None:
+        try:
+            # load_state_dict (not a key comparison) so that old key names are renamed by the modules' hooks
+            model.load_state_dict(state_dict, strict=True)
+        except RuntimeError as e:
+            raise ValueError(
+                f"The weights in {os.fspath(weights)!r} do not fit a Faster R-CNN ResNet-{depth}-FPN with "
+                f"num_classes={num_classes}: {e}\nSave them with torch.save(model.state_dict(), path) from the "
+                "same architecture (pass num_classes to match the file).") from e
+        overwrite_eps(model, PUBLISHED_WEIGHTS_BN_EPS if frozen_bn_eps is None else frozen_bn_eps)
+    elif frozen_bn_eps is not None:
+        overwrite_eps(model, frozen_bn_eps)
+    return model
+
+
+def fasterrcnn_resnet50_fpn(*, weights: str | os.PathLike | None = None, num_classes: int | None = None,
+                            weights_backbone: str | os.PathLike | None = None,
+                            trainable_backbone_layers: int | None = None,
+                            fpn_top_down: bool = True, fpn_lateral: bool = True, rois_from_p2_only: bool = False,
+                            frozen_bn_eps: float | None = None, **kwargs) -> FasterRCNN:
+    """Faster R-CNN ResNet-50-FPN with torchvision's module names and defaults (see the module docstring).
+
+    Args:
+        weights: path of a detector state dict; it fixes ``num_classes`` when that is not given, replaces
+            ``weights_backbone``, and sets the frozen batch norms' eps to 0.0 -- the convention of torchvision's
+            published COCO weights, which were trained that way (``_utils.overwrite_eps``). For a checkpoint
+            trained with eps = 1e-5 (e.g. one of yours made with ``weights_backbone``), pass ``frozen_bn_eps=1e-5``.
+        num_classes: classes including the background (default 91, COCO's ids).
+        weights_backbone: path of a torchvision ResNet-50 ImageNet state dict.
+        trainable_backbone_layers: ResNet stages to fine-tune, counted from conv5_x (0-5; default 3 with weights,
+            5 without).
+        fpn_top_down / fpn_lateral / rois_from_p2_only: the paper's ablations (d), (e), (f).
+        frozen_bn_eps: eps of the frozen batch norms (default: 0.0 with ``weights``, else 1e-5).
+        **kwargs: any ``FasterRCNN`` keyword (``min_size``, ``rpn_post_nms_top_n_train``, ``box_roi_pool`` ...).
+    """
+    return _fasterrcnn_resnet_fpn(50, weights=weights, num_classes=num_classes, weights_backbone=weights_backbone,
+                                  trainable_backbone_layers=trainable_backbone_layers, fpn_top_down=fpn_top_down,
+                                  fpn_lateral=fpn_lateral, rois_from_p2_only=rois_from_p2_only,
+                                  frozen_bn_eps=frozen_bn_eps, **kwargs)
+
+
+def fasterrcnn_resnet101_fpn(*, weights: str | os.PathLike | None = None, num_classes: int | None = None,
+                             weights_backbone: str | os.PathLike | None = None,
+                             trainable_backbone_layers: int | None = None,
+                             fpn_top_down: bool = True, fpn_lateral: bool = True, rois_from_p2_only: bool = False,
+                             frozen_bn_eps: float | None = None, **kwargs) -> FasterRCNN:
+    """Faster R-CNN ResNet-101-FPN: the same as :func:`fasterrcnn_resnet50_fpn` with 23 blocks in conv4_x.
+
+    torchvision has no builder for it; its equivalent is
+    ``FasterRCNN(resnet_fpn_backbone(backbone_name="resnet101", ...), num_classes)``, whose keys this model shares.
+    """
+    return _fasterrcnn_resnet_fpn(101, weights=weights, num_classes=num_classes, weights_backbone=weights_backbone,
+                                  trainable_backbone_layers=trainable_backbone_layers, fpn_top_down=fpn_top_down,
+                                  fpn_lateral=fpn_lateral, rois_from_p2_only=rois_from_p2_only,
+                                  frozen_bn_eps=frozen_bn_eps, **kwargs)
