@@ -183,3 +183,83 @@ def test_bad_configuration_is_refused_with_a_clear_message():
     neck = FeaturePyramidNetwork(IN_CHANNELS, 32)
     with pytest.raises(ValueError, match="4 levels, got 3"):
         neck(OrderedDict(list(bottom_up().items())[:3]))
+
+
+# --- the ablations in the whole detector: Faster R-CNN with (d), (e), (f) -------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_detectors():
+    """The full FPN detector and its three ablations, sharing every parameter they have in common."""
+    from course_lib.detection.faster_rcnn_fpn import fasterrcnn_resnet50_fpn
+
+    kwargs = dict(num_classes=5, min_size=128, max_size=160, rpn_post_nms_top_n_test=50)  # few RoIs: time
+    torch.manual_seed(0)
+    full = fasterrcnn_resnet50_fpn(**kwargs).eval()
+    variants = {"(d) bottom-up": dict(fpn_top_down=False), "(e) no lateral": dict(fpn_lateral=False),
+                "(f) P2 only": dict(rois_from_p2_only=True)}
+    ablated = {}
+    for name, switch in variants.items():
+        model = fasterrcnn_resnet50_fpn(**kwargs, **switch).eval()
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in full.state_dict().items() if k in own}, strict=True)
+        ablated[name] = model
+    return full, ablated
+
+
+def test_ablated_detectors_keep_shapes_and_change_outputs(tiny_detectors):
+    full, ablated = tiny_detectors
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 120, 150, generator=g)]
+    xy = torch.rand(40, 2, generator=g) * 60
+    proposals = [torch.cat([xy, xy + 20 + torch.rand(40, 2, generator=g) * 100], 1)]  # 20-120 px: P2 and P3
+
+    def class_logits(model, feats, sizes):
+        heads = model.roi_heads
+        return heads.box_predictor(heads.box_head(heads.box_roi_pool(feats, proposals, sizes)))[0]
+
+    with torch.no_grad():
+        batch, _ = full.transform(images)
+        feats_full = full.backbone(batch.tensors)
+        logits_full = class_logits(full, feats_full, batch.image_sizes)
+        for name, model in ablated.items():
+            feats = model.backbone(batch.tensors)
+            assert [(k, v.shape) for k, v in feats.items()] == [(k, v.shape) for k, v in feats_full.items()], name
+            if name == "(f) P2 only":  # same pyramid, different pooling
+                for k in feats:
+                    torch.testing.assert_close(feats[k], feats_full[k], rtol=0, atol=0)
+            else:  # a different pyramid below P5 (P5 = 3x3(1x1(C5)) in all three)
+                torch.testing.assert_close(feats["3"], feats_full["3"], rtol=0, atol=0)
+                assert not torch.allclose(feats["0"], feats_full["0"]), name
+            logits = class_logits(model, feats, batch.image_sizes)
+            assert logits.shape == logits_full.shape == (40, 5)
+            assert not torch.allclose(logits, logits_full), f"{name}: the ablation did not change the class scores"
+            det = model(images)[0]  # and the whole detector runs end to end
+            assert det["boxes"].shape[1:] == (4,) and len(det["boxes"]) == len(det["scores"]) == len(det["labels"])
+
+
+def test_p2_only_pools_every_roi_from_p2(tiny_detectors):
+    """(f): RoIAlign at scale 1/4 on P2 for all RoIs, large ones too; the FPN pools a 241-px RoI from P4 (eq. 1)."""
+    from course_lib.ops import roi_align
+
+    full, ablated = tiny_detectors
+    p2_only = ablated["(f) P2 only"]
+    assert p2_only.roi_heads.box_roi_pool.featmap_names == ["0"]
+    g = torch.Generator().manual_seed(1)
+    feats = OrderedDict((k, torch.randn(1, 256, 64 // 2 ** i, 64 // 2 ** i, generator=g)) for i, k in enumerate("0123"))
+    feats["pool"] = feats["3"][..., ::2, ::2]
+    boxes = torch.tensor([[4.0, 4.0, 36.0, 36.0], [10.0, 8.0, 250.0, 250.0]])  # 32 px -> P2, 241 px -> P4
+    pooled = p2_only.roi_heads.box_roi_pool(feats, [boxes], [(256, 256)])
+    expected = roi_align(feats["0"], [boxes], output_size=7, spatial_scale=0.25, sampling_ratio=2)
+    torch.testing.assert_close(pooled, expected)
+    pooled_fpn = full.roi_heads.box_roi_pool(feats, [boxes], [(256, 256)])
+    torch.testing.assert_close(pooled_fpn[0], expected[0])  # the small RoI: P2 either way
+    expected_p4 = roi_align(feats["2"], [boxes[1:]], output_size=7, spatial_scale=1 / 16, sampling_ratio=2)
+    torch.testing.assert_close(pooled_fpn[1:], expected_p4)
+
+
+def test_constructor_refuses_contradictory_pooling():
+    from course_lib.detection.faster_rcnn_fpn import fasterrcnn_resnet50_fpn
+    from course_lib.ops import MultiScaleRoIAlign
+
+    with pytest.raises(ValueError, match="rois_from_p2_only"):
+        fasterrcnn_resnet50_fpn(rois_from_p2_only=True, box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2))
