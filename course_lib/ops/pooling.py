@@ -174,6 +174,12 @@ def _prepare(input: Tensor, boxes: Boxes, output_size, spatial_scale: float, op:
 # ------------------------------------------------------------------------- building blocks
 
 
+def _no_rois(input: Tensor, channels: int, ph: int, pw: int) -> Tensor:
+    """The empty result ``[0, channels, PH, PW]``, still attached to ``input``'s graph so that
+    ``backward`` gives it a (zero) gradient, as torchvision's kernels do."""
+    return input.reshape(-1)[:0].reshape(0, channels, ph, pw)
+
+
 def _pixel_table(input: Tensor) -> Tensor:
     """``[N, C, H, W]`` -> ``[N*H*W, C]``: one row of channels per pixel, row ``(n*H + y)*W + x``.
 
@@ -377,7 +383,7 @@ def roi_align(
         )
     n, c, height, width = input.shape
     if rois.shape[0] == 0:
-        return input.new_zeros(0, c, ph, pw)
+        return _no_rois(input, c, ph, pw)
 
     offset = 0.5 if aligned else 0.0
     batch = rois[:, 0].to(torch.int64)
@@ -456,7 +462,7 @@ def roi_pool(input: Tensor, boxes: Boxes, output_size, spatial_scale: float = 1.
         return torchvision.ops.roi_pool(input, rois.to(input.dtype), (ph, pw), spatial_scale)
     n, c, height, width = input.shape
     if rois.shape[0] == 0:
-        return input.new_zeros(0, c, ph, pw)
+        return _no_rois(input, c, ph, pw)
 
     batch = rois[:, 0].to(torch.int64)
     x1, y1, x2, y2 = _round_half_away_from_zero(rois[:, 1:] * spatial_scale).to(torch.int64).unbind(dim=1)

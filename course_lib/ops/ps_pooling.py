@@ -27,6 +27,7 @@ from .pooling import (
     Boxes,
     _bilinear_entries,
     _in_chunks,
+    _no_rois,
     _pool_windows,
     _prepare,
     _roi_chunks,
@@ -84,7 +85,7 @@ def ps_roi_pool(input: Tensor, boxes: Boxes, output_size, spatial_scale: float =
 
         return torchvision.ops.ps_roi_pool(input, rois.to(input.dtype), (ph, pw), spatial_scale)
     if rois.shape[0] == 0:
-        return input.new_zeros(0, c_out, ph, pw)
+        return _no_rois(input, c_out, ph, pw)
     table = _part_tables(input, ph, pw, rois.dtype)
 
     batch = rois[:, 0].to(torch.int64)
@@ -130,7 +131,7 @@ def ps_roi_align(
 
         return torchvision.ops.ps_roi_align(input, rois.to(input.dtype), (ph, pw), spatial_scale, sampling_ratio)
     if rois.shape[0] == 0:
-        return input.new_zeros(0, c_out, ph, pw)
+        return _no_rois(input, c_out, ph, pw)
     table = _part_tables(input, ph, pw, rois.dtype)
 
     batch = rois[:, 0].to(torch.int64)
