@@ -9,14 +9,16 @@ features, so that a head with fully connected layers can follow:
 * **RoIAlign** (He et al., *Mask R-CNN*, sec. 3): nothing is rounded; each bin is the average
   of the feature map bilinearly interpolated at a regular grid of sampling points.
 
-Everything is computed for all RoIs, bins and samples at once:
+Everything is computed for all RoIs, bins and samples at once. Both poolings reduce a
+*bag of pixels* per (RoI, bin):
 
-* RoIAlign is *linear* in the feature map: each output is a weighted sum of input pixels
-  (the 4 bilinear neighbours of every sampling point). We write the weights as a sparse
-  matrix -- one row per (RoI, bin), one column per pixel -- and apply it with a single
-  sparse x dense product to the map laid out as one row of channels per pixel.
-* RoIPool gathers every sub-window (padded to the largest one; the padding points at a
-  ``-inf`` pixel) and takes the max.
+* RoIAlign is *linear* in the feature map: a bin is a weighted sum of pixels (the 4 bilinear
+  neighbours of each sampling point, weights ``w_y * w_x``) divided by the number of points.
+* RoIPool's bin is the max over the pixels of its sub-window.
+
+We list every bin's (pixel, weight) entries with tensor index arithmetic, lay the map out as
+one row of channels per pixel, and let ``F.embedding_bag`` -- a fused gather-and-reduce
+(sum or max) over such bags -- compute all bins of all RoIs in one call, differentiably.
 
 Rounding, clamping and edge cases follow ``torchvision.ops`` exactly (``tests/ops`` checks
 equality on random inputs). Where a model needs the compiled speed, wrap it in
@@ -122,7 +124,8 @@ def convert_boxes_to_roi_format(boxes: Sequence[Tensor]) -> Tensor:
 
 def _output_size(output_size) -> tuple[int, int]:
     size = (output_size, output_size) if isinstance(output_size, int) else output_size
-    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+    is_pair = isinstance(size, (tuple, list, torch.Size)) and len(size) == 2
+    if not is_pair or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
         raise ValueError(
             f"output_size must be a positive int or a pair (height, width) of positive ints, "
             f"got {output_size!r}"
@@ -297,6 +300,7 @@ def _bilinear_entries(
     gy, gx = int(grid_h.max().clamp(min=1)), int(grid_w.max().clamp(min=1))
     row, w_row, in_row = _merge_shared_pixels(*_bilinear_axis(y_start, bin_h, grid_h, gy, pooled[0], height), height)
     col, w_col, in_col = _merge_shared_pixels(*_bilinear_axis(x_start, bin_w, grid_w, gx, pooled[1], width), width)
+    # row, col: [K, PH, Ey] and [K, PW, Ex] pixel rows / columns with their weights and masks
 
     def along_y(t: Tensor) -> Tensor:  # [K, PH, Ey] -> [K, PH, 1, Ey, 1]
         return t[:, :, None, :, None]

@@ -95,8 +95,10 @@ def test_ps_roi_pool_gradient():
     exact there too (gradcheck: ps_roi_pool is linear in the input)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 18, 12, 14, generator=g, dtype=torch.float64)
-    inside = torch.tensor([[0, 1.0, 1.0, 9.0, 8.0], [1, 2.0, 0.0, 12.0, 10.0], [0, 3.0, 2.0, 5.0, 4.0]], dtype=torch.float64)
-    torch.testing.assert_close(grad_of(ops.ps_roi_pool, x, inside, 3), grad_of(tv.ps_roi_pool, x, inside, 3), rtol=0, atol=1e-12)
+    inside = torch.tensor([[0, 1.0, 1.0, 9.0, 8.0], [1, 2.0, 0.0, 12.0, 10.0], [0, 3.0, 2.0, 5.0, 4.0]],
+                          dtype=torch.float64)
+    torch.testing.assert_close(grad_of(ops.ps_roi_pool, x, inside, 3), grad_of(tv.ps_roi_pool, x, inside, 3),
+                               rtol=0, atol=1e-12)
 
     small = torch.randn(1, 4, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
     border = torch.tensor([[0, 0.0, 0.0, 4.0, 3.0], [0, 1.0, 1.0, 9.0, 9.0]], dtype=torch.float64)
@@ -113,8 +115,8 @@ def test_torchvision_switch_and_list_form():
     torch.testing.assert_close(fast_pool, tv.ps_roi_pool(x, rois, 3, scale), rtol=0, atol=0)
     torch.testing.assert_close(fast_pool, ops.ps_roi_pool(x, rois, 3, scale), **TOL[torch.float32])
     torch.testing.assert_close(fast_align, ops.ps_roi_align(x, rois, 3, scale, 2), **TOL[torch.float32])
-    torch.testing.assert_close(ops.ps_roi_pool(x, per_image, 3, scale), ops.ps_roi_pool(x, rois, 3, scale)[order], **TOL[torch.float32])
-    torch.testing.assert_close(ops.ps_roi_align(x, per_image, 3, scale), ops.ps_roi_align(x, rois, 3, scale)[order], **TOL[torch.float32])
+    for fn in (ops.ps_roi_pool, ops.ps_roi_align):
+        torch.testing.assert_close(fn(x, per_image, 3, scale), fn(x, rois, 3, scale)[order], **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("fn", [ops.ps_roi_pool, ops.ps_roi_align])
