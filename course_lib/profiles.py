@@ -59,6 +59,12 @@ class Profile:
     lineage_max_size: int  # longer side cap (paper: 1000)
     lineage_train_steps: int  # fine-tuning steps of R-CNN and of Fast R-CNN
 
+    # --- chapter 7: FPN (RPN / RoI sampling sizes shared by the FPN and C4 runs, and the ablations) ---
+    fpn_proposals_train: int  # RPN top-n per level before NMS and per image after it, training (paper: 2000)
+    fpn_proposals_test: int  # the same at test time (paper: 1000)
+    fpn_rois_per_image: int  # RoIs sampled per image for the Fast R-CNN loss (paper: 512)
+    fpn_ablation_steps: int  # optimiser steps of each ablation run (no top-down / no lateral / P2-only)
+
 
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
@@ -90,6 +96,10 @@ PROFILES: dict[str, Profile] = {
         lineage_min_size=256,
         lineage_max_size=320,
         lineage_train_steps=3,
+        fpn_proposals_train=200,
+        fpn_proposals_test=50,
+        fpn_rois_per_image=16,
+        fpn_ablation_steps=1,
     ),
     "cpu": Profile(
         name="cpu",
@@ -120,6 +130,10 @@ PROFILES: dict[str, Profile] = {
         lineage_min_size=384,
         lineage_max_size=512,
         lineage_train_steps=200,
+        fpn_proposals_train=1000,
+        fpn_proposals_test=300,
+        fpn_rois_per_image=128,
+        fpn_ablation_steps=100,
     ),
     "gpu": Profile(
         name="gpu",
@@ -150,6 +164,10 @@ PROFILES: dict[str, Profile] = {
         lineage_min_size=600,
         lineage_max_size=1000,
         lineage_train_steps=4000,
+        fpn_proposals_train=2000,
+        fpn_proposals_test=1000,
+        fpn_rois_per_image=512,
+        fpn_ablation_steps=20000,
     ),
 }
 
