@@ -83,7 +83,9 @@ def linear_to_conv(linear: nn.Linear, in_channels: int, kernel_size: int | tuple
 
 def _conv(*args, **kwargs) -> nn.Conv2d:
     """An uninitialised ``nn.Conv2d`` (:meth:`VGG16.reset_parameters` initialises it once; fc6
-    alone has 103 M weights, so initialising twice costs seconds)."""
+    alone has 103 M weights, so initialising twice costs seconds). Like ``nn.Conv2d`` it is created on
+    the default device (e.g. inside ``with torch.device("meta"):``)."""
+    kwargs.setdefault("device", torch.get_default_device())
     return nn.utils.skip_init(nn.Conv2d, *args, **kwargs)
 
 
