@@ -132,6 +132,11 @@ def main(argv=None) -> list[dict]:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {args.threads} threads, "
           f"median of {args.repeats} (after {args.warmup} warm-up)")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if args.threads > 1 and load > os.cpu_count():
+        print(f"note: the machine is busy (load {load:.1f} on {os.cpu_count()} cores); multi-threaded ops "
+              "stall waiting for cores while torchvision's RoI and NMS kernels use one thread, so ratios are "
+              "pessimistic -- compare with --threads 1")
     header = f"{'op':<52} {'course_lib ms':>14} {'torchvision ms':>15} {'ratio':>7}"
     print(header)
     print("-" * len(header))
