@@ -9,8 +9,12 @@ from .generalized_rcnn import FasterRCNN, GeneralizedRCNN
 from .roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
 from .transform import GeneralizedRCNNTransform
+from .selective_search import selective_search
+from .rcnn import RCNN, rcnn_vgg16, warp_regions
+from .fast_rcnn import FastRCNN, FastRCNNRoIHeads, fast_rcnn_vgg16
 
 __all__ = [
     "GeneralizedRCNN", "FasterRCNN", "GeneralizedRCNNTransform", "RPNHead", "RegionProposalNetwork",
     "RoIHeads", "TwoMLPHead", "FastRCNNPredictor",
+    "selective_search", "RCNN", "rcnn_vgg16", "warp_regions", "FastRCNN", "FastRCNNRoIHeads", "fast_rcnn_vgg16",
 ]
