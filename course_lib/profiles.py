@@ -55,6 +55,7 @@ class Profile:
     lineage_ss_mode: str  # selective search strategies: "single" or R-CNN's "fast" (8 strategies)
     lineage_max_proposals: int  # proposals per image (R-CNN: ~2000)
     lineage_width: float  # VGG16 channel width multiplier (1.0 = paper)
+    lineage_warp_size: int  # R-CNN's warped region side (paper: 224 for VGG16, context 16 * size / 224)
     lineage_min_size: int  # Fast R-CNN transform: shorter side (paper: 600)
     lineage_max_size: int  # longer side cap (paper: 1000)
     lineage_train_steps: int  # fine-tuning steps of R-CNN and of Fast R-CNN
@@ -93,6 +94,7 @@ PROFILES: dict[str, Profile] = {
         lineage_ss_mode="single",
         lineage_max_proposals=100,
         lineage_width=0.125,
+        lineage_warp_size=112,
         lineage_min_size=256,
         lineage_max_size=320,
         lineage_train_steps=3,
@@ -127,6 +129,7 @@ PROFILES: dict[str, Profile] = {
         lineage_ss_mode="fast",
         lineage_max_proposals=2000,
         lineage_width=0.25,
+        lineage_warp_size=224,
         lineage_min_size=384,
         lineage_max_size=512,
         lineage_train_steps=200,
@@ -161,6 +164,7 @@ PROFILES: dict[str, Profile] = {
         lineage_ss_mode="fast",
         lineage_max_proposals=2000,
         lineage_width=1.0,
+        lineage_warp_size=224,
         lineage_min_size=600,
         lineage_max_size=1000,
         lineage_train_steps=4000,
