@@ -65,6 +65,8 @@ class Profile:
     fpn_proposals_test: int  # the same at test time (paper: 1000)
     fpn_rois_per_image: int  # RoIs sampled per image for the Fast R-CNN loss (paper: 512)
     fpn_ablation_steps: int  # optimiser steps of each ablation run (no top-down / no lateral / P2-only)
+    fpn_min_size: int  # image size of the FPN / C4 / ablation runs (= det_min_size but in ci, where 5 detectors train)
+    fpn_max_size: int  # longer side cap of those runs (= det_max_size but in ci)
 
 
 PROFILES: dict[str, Profile] = {
@@ -102,6 +104,8 @@ PROFILES: dict[str, Profile] = {
         fpn_proposals_test=50,
         fpn_rois_per_image=16,
         fpn_ablation_steps=1,
+        fpn_min_size=128,
+        fpn_max_size=160,
     ),
     "cpu": Profile(
         name="cpu",
@@ -137,6 +141,8 @@ PROFILES: dict[str, Profile] = {
         fpn_proposals_test=300,
         fpn_rois_per_image=128,
         fpn_ablation_steps=100,
+        fpn_min_size=384,
+        fpn_max_size=512,
     ),
     "gpu": Profile(
         name="gpu",
@@ -172,6 +178,8 @@ PROFILES: dict[str, Profile] = {
         fpn_proposals_test=1000,
         fpn_rois_per_image=512,
         fpn_ablation_steps=20000,
+        fpn_min_size=800,
+        fpn_max_size=1333,
     ),
 }
 
