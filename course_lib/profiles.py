@@ -55,10 +55,11 @@ class Profile:
     lineage_ss_mode: str  # selective search strategies: "single" or R-CNN's "fast" (8 strategies)
     lineage_max_proposals: int  # proposals per image (R-CNN: ~2000)
     lineage_width: float  # VGG16 channel width multiplier (1.0 = paper)
-    lineage_warp_size: int  # R-CNN's warped region side (paper: 224 for VGG16, context 16 * size / 224)
+    lineage_warp_size: int  # R-CNN's warped region side (paper: 224 for VGG16; context 16 * size / 224)
     lineage_min_size: int  # Fast R-CNN transform: shorter side (paper: 600)
     lineage_max_size: int  # longer side cap (paper: 1000)
-    lineage_train_steps: int  # fine-tuning steps of R-CNN and of Fast R-CNN
+    lineage_rcnn_steps: int  # R-CNN fine-tuning steps (128 warped regions each)
+    lineage_train_steps: int  # Fast R-CNN training steps (2 images each)
 
     # --- chapter 7: FPN (RPN / RoI sampling sizes shared by the FPN and C4 runs, and the ablations) ---
     fpn_proposals_train: int  # RPN top-n per level before NMS and per image after it, training (paper: 2000)
@@ -94,12 +95,13 @@ PROFILES: dict[str, Profile] = {
         det_batch_size=2,
         lineage_num_images=4,
         lineage_ss_mode="single",
-        lineage_max_proposals=100,
+        lineage_max_proposals=50,
         lineage_width=0.125,
-        lineage_warp_size=112,
+        lineage_warp_size=64,
         lineage_min_size=256,
         lineage_max_size=320,
-        lineage_train_steps=3,
+        lineage_rcnn_steps=1,
+        lineage_train_steps=2,
         fpn_proposals_train=200,
         fpn_proposals_test=50,
         fpn_rois_per_image=16,
@@ -129,14 +131,15 @@ PROFILES: dict[str, Profile] = {
         det_max_size=512,
         det_train_steps=300,
         det_batch_size=2,
-        lineage_num_images=40,
+        lineage_num_images=16,
         lineage_ss_mode="fast",
-        lineage_max_proposals=2000,
+        lineage_max_proposals=300,
         lineage_width=0.25,
         lineage_warp_size=224,
         lineage_min_size=384,
         lineage_max_size=512,
-        lineage_train_steps=200,
+        lineage_rcnn_steps=20,
+        lineage_train_steps=150,
         fpn_proposals_train=1000,
         fpn_proposals_test=300,
         fpn_rois_per_image=128,
@@ -173,6 +176,7 @@ PROFILES: dict[str, Profile] = {
         lineage_warp_size=224,
         lineage_min_size=600,
         lineage_max_size=1000,
+        lineage_rcnn_steps=1000,
         lineage_train_steps=4000,
         fpn_proposals_train=2000,
         fpn_proposals_test=1000,

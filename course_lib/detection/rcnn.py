@@ -336,20 +336,26 @@ def ridge_regression(features: Tensor, targets: Tensor, lam: float = 1000.0) -> 
 # The model
 # ----------------------------------------------------------------------------------
 class VGG16Features(nn.Module):
-    """A warped 224 x 224 region -> VGG16's fc7 vector (4096-d at full width): the CNN of R-CNN.
+    """A warped region -> VGG16's fc7 vector (4096-d at full width): the CNN of R-CNN.
 
     ``vgg`` is a :class:`course_lib.backbones.vgg.VGG16` with its fully connected layers;
-    sharing it with a Fast R-CNN makes the two detectors run the very same network."""
+    sharing it with a Fast R-CNN makes the two detectors run the very same network. As in
+    torchvision's ``vgg16``, an adaptive average pool brings pool5 to the 7 x 7 that fc6
+    reads: the identity for the paper's 224 x 224 warps, and smaller warps still work."""
 
-    def __init__(self, vgg: nn.Module):
+    def __init__(self, vgg: VGG16):
         super().__init__()
         if "fc7" not in vgg.out_channels:
             raise ValueError("R-CNN reads fc7: build the VGG16 with fully_connected=True.")
         self.vgg = vgg
+        self.pool = nn.AdaptiveAvgPool2d(7)
         self.out_channels = vgg.out_channels["fc7"]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.vgg(x)["fc7"].flatten(1)
+        x = self.pool(self.vgg.features(x))  # pool5
+        x = self.vgg.drop6(self.vgg.relu6(self.vgg.fc6(x)))
+        x = self.vgg.drop7(self.vgg.relu7(self.vgg.fc7(x)))
+        return x.flatten(1)
 
 
 class RCNN(nn.Module):

@@ -30,13 +30,16 @@ neighbours in one vectorised step. Only the merge loop itself is sequential.
 from __future__ import annotations
 
 import heapq
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 from scipy import ndimage
 from skimage import color as skcolor
 from skimage.segmentation import felzenszwalb
+from tqdm.auto import tqdm
 
 __all__ = [
     "Strategy",
@@ -46,6 +49,7 @@ __all__ = [
     "region_features",
     "hierarchical_grouping",
     "selective_search",
+    "selective_search_many",
 ]
 
 COLOUR_BINS = 25  # per channel (section 3.2, "colour similarity")
@@ -353,3 +357,15 @@ def selective_search(
     if max_proposals is not None:
         boxes = boxes[:max_proposals]
     return torch.as_tensor(boxes, dtype=torch.float32)
+
+
+def selective_search_many(images, num_workers: int = 0, progress: bool = True, **kwargs) -> list[torch.Tensor]:
+    """:func:`selective_search` of every image of ``images`` (keyword arguments passed on), in
+    ``num_workers`` processes (0: in this one). Each image is independent and the algorithm
+    runs on the CPU in one thread, so a dataset's proposals scale with the cores."""
+    images = [image.as_subclass(torch.Tensor) if isinstance(image, torch.Tensor) else image for image in images]
+    search = partial(selective_search, **kwargs)
+    if num_workers <= 0:
+        return [search(image) for image in tqdm(images, desc="selective search", disable=not progress)]
+    with ProcessPoolExecutor(num_workers) as pool:
+        return list(tqdm(pool.map(search, images), total=len(images), desc="selective search", disable=not progress))

@@ -269,3 +269,8 @@ def test_rcnn_vgg16_reads_fc7_of_a_224_warp():
     assert feats.shape == (3, 128)  # fc7: 4096 / 32
     # one forward pass per region: the features of a region do not depend on its batch
     torch.testing.assert_close(model.region_features(image, boxes[1:2]), feats[1:2], atol=1e-5, rtol=1e-4)
+    # at 224 x 224 the features are VGG16's own fc7 (pool5 is already 7 x 7)
+    crops = torch.randn(2, 3, 224, 224)
+    torch.testing.assert_close(model.features(crops), model.features.vgg(crops)["fc7"].flatten(1))
+    small = rcnn_vgg16(num_classes=3, width=1 / 32, warp_size=112, context=8).eval()
+    assert small.region_features(image, boxes).shape == (3, 128)

@@ -16,6 +16,7 @@ from course_lib.detection.selective_search import (
     initial_regions,
     region_features,
     selective_search,
+    selective_search_many,
     texture_bins,
 )
 from course_lib.ops import box_iou
@@ -160,3 +161,13 @@ def test_inputs_grayscale_float_and_bad():
         Strategy("xyz", 100, "C")
     flat = selective_search(np.zeros((32, 32, 3), np.uint8), "single")  # one region: the image
     torch.testing.assert_close(flat, torch.tensor([[0.0, 0.0, 32.0, 32.0]]))
+
+
+def test_many_images_in_worker_processes_equal_one_by_one():
+    images = [_scene(i, size=64)[0] for i in range(3)]
+    one_by_one = [selective_search(image, "single", max_proposals=20) for image in images]
+    for workers in (0, 2):
+        many = selective_search_many(images, num_workers=workers, progress=False, mode="single", max_proposals=20)
+        assert len(many) == 3
+        for a, b in zip(many, one_by_one):
+            torch.testing.assert_close(a, b)
