@@ -152,7 +152,8 @@ def extract_windows(images: Tensor, window: int, stride: int) -> tuple[Tensor, t
 def sliding_window_scores(
     classifier: PatchClassifier, images: Tensor, stride: int = 1, batch_size: int = 2048, progress: bool = False
 ) -> Tensor:
-    """The classifier run on every window, one window per forward pass row: ``N x K x rows x cols``.
+    """The classifier run on every window at ``stride``, each window its own forward pass (batched):
+    ``N x K x rows x cols`` scores, ``rows = (H - window) // stride + 1``.
 
     Windows are processed ``batch_size`` at a time (the only loop); the point of the chapter is that
     this repeats almost all of the work for neighbouring windows.
