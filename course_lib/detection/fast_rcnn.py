@@ -265,14 +265,15 @@ def fast_rcnn_vgg16(
 ) -> FastRCNN:
     """Fast R-CNN with VGG16 (the paper's model "L") at channel width ``width`` (1.0 = the
     paper: conv5_3 with 512 channels, fc6/fc7 with 4096), single-scale testing and training
-    with a 600 px shorter side capped at 1000 (section 5.2). ``num_classes`` counts the object
-    classes; the predictor adds the background. Pass ``vgg`` to share the network with an R-CNN.
+    with a 600 px shorter side capped at 1000 (section 5.2). ``num_classes`` = K + 1, the
+    object classes and the background (torchvision's convention, ``CocoDetection.num_classes``).
+    Pass ``vgg`` to share the network with an R-CNN.
     """
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1 (object classes, background excluded), got {num_classes}.")
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts the background too (K + 1): it must be >= 2, got {num_classes}.")
     vgg = vgg if vgg is not None else VGG16(width=width, fully_connected=True)
     box_head = VGG16BoxHead(vgg)
-    predictor = init_predictor_as_paper(FastRCNNPredictor(box_head.out_channels, num_classes + 1))
+    predictor = init_predictor_as_paper(FastRCNNPredictor(box_head.out_channels, num_classes))
     roi_heads = FastRCNNRoIHeads(RoIPool(7, 1 / 16), box_head, predictor, **roi_heads_kwargs)
     transform = GeneralizedRCNNTransform(min_size, max_size, size_divisible=16)
     return FastRCNN(transform, VGG16Backbone(vgg), roi_heads)

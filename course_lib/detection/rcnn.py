@@ -223,7 +223,7 @@ def postprocess_detections(
 # ----------------------------------------------------------------------------------
 # Section 2.3 and appendix C: the linear classifiers and box regressors
 # ----------------------------------------------------------------------------------
-def svm_labels(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, num_classes: int,
+def svm_labels(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, num_object_classes: int,
                neg_iou_thresh: float = 0.3) -> Tensor:
     """Per-class training labels of the regions ``cat([gt_boxes, proposals])`` (R-CNN section
     2.3): (G + N, K) with +1 for the ground-truth boxes of class k, -1 for regions whose IoU
@@ -232,8 +232,8 @@ def svm_labels(proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, num_class
     to be negatives are not positives either."""
     boxes = torch.cat([gt_boxes, proposals]).float()
     if len(gt_boxes) == 0:
-        return torch.full((len(boxes), num_classes), -1, dtype=torch.int64, device=boxes.device)
-    onehot = F.one_hot(gt_labels.long() - 1, num_classes).to(boxes.dtype)  # (G, K)
+        return torch.full((len(boxes), num_object_classes), -1, dtype=torch.int64, device=boxes.device)
+    onehot = F.one_hot(gt_labels.long() - 1, num_object_classes).to(boxes.dtype)  # (G, K)
     iou_per_class = (box_iou(boxes, gt_boxes.float())[:, :, None] * onehot[None]).amax(1)  # (G + N, K)
     y = torch.where(iou_per_class < neg_iou_thresh, -1, 0)
     y[torch.arange(len(gt_boxes)), gt_labels.long() - 1] = 1
@@ -364,7 +364,8 @@ class RCNN(nn.Module):
     Args:
         features: warped regions (N, 3, warp_size, warp_size) -> vectors (N, feature_dim).
         feature_dim: their length.
-        num_classes: object classes K (labels 1..K; 0 is background).
+        num_classes: K + 1, the object classes and the background (torchvision's and
+            ``CocoDetection.num_classes``'s convention; labels 1..K, 0 is background).
         warp_size, context: the warp of appendix A (224 and 16 here; the paper's AlexNet used 227).
         chunk_size: regions per CNN forward pass.
         score_thresh, nms_thresh, detections_per_img: post-processing (per-class NMS at 0.3).
@@ -395,13 +396,14 @@ class RCNN(nn.Module):
         detections_per_img: int = 100,
     ):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 (object classes, background excluded), got {num_classes}.")
+        if num_classes < 2:
+            raise ValueError(f"num_classes counts the background too (K + 1): it must be >= 2, got {num_classes}.")
         self.features = features
         self.num_classes = num_classes
-        self.finetune_head = nn.Linear(feature_dim, num_classes + 1)
-        self.classifier = nn.Linear(feature_dim, num_classes)
-        self.bbox_regressor = nn.Linear(feature_dim, 4 * num_classes)
+        k = num_classes - 1  # object classes: one SVM and one box regressor each
+        self.finetune_head = nn.Linear(feature_dim, num_classes)
+        self.classifier = nn.Linear(feature_dim, k)
+        self.bbox_regressor = nn.Linear(feature_dim, 4 * k)
         for layer in (self.classifier, self.bbox_regressor):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -478,7 +480,7 @@ class RCNN(nn.Module):
             gt_boxes, gt_labels = target["boxes"], target["labels"]
             boxes = torch.cat([gt_boxes, props])
             feats.append(self.region_features(image, boxes).cpu())
-            ys.append(svm_labels(props, gt_boxes, gt_labels, self.num_classes))
+            ys.append(svm_labels(props, gt_boxes, gt_labels, self.num_classes - 1))
             cls = torch.zeros(len(boxes), dtype=torch.int64)
             t = torch.zeros(len(boxes), 4)
             if len(gt_boxes):
@@ -499,7 +501,7 @@ class RCNN(nn.Module):
         # the feature scale is folded into the layers: w . (s x) + b = (s w) . x + b
         self.classifier.weight.copy_((weight * scale).to(device))
         self.classifier.bias.copy_(bias.to(device))
-        for k in range(self.num_classes):  # one ridge regression per class
+        for k in range(self.num_classes - 1):  # one ridge regression per object class
             rows = reg_classes == k + 1
             w, b = ridge_regression(feats[rows] * scale, reg_targets[rows], ridge_lambda)
             self.bbox_regressor.weight[4 * k:4 * k + 4] = (w * scale).to(device)
@@ -534,7 +536,7 @@ class RCNN(nn.Module):
             feats = self.region_features(image, props)
             scores = torch.sigmoid(self.classifier(feats))
             offsets = self.bbox_regressor(feats)
-            boxes = self.box_coder.decode_single(offsets, props).reshape(len(props), self.num_classes, 4)
+            boxes = self.box_coder.decode_single(offsets, props).reshape(len(props), self.num_classes - 1, 4)
             detections.append(postprocess_detections(scores, boxes, size, self.score_thresh,
                                                      self.nms_thresh, self.detections_per_img))
         return detections
@@ -542,7 +544,8 @@ class RCNN(nn.Module):
 
 def rcnn_vgg16(num_classes: int, width: float = 1.0, vgg: nn.Module | None = None, **kwargs) -> RCNN:
     """R-CNN with VGG16 (the paper's "O-Net", Table 3) at channel width ``width`` (1.0 = the
-    paper; smaller for CPU profiles). Pass ``vgg`` to share a network with a Fast R-CNN."""
+    paper; smaller for CPU profiles). ``num_classes`` = K + 1 (background included). Pass
+    ``vgg`` to share a network with a Fast R-CNN."""
     vgg = vgg if vgg is not None else VGG16(width=width, fully_connected=True)
     features = VGG16Features(vgg)
     return RCNN(features, features.out_channels, num_classes, **kwargs)

@@ -103,7 +103,7 @@ def test_loss_equals_torchvision_fastrcnn_loss():
 
 def test_postprocess_equals_torchvision_roi_heads():
     torch.manual_seed(0)
-    model = fast_rcnn_vgg16(num_classes=4, width=1 / 64)
+    model = fast_rcnn_vgg16(num_classes=5, width=1 / 64)
     heads = model.roi_heads
     reference = RoIHeads(None, None, None, 0.5, 0.5, 512, 0.25, (10.0, 10.0, 5.0, 5.0),
                          score_thresh=heads.score_thresh, nms_thresh=heads.nms_thresh,
@@ -124,7 +124,7 @@ def test_postprocess_equals_torchvision_roi_heads():
 
 def test_paper_shapes_of_vgg16_fast_rcnn():
     with torch.device("meta"):  # the full-scale model "L" of the paper, no memory needed
-        model = fast_rcnn_vgg16(num_classes=20)
+        model = fast_rcnn_vgg16(num_classes=21)
     head = model.roi_heads
     assert head.box_head.fc6.weight.shape == (4096, 512, 7, 7)  # fc6 reads the 7 x 7 RoI-pooled conv5_3
     assert head.box_head.fc7.weight.shape == (4096, 4096, 1, 1)
@@ -143,7 +143,7 @@ def test_paper_shapes_of_vgg16_fast_rcnn():
 
 def _tiny_model():
     torch.manual_seed(0)
-    return fast_rcnn_vgg16(num_classes=3, width=1 / 16, min_size=128, max_size=160, rois_per_image=32)
+    return fast_rcnn_vgg16(num_classes=4, width=1 / 16, min_size=128, max_size=160, rois_per_image=32)
 
 
 def _scene(seed):

@@ -74,7 +74,7 @@ def test_svm_labels_by_hand():
         [0.0, 0.0, 10.0, 2.0],    # IoU 0.2 with class 1: negative for both
         [40.0, 40.0, 50.0, 50.0],  # nothing: negative for both
     ])
-    y = svm_labels(proposals, gt, gt_labels, num_classes=3)
+    y = svm_labels(proposals, gt, gt_labels, num_object_classes=3)
     expected = torch.tensor([
         [1, -1, -1],   # the GT box of class 1: positive for class 1 only
         [-1, 1, -1],   # the GT box of class 2
@@ -172,7 +172,7 @@ def _proposals(gt, n_jitter=30, n_random=60, seed=0):
     return torch.cat([jittered, torch.cat([xy, xy + wh], 1)])
 
 
-def _small_rcnn(num_classes=2):
+def _small_rcnn(num_classes=3):
     """R-CNN around a fixed, parameter-free stand-in CNN (4 x 4 average colours: 48-d), warp 64."""
     torch.manual_seed(0)
     features = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())
@@ -210,7 +210,7 @@ def test_rcnn_finetuning_reduces_loss():
     proposals = _proposals(target["boxes"])
     torch.manual_seed(0)
     features = nn.Sequential(nn.Conv2d(3, 8, 5, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
-    model = RCNN(features, 32, 2, warp_size=64, context=4, finetune_batch_size=64)
+    model = RCNN(features, 32, 3, warp_size=64, context=4, finetune_batch_size=64)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses = []
@@ -260,8 +260,8 @@ def test_rcnn_bad_inputs_train_and_detect_without_nan():
 
 def test_rcnn_vgg16_reads_fc7_of_a_224_warp():
     with torch.device("meta"):  # the paper's full-scale network, built without memory
-        full = rcnn_vgg16(num_classes=20)
-    assert full.classifier.in_features == 4096 and full.features.vgg.fc6.weight.shape == (4096, 512, 7, 7)
+        full = rcnn_vgg16(num_classes=21)
+    assert full.classifier.in_features == 4096 and full.classifier.out_features == 20 and full.features.vgg.fc6.weight.shape == (4096, 512, 7, 7)
     model = rcnn_vgg16(num_classes=3, width=1 / 32, chunk_size=4).eval()
     image = torch.rand(3, 100, 120)
     boxes = torch.tensor([[10.0, 10.0, 60.0, 50.0], [0.0, 0.0, 120.0, 100.0], [30.0, 20.0, 90.0, 95.0]])
