@@ -60,6 +60,7 @@ class Profile:
     lineage_max_size: int  # longer side cap (paper: 1000)
     lineage_rcnn_steps: int  # R-CNN fine-tuning steps (128 warped regions each)
     lineage_train_steps: int  # Fast R-CNN training steps (2 images each)
+    faster_rcnn_train_steps: int  # chapter 5: Faster R-CNN R50-C4 training steps (det_batch_size images each)
 
     # --- chapter 7: FPN (RPN / RoI sampling sizes shared by the FPN and C4 runs, and the ablations) ---
     fpn_proposals_train: int  # RPN top-n per level before NMS and per image after it, training (paper: 2000)
@@ -102,6 +103,7 @@ PROFILES: dict[str, Profile] = {
         lineage_max_size=320,
         lineage_rcnn_steps=1,
         lineage_train_steps=2,
+        faster_rcnn_train_steps=2,
         fpn_proposals_train=200,
         fpn_proposals_test=50,
         fpn_rois_per_image=16,
@@ -140,6 +142,7 @@ PROFILES: dict[str, Profile] = {
         lineage_max_size=512,
         lineage_rcnn_steps=20,
         lineage_train_steps=150,
+        faster_rcnn_train_steps=300,
         fpn_proposals_train=1000,
         fpn_proposals_test=300,
         fpn_rois_per_image=128,
@@ -178,6 +181,7 @@ PROFILES: dict[str, Profile] = {
         lineage_max_size=1000,
         lineage_rcnn_steps=1000,
         lineage_train_steps=4000,
+        faster_rcnn_train_steps=20000,
         fpn_proposals_train=2000,
         fpn_proposals_test=1000,
         fpn_rois_per_image=512,
