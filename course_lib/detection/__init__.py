@@ -9,6 +9,7 @@ from .generalized_rcnn import FasterRCNN, GeneralizedRCNN
 from .roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
 from .transform import GeneralizedRCNNTransform
+from .faster_rcnn_c4 import SingleLevelRoIPool, fasterrcnn_resnet50_c4, fasterrcnn_resnet101_c4
 from .selective_search import selective_search
 from .rcnn import RCNN, rcnn_vgg16, warp_regions
 from .fast_rcnn import FastRCNN, FastRCNNRoIHeads, fast_rcnn_vgg16
@@ -16,5 +17,6 @@ from .fast_rcnn import FastRCNN, FastRCNNRoIHeads, fast_rcnn_vgg16
 __all__ = [
     "GeneralizedRCNN", "FasterRCNN", "GeneralizedRCNNTransform", "RPNHead", "RegionProposalNetwork",
     "RoIHeads", "TwoMLPHead", "FastRCNNPredictor",
+    "fasterrcnn_resnet50_c4", "fasterrcnn_resnet101_c4", "SingleLevelRoIPool",
     "selective_search", "RCNN", "rcnn_vgg16", "warp_regions", "FastRCNN", "FastRCNNRoIHeads", "fast_rcnn_vgg16",
 ]

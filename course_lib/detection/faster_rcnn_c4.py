@@ -1,0 +1,192 @@
+"""Faster R-CNN with a ResNet "C4" backbone: the original, single-scale layout (Ren et al., NeurIPS
+2015) with the ResNet design of He et al. (CVPR 2016, appendix A), as in Detectron's R-50-C4.
+
+    image -> conv1 .. conv4_x (C4: stride 16, 1024 channels)
+          -> RPN on C4: 3x3 conv, 9 anchors per position (scales 128, 256, 512 x ratios 1:2, 1:1, 2:1)
+          -> RoIAlign 14x14 on C4 (RoIPool in the 2015 paper)
+          -> conv5_x as the box head (first block stride 2: 14x14 -> 7x7), global average pool -> 2048-d
+          -> cls_score (K + 1), bbox_pred (4 (K + 1))
+
+Unlike the FPN model, the 9 conv layers of conv5_x run once *per RoI*: about 1.6 GFLOPs of
+forward pass per RoI, so the cost grows with the number of RoIs. And every object, small or
+large, is seen through the one stride-16 map C4; the FPN review in the course's sources quotes
+21.9 AP for Faster R-CNN (C4) against 36.2 AP with FPN on COCO, 5.8 against 18.2 on small objects.
+
+Paper configuration (py-faster-rcnn's ``config.py``): RPN pre-/post-NMS top-n 12000/2000 in
+training, 6000/300 in testing, NMS 0.7; anchors labelled at 0.7/0.3, 256 per image, half
+positive; RoIs labelled at 0.5, 512 per image, 25% foreground; box weights (10, 10, 5, 5);
+score threshold 0.05, NMS 0.5, 100 detections. Every one is a keyword of the constructors.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from course_lib.backbones.resnet import (
+    FrozenBatchNorm2d,
+    IntermediateLayerGetter,
+    ResNet,
+    _read_state_dict,
+    freeze_layers,
+    load_state_dict_checked,
+    load_torchvision_resnet,
+    resnet50,
+    resnet101,
+)
+from course_lib.ops import AnchorGenerator, roi_align, roi_pool
+
+from .generalized_rcnn import FasterRCNN
+from .roi_heads import FastRCNNPredictor
+
+__all__ = ["ResNetC4", "ResNetC5Head", "SingleLevelRoIPool", "init_like_fast_rcnn", "fasterrcnn_resnet50_c4",
+           "fasterrcnn_resnet101_c4"]
+
+PAPER_C4_CONFIG = dict(
+    rpn_anchor_generator=None,  # built per model: AnchorGenerator(((128, 256, 512),), ((0.5, 1.0, 2.0),))
+    rpn_pre_nms_top_n_train=12000, rpn_pre_nms_top_n_test=6000,
+    rpn_post_nms_top_n_train=2000, rpn_post_nms_top_n_test=300,
+    rpn_nms_thresh=0.7, rpn_fg_iou_thresh=0.7, rpn_bg_iou_thresh=0.3,
+    rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
+    box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5, box_batch_size_per_image=512, box_positive_fraction=0.25,
+    bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100,
+)
+
+
+class ResNetC4(nn.Module):
+    """The shared trunk: a ResNet up to conv4_x, returning ``{"0": C4}`` (stride 16, 1024 channels)."""
+
+    out_channels = 1024
+
+    def __init__(self, resnet: ResNet):
+        super().__init__()
+        self.body = IntermediateLayerGetter(resnet, {"layer3": "0"})
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.body(x)
+
+
+class ResNetC5Head(nn.Module):
+    """conv5_x as the per-RoI box head (He et al. 2016, appendix A): RoI features [R, 1024, 14, 14]
+    -> ``layer4`` (stride 2) -> [R, 2048, 7, 7] -> global average pool -> [R, 2048]."""
+
+    out_channels = 2048
+
+    def __init__(self, layer4: nn.Module):
+        super().__init__()
+        self.layer4 = layer4
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(self.layer4(x), 1).flatten(1)
+
+
+class SingleLevelRoIPool(nn.Module):
+    """RoI pooling on one feature map of known stride: ``method="align"`` (RoIAlign, Mask R-CNN,
+    ``sampling_ratio`` 0 = adaptive) or ``"pool"`` (the RoI max pooling of Fast R-CNN sec. 2.1 and
+    the 2015 Faster R-CNN). Same call as ``MultiScaleRoIAlign``: ``(features, proposals, image_shapes)``."""
+
+    def __init__(self, featmap_name: str = "0", output_size: int = 14, spatial_scale: float = 1 / 16,
+                 sampling_ratio: int = 0, method: str = "align"):
+        super().__init__()
+        if method not in ("align", "pool"):
+            raise ValueError(f"method must be 'align' (RoIAlign) or 'pool' (RoIPool), got {method!r}")
+        self.featmap_name = featmap_name
+        self.output_size = (output_size, output_size)
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.method = method
+
+    def forward(self, features: dict[str, Tensor], proposals: list[Tensor],
+                image_shapes: list[tuple[int, int]] | None = None) -> Tensor:
+        x = features[self.featmap_name]
+        if self.method == "pool":
+            return roi_pool(x, proposals, self.output_size, self.spatial_scale)
+        return roi_align(x, proposals, self.output_size, self.spatial_scale, self.sampling_ratio, aligned=False)
+
+    def extra_repr(self) -> str:
+        return (f"featmap_name={self.featmap_name!r}, output_size={self.output_size}, "
+                f"spatial_scale={self.spatial_scale}, method={self.method!r}")
+
+
+def init_like_fast_rcnn(predictor: FastRCNNPredictor) -> FastRCNNPredictor:
+    """Fast R-CNN sec. 2.3 ("SGD hyper-parameters"): the classification and box regression layers
+    start from zero-mean Gaussians with std 0.01 and 0.001, biases 0. The boxes then start at the
+    proposals (deltas ~ 0) and the classes near uniform, so the first steps are gentle."""
+    nn.init.normal_(predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(predictor.cls_score.bias)
+    nn.init.zeros_(predictor.bbox_pred.bias)
+    return predictor
+
+
+def _fasterrcnn_c4(depth: int, num_classes: int, weights, weights_backbone, min_size, max_size,
+                   trainable_backbone_layers: int | None, kwargs: dict) -> FasterRCNN:
+    # read the files first: a wrong path fails at once, not after building the network
+    model_state = _read_state_dict(weights) if weights is not None else None
+    if weights_backbone is not None and not os.path.isfile(os.fspath(weights_backbone)):
+        _read_state_dict(weights_backbone)  # raises the clear FileNotFoundError
+
+    # torchvision's rule: pretrained weights -> frozen batch norm and the first 2 stages frozen;
+    # from scratch -> ordinary (trained) batch norm and everything trainable
+    is_trained = weights is not None or weights_backbone is not None
+    if not is_trained:
+        if trainable_backbone_layers not in (None, 5):
+            warnings.warn(f"trainable_backbone_layers={trainable_backbone_layers} has no effect without "
+                          "weights or weights_backbone: a randomly initialised backbone is trained entirely (5).")
+        trainable_backbone_layers = 5
+    elif trainable_backbone_layers is None:
+        trainable_backbone_layers = 3
+    norm_layer = FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
+
+    resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer)
+    if weights_backbone is not None:
+        load_torchvision_resnet(resnet, weights_backbone)
+    freeze_layers(resnet, trainable_backbone_layers)
+
+    config = {**PAPER_C4_CONFIG, **kwargs}
+    if config["rpn_anchor_generator"] is None:
+        config["rpn_anchor_generator"] = AnchorGenerator(((128, 256, 512),), ((0.5, 1.0, 2.0),))
+    config.setdefault("box_roi_pool", SingleLevelRoIPool("0", output_size=14, spatial_scale=1 / 16, sampling_ratio=0))
+    config.setdefault("box_head", ResNetC5Head(resnet.layer4))
+    if config.get("box_predictor") is None:
+        config["box_predictor"] = init_like_fast_rcnn(FastRCNNPredictor(ResNetC5Head.out_channels, num_classes))
+    elif num_classes is not None:
+        raise ValueError("Pass num_classes=None together with a custom box_predictor.")
+    model = FasterRCNN(ResNetC4(resnet), None, min_size=min_size, max_size=max_size, **config)
+
+    if model_state is not None:
+        load_state_dict_checked(model, model_state, repr(os.fspath(weights)))
+    return model
+
+
+def fasterrcnn_resnet50_c4(num_classes: int | None, weights: str | os.PathLike | None = None,
+                           weights_backbone: str | os.PathLike | None = None, *, min_size: int = 800,
+                           max_size: int = 1333, trainable_backbone_layers: int | None = None,
+                           **kwargs) -> FasterRCNN:
+    """Faster R-CNN, ResNet-50-C4, paper configuration (see the module docstring).
+
+    Args:
+        num_classes: object classes + 1 (background).
+        weights: a local file with a state dict of this whole model (``torch.save(model.state_dict(), path)``).
+        weights_backbone: a local file with a torchvision ResNet-50 state dict (ImageNet weights).
+            With either file the batch norm is frozen and the first ``5 - trainable_backbone_layers``
+            stages too (default 3 trainable); without, the model trains from scratch with ordinary
+            batch norm and every stage trainable.
+        min_size, max_size: the transform's resize (the course passes ``PROFILE.det_min_size``).
+        **kwargs: any :class:`FasterRCNN` keyword, overriding the paper's values, e.g.
+            ``rpn_post_nms_top_n_test=100`` or ``box_roi_pool=SingleLevelRoIPool(method="pool")``.
+    """
+    return _fasterrcnn_c4(50, num_classes, weights, weights_backbone, min_size, max_size,
+                          trainable_backbone_layers, kwargs)
+
+
+def fasterrcnn_resnet101_c4(num_classes: int | None, weights: str | os.PathLike | None = None,
+                            weights_backbone: str | os.PathLike | None = None, *, min_size: int = 800,
+                            max_size: int = 1333, trainable_backbone_layers: int | None = None,
+                            **kwargs) -> FasterRCNN:
+    """Faster R-CNN, ResNet-101-C4 (the model of He et al. 2016's COCO results); as
+    :func:`fasterrcnn_resnet50_c4` with a torchvision ResNet-101 state dict for ``weights_backbone``."""
+    return _fasterrcnn_c4(101, num_classes, weights, weights_backbone, min_size, max_size,
+                          trainable_backbone_layers, kwargs)
