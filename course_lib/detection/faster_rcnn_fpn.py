@@ -55,6 +55,10 @@ def resnet_fpn_backbone(depth: int = 50, *, weights_backbone: str | os.PathLike 
 
 def _fasterrcnn_resnet_fpn(depth: int, *, weights, num_classes, weights_backbone, trainable_backbone_layers,
                            fpn_top_down, fpn_lateral, rois_from_p2_only, frozen_bn_eps, **kwargs) -> FasterRCNN:
+    for name, value in (("weights", weights), ("weights_backbone", weights_backbone)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{name} must be the path of a local state dict file (nothing is downloaded in this "
+                            f"course), got {type(value).__name__}: save one with torch.save(model.state_dict(), path).")
     state_dict = None
     if weights is not None:
         state_dict = _read_state_dict(weights)  # clear error if the file is missing or not a state dict

@@ -323,6 +323,8 @@ def test_weights_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="two_classes.pth.*num_classes=5"):
         fasterrcnn_resnet50_fpn(weights=wrong, num_classes=5)
     assert fasterrcnn_resnet50_fpn(weights=wrong).roi_heads.box_predictor.cls_score.out_features == 2
+    with pytest.raises(TypeError, match="path of a local state dict"):
+        fasterrcnn_resnet50_fpn(weights=torchvision.models.detection.FasterRCNN_ResNet50_FPN_Weights.COCO_V1)
 
 
 def test_resnet101_fpn_has_torchvisions_keys():
