@@ -202,8 +202,10 @@ def region_features(image_cs: np.ndarray, labels: np.ndarray, bins: tuple[np.nda
     colour, texture = bins if bins is not None else (colour_bins(image_cs), texture_bins(image_cs))
     n = int(labels.max()) + 1
     size = np.bincount(labels.ravel(), minlength=n).astype(np.float64)
-    slices = ndimage.find_objects(labels + 1)
-    box = np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in slices], dtype=np.float64)
+    rows, cols = np.indices(labels.shape)
+    index = np.arange(n)
+    box = np.stack([ndimage.minimum(cols, labels, index), ndimage.minimum(rows, labels, index),
+                    ndimage.maximum(cols, labels, index) + 1, ndimage.maximum(rows, labels, index) + 1], 1).astype(np.float64)
     pairs = np.concatenate([
         np.stack([labels[:, :-1].ravel(), labels[:, 1:].ravel()], 1),
         np.stack([labels[:-1, :].ravel(), labels[1:, :].ravel()], 1),
