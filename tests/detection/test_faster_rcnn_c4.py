@@ -345,7 +345,15 @@ def test_c4_contract_and_degenerate_inputs(backbone_file):
     model = small_c4(backbone_file)
     images, targets = two_objects()
     model.train()
-    assert_finite(model(images, targets))
+    losses = model(images, targets)
+    assert_finite(losses)
+    sum(losses.values()).backward()  # every trainable stage gets a gradient: conv5_x (box head), the trunk
+    for name in ["roi_heads.box_head.layer4.0.conv1.weight", "backbone.body.layer3.0.conv1.weight",
+                 "backbone.body.layer2.0.conv1.weight", "rpn.head.conv.0.0.weight",
+                 "roi_heads.box_predictor.bbox_pred.weight"]:
+        grad = model.get_parameter(name).grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+    assert model.backbone.body.layer1[0].conv1.weight.grad is None  # frozen (trainable_backbone_layers=3)
     assert_finite(model(images, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2))
     assert_finite(model([torch.rand(3, 10, 12)], [{"boxes": torch.tensor([[1.0, 1.0, 9.0, 8.0]]),
                                                   "labels": torch.tensor([2])}]))
@@ -359,13 +367,16 @@ def test_c4_contract_and_degenerate_inputs(backbone_file):
         assert d["boxes"][:, 0::2].max() <= w + 1e-3 and d["boxes"][:, 1::2].max() <= h + 1e-3
 
 
+@pytest.mark.slow
 def test_overfits_two_images(backbone_file):
     """40 SGD steps on two images: the loss falls by more than half and each image's top
-    detection has the right class and IoU > 0.5 with its box. conv5_x (the box head), the RPN head
-    and the predictor train (trainable_backbone_layers=1: the trunk stays as "pretrained").
-    Seeds 0-4 end at 18-30% of the first loss, with top-detection IoUs 0.56-0.89."""
+    detection has the right class and IoU > 0.5 with its box. To fit the CPU budget the ResNet
+    stays as "pretrained" (trainable_backbone_layers=0) and the RPN head and the Fast R-CNN
+    predictor learn; that gradients reach conv5_x and the trunk is checked in
+    test_c4_contract_and_degenerate_inputs. Seeds 0-4 end at 20-34% of the first loss, with
+    top-detection IoUs 0.57-0.93."""
     torch.manual_seed(0)
-    model = small_c4(backbone_file, trainable_backbone_layers=1)
+    model = small_c4(backbone_file, trainable_backbone_layers=0)
     images, targets = two_objects()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=2e-3, momentum=0.9, weight_decay=1e-4)
