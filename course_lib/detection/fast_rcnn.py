@@ -9,7 +9,8 @@ image and cuts every proposal's features out of the shared feature map (Figure 1
       -> RoI max pooling of each proposal to 7 x 7 (section 2.1), in place of pool5
       -> box head: fc6, fc7 (4096)
       -> predictor: cls_score (K+1-way softmax) and bbox_pred (4 offsets per class), the
-         ``FastRCNNPredictor`` of :mod:`course_lib.detection.roi_heads` initialised as the paper
+         ``FastRCNNPredictor`` of :mod:`course_lib.detection.roi_heads` initialised as the
+         paper (section 2.3, ``init_like_fast_rcnn``, shared with the Faster R-CNN C4 model)
       -> training: sampled RoIs and the multi-task loss (section 2.3, eq. 1)
          testing: class-specific boxes, per-class NMS (section 3)
 
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 
 from ..backbones.vgg import VGG16
 from ..ops import BoxCoder, roi_pool
+from .faster_rcnn_c4 import init_like_fast_rcnn
 from .rcnn import clean_proposals, clean_targets, postprocess_detections, sample_rois
 from .roi_heads import FastRCNNPredictor
 from .transform import GeneralizedRCNNTransform, resize_boxes
@@ -34,7 +36,6 @@ __all__ = [
     "RoIPool",
     "VGG16Backbone",
     "VGG16BoxHead",
-    "init_predictor_as_paper",
     "smooth_l1",
     "fast_rcnn_loss",
     "FastRCNNRoIHeads",
@@ -92,17 +93,6 @@ class VGG16BoxHead(nn.Module):
         x = self.drop6(self.relu6(self.fc6(x)))
         x = self.drop7(self.relu7(self.fc7(x)))
         return x.flatten(1)
-
-
-def init_predictor_as_paper(predictor: FastRCNNPredictor) -> FastRCNNPredictor:
-    """Section 2.2: "the fully connected layers used for softmax classification and
-    bounding-box regression are initialized from zero-mean Gaussian distributions with
-    standard deviations 0.01 and 0.001, respectively. Biases are initialized to 0." """
-    nn.init.normal_(predictor.cls_score.weight, std=0.01)
-    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
-    nn.init.zeros_(predictor.cls_score.bias)
-    nn.init.zeros_(predictor.bbox_pred.bias)
-    return predictor
 
 
 def smooth_l1(x: Tensor, beta: float = 1.0) -> Tensor:
@@ -273,7 +263,7 @@ def fast_rcnn_vgg16(
         raise ValueError(f"num_classes counts the background too (K + 1): it must be >= 2, got {num_classes}.")
     vgg = vgg if vgg is not None else VGG16(width=width, fully_connected=True)
     box_head = VGG16BoxHead(vgg)
-    predictor = init_predictor_as_paper(FastRCNNPredictor(box_head.out_channels, num_classes))
+    predictor = init_like_fast_rcnn(FastRCNNPredictor(box_head.out_channels, num_classes))
     roi_heads = FastRCNNRoIHeads(RoIPool(7, 1 / 16), box_head, predictor, **roi_heads_kwargs)
     transform = GeneralizedRCNNTransform(min_size, max_size, size_divisible=16)
     return FastRCNN(transform, VGG16Backbone(vgg), roi_heads)

@@ -56,8 +56,7 @@ def topped_up(proposals: torch.Tensor, count: int, height: int, width: int, seed
 
 
 def _build(name: str, smoke: bool):
-    from course_lib.detection import fast_rcnn_vgg16, rcnn_vgg16
-    from course_lib.detection.faster_rcnn_c4 import fasterrcnn_resnet50_c4
+    from course_lib.detection import fast_rcnn_vgg16, fasterrcnn_resnet50_c4, rcnn_vgg16
 
     width, size = (1 / 16, 150) if smoke else (1.0, 600)  # smoke: thin VGG16, small images (ResNet stays full)
     if name == "R-CNN":
