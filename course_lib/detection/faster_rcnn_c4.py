@@ -44,8 +44,9 @@ from .roi_heads import FastRCNNPredictor
 __all__ = ["ResNetC4", "ResNetC5Head", "SingleLevelRoIPool", "init_like_fast_rcnn", "fasterrcnn_resnet50_c4",
            "fasterrcnn_resnet101_c4"]
 
+# 3 scales x 3 aspect ratios = 9 anchors per C4 position (Faster R-CNN sec. 3.1.1)
+PAPER_ANCHOR_SIZES, PAPER_ASPECT_RATIOS = (128, 256, 512), (0.5, 1.0, 2.0)
 PAPER_C4_CONFIG = dict(
-    rpn_anchor_generator=None,  # built per model: AnchorGenerator(((128, 256, 512),), ((0.5, 1.0, 2.0),))
     rpn_pre_nms_top_n_train=12000, rpn_pre_nms_top_n_test=6000,
     rpn_post_nms_top_n_train=2000, rpn_post_nms_top_n_test=300,
     rpn_nms_thresh=0.7, rpn_fg_iou_thresh=0.7, rpn_bg_iou_thresh=0.3,
@@ -146,11 +147,16 @@ def _fasterrcnn_c4(depth: int, num_classes: int, weights, weights_backbone, min_
     freeze_layers(resnet, trainable_backbone_layers)
 
     config = {**PAPER_C4_CONFIG, **kwargs}
-    if config["rpn_anchor_generator"] is None:
-        config["rpn_anchor_generator"] = AnchorGenerator(((128, 256, 512),), ((0.5, 1.0, 2.0),))
-    config.setdefault("box_roi_pool", SingleLevelRoIPool("0", output_size=14, spatial_scale=1 / 16, sampling_ratio=0))
-    config.setdefault("box_head", ResNetC5Head(resnet.layer4))
+    # the C4 pieces, unless given: the paper's anchors, 14x14 RoIAlign on C4, conv5_x as the box head
+    if config.get("rpn_anchor_generator") is None:
+        config["rpn_anchor_generator"] = AnchorGenerator((PAPER_ANCHOR_SIZES,), (PAPER_ASPECT_RATIOS,))
+    if config.get("box_roi_pool") is None:
+        config["box_roi_pool"] = SingleLevelRoIPool("0", output_size=14, spatial_scale=1 / 16, sampling_ratio=0)
+    if config.get("box_head") is None:
+        config["box_head"] = ResNetC5Head(resnet.layer4)
     if config.get("box_predictor") is None:
+        if num_classes is None or num_classes < 2:
+            raise ValueError(f"num_classes (object classes + 1 for the background) must be >= 2, got {num_classes}.")
         config["box_predictor"] = init_like_fast_rcnn(FastRCNNPredictor(ResNetC5Head.out_channels, num_classes))
     elif num_classes is not None:
         raise ValueError("Pass num_classes=None together with a custom box_predictor.")

@@ -337,6 +337,8 @@ def test_weights_files(tmp_path):
         c4.fasterrcnn_resnet50_c4(3, weights_backbone=tmp_path / "missing.pth")
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         c4.fasterrcnn_resnet50_c4(3, weights=tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="num_classes"):
+        c4.fasterrcnn_resnet50_c4(None, weights=tmp_path / "c4.pth")
     with pytest.raises(ValueError, match=r"cls_score.weight: file has shape \(3, 2048\), model has \(5, 2048\)"):
         c4.fasterrcnn_resnet50_c4(5, weights=tmp_path / "c4.pth")
 
