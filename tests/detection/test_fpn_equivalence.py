@@ -208,7 +208,11 @@ def test_inference_equals_torchvision_on_another_batch(small_pair):
 
 def test_training_losses_and_gradients_equal_torchvision(small_pair):
     ours, ref = small_pair
-    images = [scene(241, 317, seed=6), scene(230, 290, seed=7)]
+    # 320 x 448 needs neither resizing nor padding at min_size 320 / size_divisible 32. Padding would give
+    # anchors in the zero border exactly equal objectness: torchvision orders such ties by an unstable sort,
+    # so the training proposals would come in another order, the samplers (same random draws) would pick other
+    # RoIs, and the gradients would differ by ~3% although the losses agree (random heads score every RoI alike).
+    images = [scene(320, 448, seed=6), scene(320, 448, seed=7)]
     targets = [
         {"boxes": torch.tensor([[10.0, 20.0, 120.0, 150.0], [150.0, 30.0, 300.0, 90.0], [5.0, 5.0, 40.0, 30.0]]),
          "labels": torch.tensor([3, 17, 90])},
@@ -228,9 +232,18 @@ def test_training_losses_and_gradients_equal_torchvision(small_pair):
         sum(losses_ours.values()).backward()
         sum(losses_ref.values()).backward()
         params_ref = dict(ref.named_parameters())
+        compared = 0
         for name, p in ours.named_parameters():
+            if params_ref[name].grad is None:
+                assert p.grad is None, f"{name} gets a gradient in ours but not in torchvision's"
+                continue
+            # every parameter, backbone included: float32 sums in another order differ by ~1e-6 (relative norm)
+            difference = (p.grad - params_ref[name].grad).norm() / params_ref[name].grad.norm().clamp_min(1e-12)
+            assert difference < 1e-4, f"gradient of {name} differs by {difference:.2e} (relative norm)"
             if any(name.startswith(s) for s in ("backbone.fpn", "rpn.head", "roi_heads", "backbone.body.layer4.2")):
                 torch.testing.assert_close(p.grad, params_ref[name].grad, rtol=1e-3, atol=1e-5, msg=f"gradient of {name}")
+            compared += 1
+        assert compared > 100, f"only {compared} parameters had gradients to compare"
     finally:  # batch norm statistics moved the same way in both; the fixture stays an eval-mode pair
         ours.eval(), ref.eval()
         ours.zero_grad(set_to_none=True), ref.zero_grad(set_to_none=True)
