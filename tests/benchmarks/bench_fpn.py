@@ -15,8 +15,10 @@ weights (torchvision's random initialisation, seeded, loaded into both) for thre
   the other RoI ops) call torchvision's compiled kernels; everything else stays pure PyTorch.
 
 Inference: one image at a time in eval mode (torch.inference_mode). Training: one step (forward, backward, SGD) on
-a batch of ``--batch`` images with their ground-truth boxes. Every (run, mode) pair is measured in its own spawned
-process, so its peak memory is its own: peak resident set size (``ru_maxrss``) on the CPU -- tracemalloc does not
+a batch of ``--batch`` images with their ground-truth boxes. The three runs alternate, ``--rounds`` times (in a
+rotated order each round), and the table reports the median over rounds, so that a machine whose load drifts
+favours no run. Every measurement is a spawned process of its own, so its peak memory is its own: peak
+resident set size (``ru_maxrss``) on the CPU -- tracemalloc does not
 see torch's allocations -- reported as the process's peak and as the growth over the peak after building the model;
 ``torch.cuda.max_memory_allocated`` on CUDA. The target is within 1.10x of torchvision.
 """
@@ -130,14 +132,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2, help="test images (inference), 600 x 800 before resizing")
     parser.add_argument("--batch", type=int, default=2, help="images per training step")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes per process (after one warm-up)")
+    parser.add_argument("--rounds", type=int, default=3, help="times the three runs alternate")
     parser.add_argument("--min-size", type=int, default=800, help="the models' shorter side (default: the paper's 800)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--modes", default="inference,train", help="comma-separated: inference, train")
     parser.add_argument("--smoke", action="store_true", help="320 px, 1 repeat: checks that the script runs")
     args = parser.parse_args()
     if args.smoke:
-        args.min_size, args.repeats = 320, 1
+        args.min_size, args.repeats, args.rounds = 320, 1, 1
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - {"inference", "train"}:
         parser.error(f"--modes must list inference and/or train, got {args.modes!r}")
@@ -154,18 +157,24 @@ def main() -> None:
 
         print(f"device {args.device} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}; "
               f"images 600 x 800 resized to a {args.min_size}-px shorter side; inference on {args.images} images one "
-              f"at a time, training steps on batches of {args.batch}; median of {args.repeats} repeats")
+              f"at a time, training steps on batches of {args.batch}; {args.repeats} timed passes per process, "
+              f"median over {args.rounds} alternating rounds")
         load = os.getloadavg()[0]
         if load > (os.cpu_count() or 1):
             print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: other processes share the CPU, "
                   "times are noisy and pessimistic")
-        results = {}
+        rounds = {}
         for mode in modes:
-            for run in RUNS:
-                results[mode, run] = measure(run, mode, weights_path, samples, args.batch, args.min_size,
-                                             args.device, args.repeats)
-                seconds, peak, growth = results[mode, run]
-                print(f"  measured {mode:9s} {run:24s} {seconds:7.3f} s/image", flush=True)
+            for r in range(args.rounds):
+                for run in RUNS[r % len(RUNS):] + RUNS[: r % len(RUNS)]:  # rotate the order every round
+                    result = measure(run, mode, weights_path, samples, args.batch, args.min_size, args.device,
+                                     args.repeats)
+                    rounds.setdefault((mode, run), []).append(result)
+                    print(f"  round {r + 1}: {mode:9s} {run:24s} {result[0]:7.3f} s/image", flush=True)
+    # median time over rounds; the largest memory peak seen
+    results = {key: (statistics.median(r[0] for r in values), max(r[1] for r in values),
+                     None if values[0][2] is None else max(r[2] for r in values))
+               for key, values in rounds.items()}
 
     memory = "peak GPU mem" if args.device == "cuda" else "peak RSS"
     print(f"\n{'mode':10s}{'run':26s}{'s / image':>10s}{'x tv':>7s}{memory:>14s}{'x tv':>7s}"
