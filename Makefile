@@ -42,6 +42,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_ops.py
+	$(PY) tests/benchmarks/bench_fpn.py
+	$(PY) tests/benchmarks/bench_lineage.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

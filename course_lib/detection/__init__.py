@@ -13,10 +13,14 @@ from .faster_rcnn_c4 import SingleLevelRoIPool, fasterrcnn_resnet50_c4, fasterrc
 from .selective_search import selective_search
 from .rcnn import RCNN, rcnn_vgg16, warp_regions
 from .fast_rcnn import FastRCNN, FastRCNNRoIHeads, fast_rcnn_vgg16
+from .fpn import BackboneWithFPN, FeaturePyramidNetwork, LastLevelMaxPool
+from .faster_rcnn_fpn import fasterrcnn_resnet50_fpn, fasterrcnn_resnet101_fpn, resnet_fpn_backbone
 
 __all__ = [
     "GeneralizedRCNN", "FasterRCNN", "GeneralizedRCNNTransform", "RPNHead", "RegionProposalNetwork",
     "RoIHeads", "TwoMLPHead", "FastRCNNPredictor",
     "fasterrcnn_resnet50_c4", "fasterrcnn_resnet101_c4", "SingleLevelRoIPool",
     "selective_search", "RCNN", "rcnn_vgg16", "warp_regions", "FastRCNN", "FastRCNNRoIHeads", "fast_rcnn_vgg16",
+    "FeaturePyramidNetwork", "LastLevelMaxPool", "BackboneWithFPN",
+    "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet101_fpn", "resnet_fpn_backbone",
 ]
