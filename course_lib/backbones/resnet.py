@@ -301,3 +301,21 @@ def resnet_body(depth: int = 50, *, return_layers: dict[str, str] | None = None,
     if return_layers is None:
         return_layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
     return IntermediateLayerGetter(model, return_layers)
+
+
+def backbone_training_setup(weights, weights_backbone, trainable_backbone_layers: int | None):
+    """torchvision's rule for a detector's backbone: ``(trainable_layers, norm_layer)``.
+
+    With weights (of the detector or its backbone) batch norm is frozen and the last 3 stages train by default;
+    a randomly initialised backbone uses ordinary batch norm and trains all 5 stages (a different value is
+    ignored, with a warning).
+    """
+    import warnings
+
+    is_trained = weights is not None or weights_backbone is not None
+    if not is_trained:
+        if trainable_backbone_layers not in (None, 5):
+            warnings.warn(f"trainable_backbone_layers={trainable_backbone_layers} has no effect without weights or "
+                          "weights_backbone: a randomly initialised backbone trains all 5 stages (as in torchvision).")
+        return 5, nn.BatchNorm2d
+    return (3 if trainable_backbone_layers is None else trainable_backbone_layers), FrozenBatchNorm2d

@@ -20,16 +20,15 @@ score threshold 0.05, NMS 0.5, 100 detections. Every one is a keyword of the con
 from __future__ import annotations
 
 import os
-import warnings
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib.backbones.resnet import (
-    FrozenBatchNorm2d,
     IntermediateLayerGetter,
     ResNet,
     _read_state_dict,
+    backbone_training_setup,
     freeze_layers,
     load_state_dict_checked,
     load_torchvision_resnet,
@@ -131,15 +130,7 @@ def _fasterrcnn_c4(depth: int, num_classes: int, weights, weights_backbone, min_
 
     # torchvision's rule: pretrained weights -> frozen batch norm and the first 2 stages frozen;
     # from scratch -> ordinary (trained) batch norm and everything trainable
-    is_trained = weights is not None or weights_backbone is not None
-    if not is_trained:
-        if trainable_backbone_layers not in (None, 5):
-            warnings.warn(f"trainable_backbone_layers={trainable_backbone_layers} has no effect without "
-                          "weights or weights_backbone: a randomly initialised backbone is trained entirely (5).")
-        trainable_backbone_layers = 5
-    elif trainable_backbone_layers is None:
-        trainable_backbone_layers = 3
-    norm_layer = FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
+    trainable_backbone_layers, norm_layer = backbone_training_setup(weights, weights_backbone, trainable_backbone_layers)
 
     resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer)
     if weights_backbone is not None:

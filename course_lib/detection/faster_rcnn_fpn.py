@@ -24,11 +24,16 @@ lateral connections, ``rois_from_p2_only=True`` (f) every RoI pooled from the fi
 from __future__ import annotations
 
 import os
-import warnings
 
 from torch import nn
 
-from course_lib.backbones.resnet import FrozenBatchNorm2d, _read_state_dict, overwrite_eps, resnet_body
+from course_lib.backbones.resnet import (
+    FrozenBatchNorm2d,
+    _read_state_dict,
+    backbone_training_setup,
+    overwrite_eps,
+    resnet_body,
+)
 from course_lib.ops import MultiScaleRoIAlign
 
 from .fpn import BackboneWithFPN, FeaturePyramidNetwork, LastLevelMaxPool
@@ -70,15 +75,7 @@ def _fasterrcnn_resnet_fpn(depth: int, *, weights, num_classes, weights_backbone
         num_classes = 91  # COCO's category ids 1..90 plus the background
 
     # torchvision's _validate_trainable_layers: without any weights, train everything
-    is_trained = weights is not None or weights_backbone is not None
-    if not is_trained:
-        if trainable_backbone_layers is not None and trainable_backbone_layers != 5:
-            warnings.warn(f"trainable_backbone_layers={trainable_backbone_layers} has no effect without weights or "
-                          "weights_backbone: a randomly initialised backbone trains all 5 stages (as in torchvision).")
-        trainable_backbone_layers = 5
-    elif trainable_backbone_layers is None:
-        trainable_backbone_layers = 3
-    norm_layer = FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
+    trainable_backbone_layers, norm_layer = backbone_training_setup(weights, weights_backbone, trainable_backbone_layers)
 
     if rois_from_p2_only:
         if "box_roi_pool" in kwargs:
