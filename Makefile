@@ -36,6 +36,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 test: export COURSE_PROFILE = ci
+test: export COURSE_SOLUTIONS = 1
 test: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py --profile ci --skip-existing
 	$(PY) -m pytest --nbval-lax --nbval-current-env tests notebooks $(PYTEST_ARGS)

@@ -51,7 +51,8 @@ def test_notebook_opens_with_goals_and_ends_with_self_checking_exercises(path):
     assert cells[0]["cell_type"] == "markdown" and "learn" in first.lower(), (
         f"{path.name} must open with a markdown cell saying what the student will learn")
     code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
-    assert any("assert" in src for src in code[-3:]), f"{path.name} must end with self-checking exercises (asserts)"
+    assert any("assert" in src or "ex.check_" in src for src in code[-3:]), (
+        f"{path.name} must end with self-checking exercises (checkers of course_lib.exercises)")
 
 
 def test_ci_runs_the_readme_test_command():
