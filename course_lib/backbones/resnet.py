@@ -80,8 +80,10 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    # padding = dilation keeps the size of a stride-1 map: a dilated 3x3 kernel spans 2 * dilation + 1 pixels
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation, dilation=dilation,
+                     bias=False)
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -91,17 +93,18 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 class Bottleneck(nn.Module):
     """The bottleneck residual block (paper Fig. 5 right): 1x1 reduce, 3x3, 1x1 expand (x4), plus
     the shortcut ``F(x) + x`` (paper eq. 1), or a strided 1x1 projection ``F(x) + W_s x`` (eq. 2)
-    when the shape changes. The stride sits in the 3x3 conv (v1.5), not in the first 1x1."""
+    when the shape changes. The stride sits in the 3x3 conv (v1.5), not in the first 1x1; so does the
+    ``dilation`` of a stage run *a trous* (see :class:`ResNet`)."""
 
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, norm_layer: NormLayer = nn.BatchNorm2d):
+                 downsample: nn.Module | None = None, norm_layer: NormLayer = nn.BatchNorm2d, *, dilation: int = 1):
         super().__init__()
         width = planes
         self.conv1 = conv1x1(inplanes, width)
         self.bn1 = norm_layer(width)
-        self.conv2 = conv3x3(width, width, stride)
+        self.conv2 = conv3x3(width, width, stride, dilation)
         self.bn2 = norm_layer(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = norm_layer(planes * self.expansion)
@@ -123,21 +126,37 @@ class ResNet(nn.Module):
 
     The construction order and the initialisation (Kaiming-normal fan-out convs, BN = identity)
     follow torchvision, so the same ``torch.manual_seed`` gives the same initial weights.
+
+    ``replace_stride_with_dilation``: three booleans for conv3_x, conv4_x, conv5_x (torchvision's argument and
+    semantics). A ``True`` stage keeps the resolution (its first block has stride 1) and multiplies the dilation
+    of the 3x3 convolutions that follow by 2 instead (convolution "a trous"). R-FCN (Dai et al. 2016, sec. 2,
+    "A trous and stride") runs conv5_x this way, ``[False, False, True]``: C5 at stride 16 instead of 32, with
+    the same weights (a dilation has no parameters). As in torchvision, the first block of such a stage keeps
+    the *previous* dilation and only the later blocks use the new one (R-FCN's released Caffe model dilates
+    every res5 3x3, res5a's included: one convolution differs; we keep torchvision's layout).
     """
 
     def __init__(self, layers: tuple[int, int, int, int], num_classes: int = 1000,
-                 norm_layer: NormLayer = nn.BatchNorm2d):
+                 norm_layer: NormLayer = nn.BatchNorm2d, replace_stride_with_dilation: list[bool] | None = None):
         super().__init__()
+        if replace_stride_with_dilation is None:
+            replace_stride_with_dilation = [False, False, False]
+        if len(replace_stride_with_dilation) != 3 or not all(isinstance(d, bool) for d in replace_stride_with_dilation):
+            raise ValueError("replace_stride_with_dilation must be three booleans (conv3_x, conv4_x, conv5_x), "
+                             f"e.g. [False, False, True] for R-FCN's dilated conv5_x; got {replace_stride_with_dilation!r}")
+        self.replace_stride_with_dilation = list(replace_stride_with_dilation)
         self._norm_layer = norm_layer
+        self.dilation = 1
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = norm_layer(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(64, layers[0])  # conv2_x, stride 4
-        self.layer2 = self._make_layer(128, layers[1], stride=2)  # conv3_x, stride 8
-        self.layer3 = self._make_layer(256, layers[2], stride=2)  # conv4_x, stride 16
-        self.layer4 = self._make_layer(512, layers[3], stride=2)  # conv5_x, stride 32
+        dilate = replace_stride_with_dilation
+        self.layer2 = self._make_layer(128, layers[1], stride=2, dilate=dilate[0])  # conv3_x, stride 8
+        self.layer3 = self._make_layer(256, layers[2], stride=2, dilate=dilate[1])  # conv4_x, stride 16
+        self.layer4 = self._make_layer(512, layers[3], stride=2, dilate=dilate[2])  # conv5_x, stride 32
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * Bottleneck.expansion, num_classes)
 
@@ -148,7 +167,11 @@ class ResNet(nn.Module):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
 
-    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
+        previous_dilation = self.dilation
+        if dilate:  # trade the stride for a dilation of the later blocks' 3x3 convolutions
+            self.dilation *= stride
+            stride = 1
         downsample = None
         if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
             # projection shortcut W_s (paper eq. 2, option B)
@@ -156,9 +179,10 @@ class ResNet(nn.Module):
                 conv1x1(self.inplanes, planes * Bottleneck.expansion, stride),
                 self._norm_layer(planes * Bottleneck.expansion),
             )
-        layers = [Bottleneck(self.inplanes, planes, stride, downsample, self._norm_layer)]
+        layers = [Bottleneck(self.inplanes, planes, stride, downsample, self._norm_layer, dilation=previous_dilation)]
         self.inplanes = planes * Bottleneck.expansion
-        layers += [Bottleneck(self.inplanes, planes, norm_layer=self._norm_layer) for _ in range(1, blocks)]
+        layers += [Bottleneck(self.inplanes, planes, norm_layer=self._norm_layer, dilation=self.dilation)
+                   for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -167,14 +191,20 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet50(*, norm_layer: NormLayer = nn.BatchNorm2d, num_classes: int = 1000) -> ResNet:
-    """ResNet-50: 3, 4, 6 and 3 bottleneck blocks (paper Table 1)."""
-    return ResNet((3, 4, 6, 3), num_classes=num_classes, norm_layer=norm_layer)
+def resnet50(*, norm_layer: NormLayer = nn.BatchNorm2d, num_classes: int = 1000,
+             replace_stride_with_dilation: list[bool] | None = None) -> ResNet:
+    """ResNet-50: 3, 4, 6 and 3 bottleneck blocks (paper Table 1); ``replace_stride_with_dilation`` as
+    torchvision's (``[False, False, True]``: conv5_x a trous, output stride 16)."""
+    return ResNet((3, 4, 6, 3), num_classes=num_classes, norm_layer=norm_layer,
+                  replace_stride_with_dilation=replace_stride_with_dilation)
 
 
-def resnet101(*, norm_layer: NormLayer = nn.BatchNorm2d, num_classes: int = 1000) -> ResNet:
-    """ResNet-101: 3, 4, 23 and 3 bottleneck blocks (paper Table 1)."""
-    return ResNet((3, 4, 23, 3), num_classes=num_classes, norm_layer=norm_layer)
+def resnet101(*, norm_layer: NormLayer = nn.BatchNorm2d, num_classes: int = 1000,
+              replace_stride_with_dilation: list[bool] | None = None) -> ResNet:
+    """ResNet-101: 3, 4, 23 and 3 bottleneck blocks (paper Table 1); ``replace_stride_with_dilation`` as
+    torchvision's (``[False, False, True]``: conv5_x a trous, output stride 16)."""
+    return ResNet((3, 4, 23, 3), num_classes=num_classes, norm_layer=norm_layer,
+                  replace_stride_with_dilation=replace_stride_with_dilation)
 
 
 class IntermediateLayerGetter(nn.ModuleDict):

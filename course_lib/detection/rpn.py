@@ -114,6 +114,10 @@ class RegionProposalNetwork(nn.Module):
             per level before NMS, post: proposals kept per image after NMS.
         nms_thresh: IoU threshold of the NMS among proposals (0.7).
         score_thresh: proposals with objectness probability below it are dropped (0 keeps all).
+        featmap_names: the feature maps the RPN runs on, by name (``None``: every map it is given, in the dict's
+            order, as torchvision). R-FCN's RPN reads C4 while its score maps read the dilated C5:
+            ``featmap_names=["c4"]``. Anchors are generated for these maps only, so the anchor generator needs
+            one size tuple per *named* map.
 
     ``forward(images, features, targets=None)`` returns ``(proposals, losses)``: one [P, 4] tensor
     of (x1, y1, x2, y2) boxes per image (best first) and, in training, ``loss_objectness`` and
@@ -124,8 +128,12 @@ class RegionProposalNetwork(nn.Module):
                  fg_iou_thresh: float, bg_iou_thresh: float,
                  batch_size_per_image: int, positive_fraction: float,
                  pre_nms_top_n: dict[str, int], post_nms_top_n: dict[str, int],
-                 nms_thresh: float, score_thresh: float = 0.0):
+                 nms_thresh: float, score_thresh: float = 0.0, featmap_names: list[str] | None = None):
         super().__init__()
+        if isinstance(featmap_names, str) or (featmap_names is not None and len(featmap_names) == 0):
+            raise ValueError(f"featmap_names must be None (every map) or a non-empty list of names, e.g. ['c4']; "
+                             f"got {featmap_names!r}")
+        self.featmap_names = None if featmap_names is None else list(featmap_names)
         for name, value in (("pre_nms_top_n", pre_nms_top_n), ("post_nms_top_n", post_nms_top_n)):
             if not isinstance(value, dict) or set(value) != {"training", "testing"}:
                 raise ValueError(f"{name} must be a dict with keys 'training' and 'testing', got {value!r}")
@@ -229,9 +237,19 @@ class RegionProposalNetwork(nn.Module):
             final_scores.append(scores[keep])
         return final_boxes, final_scores
 
+    def select_features(self, features: dict[str, Tensor]) -> list[Tensor]:
+        """The maps the RPN runs on: all of them (``featmap_names=None``) or the named ones, in the given order."""
+        if self.featmap_names is None:
+            return list(features.values())
+        missing = [name for name in self.featmap_names if name not in features]
+        if missing:
+            raise ValueError(f"RegionProposalNetwork: featmap_names {missing} are not among the feature maps "
+                             f"{list(features)}; pass names of the backbone's outputs (or None for all of them)")
+        return [features[name] for name in self.featmap_names]
+
     def forward(self, images: ImageList, features: dict[str, Tensor],
                 targets: list[dict[str, Tensor]] | None = None) -> tuple[list[Tensor], dict[str, Tensor]]:
-        features = list(features.values())  # the RPN looks at every level it is given
+        features = self.select_features(features)
         objectness, pred_bbox_deltas = self.head(features)
         anchors = self.anchor_generator(images, features)
 

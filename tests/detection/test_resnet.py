@@ -165,3 +165,37 @@ def test_load_errors_are_clear(tmp_path, tv_reference):
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="junk.pth"):
         load_torchvision_resnet(model, tmp_path / "junk.pth")
+
+
+@pytest.mark.parametrize("builders", [(resnet50, tv_resnet50), (resnet101, tv_resnet101)], ids=["50", "101"])
+def test_dilated_conv5_equals_torchvision(builders):
+    """replace_stride_with_dilation=[False, False, True] (R-FCN's conv5_x a trous): torchvision's state dict loads
+    and gives the same C4, C5 and logits; C5 stays at stride 16."""
+    ours_builder, tv_builder = builders
+    dilate = [False, False, True]
+    torch.manual_seed(3)
+    ref = tv_builder(replace_stride_with_dilation=dilate)
+    randomise_bn_statistics(ref, seed=3)
+    ref.eval()
+    ours = ours_builder(replace_stride_with_dilation=dilate)
+    ours.load_state_dict(ref.state_dict())  # strict: same names and shapes
+    ours.eval()
+    conv = ours.layer4[1].conv2
+    assert (conv.dilation, conv.padding, conv.stride) == ((2, 2), (2, 2), (1, 1))
+    assert ours.layer4[0].conv2.stride == (1, 1) and ours.layer4[0].conv2.dilation == (1, 1)  # torchvision's layout
+    layers = {"layer3": "c4", "layer4": "c5"}
+    x = torch.randn(1, 3, 67, 83)  # small and odd: ceil rounding at every stride
+    with torch.no_grad():
+        got = IntermediateLayerGetter(ours, layers)(x)
+        want = TVIntermediateLayerGetter(ref, layers)(x)
+        assert got["c5"].shape == got["c4"].shape[:1] + (2048,) + got["c4"].shape[2:] == (1, 2048, 5, 6)
+        for name in layers.values():
+            torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-5)
+        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-5)
+    undilated = resnet50()
+    assert undilated.layer4[1].conv2.dilation == (1, 1)
+
+
+def test_dilation_argument_is_checked():
+    with pytest.raises(ValueError, match=r"three booleans .*\[False, True\]"):
+        resnet50(replace_stride_with_dilation=[False, True])

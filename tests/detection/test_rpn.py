@@ -180,3 +180,44 @@ def test_needs_targets_in_training_and_valid_top_n():
     with pytest.raises(ValueError, match="pre_nms_top_n"):
         RegionProposalNetwork(AnchorGenerator(SIZES, RATIOS), RPNHead(CHANNELS, 6), 0.7, 0.3, 256, 0.5,
                               pre_nms_top_n=1000, post_nms_top_n=dict(training=1, testing=1), nms_thresh=0.7)
+
+
+def test_featmap_names_runs_on_the_named_maps_only():
+    """featmap_names=["c4"] (R-FCN: RPN on C4, score maps on the dilated C5) = torchvision's RPN given C4 alone:
+    same proposals, anchors of that map only, same losses and random draws; None keeps every map."""
+    torch.manual_seed(0)
+    ref_head = TVRPNHead(CHANNELS, 3)
+    with torch.no_grad():
+        for p in ref_head.parameters():
+            p.normal_(0, 0.3)
+    kwargs = dict(fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=64, positive_fraction=0.5,
+                  pre_nms_top_n=dict(training=300, testing=200), post_nms_top_n=dict(training=100, testing=50),
+                  nms_thresh=0.7)
+    sizes, ratios = ((64,),), ((0.5, 1.0, 2.0),)
+    ref = TVRPN(TVAnchorGenerator(sizes, ratios), ref_head, **kwargs)
+    ours_head = RPNHead(CHANNELS, 3)
+    ours_head.load_state_dict(ref_head.state_dict())
+    ours = RegionProposalNetwork(AnchorGenerator(sizes, ratios), ours_head, featmap_names=["c4"], **kwargs)
+    (il, tv_il), features, targets = make_inputs()
+    c4, c5 = features["1"], torch.randn(2, CHANNELS, 8, 10)  # C5 a trous: stride 16 too, but not for the RPN
+    both = OrderedDict([("c4", c4), ("c5", c5)])
+    assert len(ours.anchor_generator(il, ours.select_features(both))[0]) == 3 * 8 * 10
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        assert_same_proposals(ours(il, both)[0], ref(tv_il, {"c4": c4})[0])
+    ours.train(), ref.train()
+    torch.manual_seed(5)
+    _, l_ours = ours(il, both, targets)
+    torch.manual_seed(5)
+    _, l_ref = ref(tv_il, {"c4": c4}, targets)
+    for k in l_ref:
+        torch.testing.assert_close(l_ours[k], l_ref[k], rtol=1e-6, atol=1e-7)
+    # c5 really is ignored: changing it changes nothing
+    ours.eval()
+    with torch.no_grad():
+        assert_same_proposals(ours(il, OrderedDict([("c4", c4), ("c5", c5 * 3)]))[0], ours(il, both)[0])
+    with pytest.raises(ValueError, match=r"featmap_names \['c3'\] are not among the feature maps \['c4', 'c5'\]"):
+        RegionProposalNetwork(AnchorGenerator(sizes, ratios), ours_head, featmap_names=["c3"], **kwargs)(il, both)
+    with pytest.raises(ValueError, match="non-empty list"):
+        RegionProposalNetwork(AnchorGenerator(sizes, ratios), ours_head, featmap_names="c4", **kwargs)
+    assert RegionProposalNetwork(AnchorGenerator(sizes, ratios), ours_head, **kwargs).featmap_names is None
