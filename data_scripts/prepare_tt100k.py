@@ -15,11 +15,14 @@ prints how many that leaves (45 on the 2016 release). ``--all-classes`` keeps ev
 Writes ``--out``/tt100k (default ``data/real/tt100k``): ``images/{train,test}/*.jpg`` (as in the
 archive) and ``annotations/instances_train.json``, ``instances_test.json`` (COCO: boxes
 ``[xmin, ymin, xmax - xmin, ymax - ymin]``, ``area`` = box area, ``iscrowd`` 0, categories sorted
-by name). Images in ``other/`` (no signs annotated) are left out.
+by name), and ``instances_val.json``, the test split again (a hard link) under the name the course's
+notebooks read for their evaluation split (``make instructor DATA=tt100k``). Images in ``other/`` (no signs
+annotated) are left out.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from collections import Counter
@@ -109,6 +112,11 @@ def convert(root: Path, out: Path, min_instances: int = 100, all_classes: bool =
                 "licenses": [], "images": images, "annotations": annotations, "categories": categories,
             })
             print(f"{split}: {len(images)} images, {len(annotations)} signs")
+        # The paper evaluates on test; the notebooks read "val" as their evaluation split (as for VOC, COCO).
+        try:
+            os.link(tmp / "annotations" / "instances_test.json", tmp / "annotations" / "instances_val.json")
+        except OSError:
+            shutil.copyfile(tmp / "annotations" / "instances_test.json", tmp / "annotations" / "instances_val.json")
     return out / "tt100k"
 
 

@@ -12,7 +12,7 @@ by ``data_scripts/prepare_*.py`` into the same formats.
 """
 from .coco import CocoDetection, detection_collate, load_coco
 from .image_io import read_label_png, read_rgb
-from .paths import REAL_DATASETS, SYNTHETIC_DATASETS, data_root, dataset_dir, repo_root
+from .paths import DATA_CHOICES, REAL_DATASETS, SYNTHETIC_DATASETS, data_root, data_selection, dataset_dir, repo_root
 from .segmentation import SegmentationDataset, read_classes, segmentation_collate
 from .visualize import colorize_mask, draw_detections, show_segmentation
 
@@ -26,6 +26,8 @@ __all__ = [
     "read_rgb",
     "read_label_png",
     "dataset_dir",
+    "data_selection",
+    "DATA_CHOICES",
     "data_root",
     "repo_root",
     "SYNTHETIC_DATASETS",

@@ -8,6 +8,18 @@
   generator writes it last and moves the directory into place atomically).
 * ``real/<name>/`` -- real datasets prepared by ``data_scripts/prepare_*.py``: ``voc_seg``,
   ``voc_det``, ``coco``, ``tt100k``.
+
+**Which data the notebooks read** is ``$COURSE_DATA`` (``make instructor DATA=...`` sets it): ``synthetic``
+(default) or a comma-separated choice of real datasets that replace synthetic ones in ``dataset_dir``:
+
+=========  =====================================================================
+``voc``    ``segmentation`` -> ``voc_seg`` (chapters 1-3), ``multiscale`` -> ``voc_det`` (chapters 4-6)
+``coco``   ``multiscale`` -> ``coco`` (chapter 7)
+``tt100k`` ``small_objects`` -> ``tt100k`` (chapter 8; its test split is read as ``val``)
+=========  =====================================================================
+
+A notebook keeps calling ``dataset_dir("multiscale")`` and takes sizes and classes from the dataset
+object, so the same cells train and evaluate on the real data.
 """
 from __future__ import annotations
 
@@ -21,6 +33,8 @@ __all__ = [
     "repo_root",
     "data_root",
     "dataset_dir",
+    "DATA_CHOICES",
+    "data_selection",
 ]
 
 SYNTHETIC_DATASETS = ("segmentation", "small_objects", "multiscale")
@@ -32,6 +46,20 @@ REAL_DATASETS = {
     "tt100k": "data_scripts/prepare_tt100k.py",
 }
 MARKER = "DONE.json"
+# $COURSE_DATA choice -> {synthetic dataset it replaces: real dataset}
+DATA_CHOICES = {
+    "synthetic": {},
+    "voc": {"segmentation": "voc_seg", "multiscale": "voc_det"},
+    "coco": {"multiscale": "coco"},
+    "tt100k": {"small_objects": "tt100k"},
+}
+# the files a notebook reads from a replaced dataset (checked up front, so a missing split is named early)
+_NEEDED = {
+    "voc_seg": ["splits/train.txt", "splits/val.txt", "classes.json"],
+    "voc_det": ["annotations/instances_train.json", "annotations/instances_val.json"],
+    "coco": ["annotations/instances_train.json", "annotations/instances_val.json"],
+    "tt100k": ["annotations/instances_train.json", "annotations/instances_val.json"],
+}
 
 
 def repo_root() -> Path:
@@ -45,6 +73,22 @@ def data_root() -> Path:
     return Path(env).expanduser() if env else repo_root() / "data"
 
 
+def data_selection(value: str | None = None) -> dict[str, str]:
+    """The replacements ``{synthetic name: real name}`` that ``$COURSE_DATA`` (or ``value``) asks for."""
+    value = os.environ.get("COURSE_DATA", "") if value is None else value
+    mapping: dict[str, str] = {}
+    for choice in filter(None, (c.strip().lower() for c in value.split(","))):
+        if choice not in DATA_CHOICES:
+            raise ValueError(f"COURSE_DATA={value!r}: unknown choice {choice!r}. Valid: {', '.join(DATA_CHOICES)} "
+                             "(comma-separated, e.g. 'voc,tt100k').")
+        for synthetic, real in DATA_CHOICES[choice].items():
+            if mapping.get(synthetic, real) != real:
+                raise ValueError(f"COURSE_DATA={value!r}: {mapping[synthetic]!r} and {real!r} both replace "
+                                 f"{synthetic!r}; choose one.")
+            mapping[synthetic] = real
+    return mapping
+
+
 def dataset_dir(name: str, profile=None) -> Path:
     """The directory of dataset ``name``, checked to be complete.
 
@@ -54,9 +98,22 @@ def dataset_dir(name: str, profile=None) -> Path:
     ``profile`` is a :class:`~course_lib.profiles.Profile`, a profile name, or ``None`` for
     :func:`~course_lib.profiles.get_profile`'s choice.
 
+    A synthetic name that ``$COURSE_DATA`` replaces (see the module docstring) gives the real
+    dataset's directory instead.
+
     Raises ``FileNotFoundError`` with the command that builds the dataset when the directory is
     missing or incomplete (no ``DONE.json``).
     """
+    replaced = data_selection().get(name)
+    if replaced is not None:
+        path = dataset_dir(replaced)
+        missing = [f for f in _NEEDED[replaced] if not (path / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"COURSE_DATA={os.environ.get('COURSE_DATA')!r} reads {name!r} from {path}, which lacks "
+                f"{', '.join(missing)}. Prepare the missing splits with `python {REAL_DATASETS[replaced]} --help`"
+                f"{' (e.g. --splits train val)' if replaced == 'coco' else ''}.")
+        return path
     if name in REAL_DATASETS:
         path = data_root() / "real" / name
         if not (path / MARKER).is_file():

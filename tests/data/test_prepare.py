@@ -225,6 +225,7 @@ def test_prepare_tt100k_on_a_fabricated_archive(tmp_path, capsys):
     assert train[1][1]["labels"].tolist() == [1, 2]
     test = COCO(str(root / "annotations" / "instances_test.json"))
     assert list(test.imgs) == [20] and test.imgs[20]["file_name"] == "test/20.jpg" and len(test.anns) == 2
+    assert (root / "annotations" / "instances_val.json").read_bytes() == (root / "annotations" / "instances_test.json").read_bytes()
     assert not (root / "images" / "other").exists() and sorted(p.name for p in out.iterdir()) == ["tt100k"]
 
 
