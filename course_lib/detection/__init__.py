@@ -5,7 +5,7 @@
 Every piece is its own small module (``transform.py``, ``rpn.py``, ``roi_heads.py``,
 ``generalized_rcnn.py``) with torchvision's names, so its checkpoints load as they are.
 """
-from .generalized_rcnn import FasterRCNN, GeneralizedRCNN
+from .generalized_rcnn import FasterRCNN, GeneralizedRCNN, detection_loss
 from .roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
 from .transform import GeneralizedRCNNTransform
@@ -17,7 +17,7 @@ from .fpn import BackboneWithFPN, FeaturePyramidNetwork, LastLevelMaxPool
 from .faster_rcnn_fpn import fasterrcnn_resnet50_fpn, fasterrcnn_resnet101_fpn, resnet_fpn_backbone
 
 __all__ = [
-    "GeneralizedRCNN", "FasterRCNN", "GeneralizedRCNNTransform", "RPNHead", "RegionProposalNetwork",
+    "GeneralizedRCNN", "FasterRCNN", "detection_loss", "GeneralizedRCNNTransform", "RPNHead", "RegionProposalNetwork",
     "RoIHeads", "TwoMLPHead", "FastRCNNPredictor",
     "fasterrcnn_resnet50_c4", "fasterrcnn_resnet101_c4", "SingleLevelRoIPool",
     "selective_search", "RCNN", "rcnn_vgg16", "warp_regions", "FastRCNN", "FastRCNNRoIHeads", "fast_rcnn_vgg16",

@@ -31,13 +31,13 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from course_lib.ops import AnchorGenerator, MultiScaleRoIAlign
+from course_lib.ops import AnchorGenerator, ImageList, MultiScaleRoIAlign
 
 from .roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
-from .transform import GeneralizedRCNNTransform
+from .transform import GeneralizedRCNNTransform, resize_boxes
 
-__all__ = ["GeneralizedRCNN", "FasterRCNN", "check_targets"]
+__all__ = ["GeneralizedRCNN", "FasterRCNN", "check_targets", "detection_loss"]
 
 
 def check_targets(targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -79,7 +79,18 @@ def check_targets(targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
 
 
 class GeneralizedRCNN(nn.Module):
-    """transform -> backbone -> rpn -> roi_heads -> postprocess (see the module docstring)."""
+    """transform -> backbone -> rpn -> roi_heads -> postprocess (see the module docstring).
+
+    ``forward`` is the five stages below, called in order; a training step that needs what happens
+    in between (EFPN's distillation reads the student's features and the resized targets) calls them
+    itself::
+
+        image_list, targets, original_sizes = model.prepare(images, targets)
+        features = model.features(image_list)                      # {"0": ..., ...}
+        proposals, rpn_losses = model.proposals(image_list, features, targets)
+        detections, head_losses = model.detect(features, proposals, image_list, targets)
+        detections = model.postprocess(detections, image_list, original_sizes)   # inference only
+    """
 
     def __init__(self, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module, transform: nn.Module):
         super().__init__()
@@ -88,27 +99,82 @@ class GeneralizedRCNN(nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
 
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
-                ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+    def prepare(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+                ) -> tuple[ImageList, list[dict[str, Tensor]] | None, list[tuple[int, int]]]:
+        """Check the inputs, then normalise, resize and pad-batch them (``self.transform``).
+
+        Returns ``(image_list, targets, original_sizes)``: the batch as an :class:`ImageList` (padded
+        tensor + each image's resized size), copies of the targets with boxes in the resized images'
+        pixels (``None`` stays ``None``), and each input image's ``(H, W)`` for :meth:`postprocess`.
+        """
         if self.training and targets is None:
             raise ValueError("In training mode the model needs targets (call model.eval() for inference).")
         if isinstance(images, Tensor) and images.dim() == 3:
             raise TypeError("images must be a list of [C, H, W] tensors; wrap a single image as [image].")
         if targets is not None:
             targets = check_targets(targets)
-        original_image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        image_list, targets = self.transform(images, targets)
+        return image_list, targets, original_sizes
 
-        images, targets = self.transform(images, targets)
-        features = self.backbone(images.tensors)
-        if isinstance(features, Tensor):  # a single feature map (e.g. C4) is level "0"
+    def features(self, image_list: ImageList) -> OrderedDict[str, Tensor]:
+        """The backbone's feature maps of the batch, by name; a single map (e.g. C4) is named ``"0"``."""
+        features = self.backbone(image_list.tensors)
+        if isinstance(features, Tensor):
             features = OrderedDict([("0", features)])
-        proposals, proposal_losses = self.rpn(images, features, targets)
-        detections, detector_losses = self.roi_heads(features, proposals, images.image_sizes, targets)
-        detections = self.transform.postprocess(detections, images.image_sizes, original_image_sizes)
+        return features
 
+    def proposals(self, image_list: ImageList, features: dict[str, Tensor],
+                  targets: list[dict[str, Tensor]] | None = None) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """The RPN: one ``[P, 4]`` tensor of proposals per image (resized image's pixels), and in
+        training its losses ``{"loss_objectness", "loss_rpn_box_reg"}`` (``{}`` in inference)."""
+        return self.rpn(image_list, features, targets)
+
+    def detect(self, features: dict[str, Tensor], proposals: list[Tensor], image_list: ImageList,
+               targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """The RoI heads: in training ``([], {"loss_classifier", "loss_box_reg"})``; in inference
+        ``([{"boxes", "labels", "scores"} per image], {})`` with boxes in the resized images' pixels."""
+        return self.roi_heads(features, proposals, image_list.image_sizes, targets)
+
+    def postprocess(self, detections: list[dict[str, Tensor]], image_list: ImageList,
+                    original_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Detections' boxes mapped back to each input image's own pixels (a no-op in training)."""
+        return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+                ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        image_list, targets, original_sizes = self.prepare(images, targets)
+        features = self.features(image_list)
+        proposals, proposal_losses = self.proposals(image_list, features, targets)
+        detections, detector_losses = self.detect(features, proposals, image_list, targets)
+        detections = self.postprocess(detections, image_list, original_sizes)
         if self.training:
             return {**detector_losses, **proposal_losses}
         return detections
+
+    @torch.no_grad()
+    def propose(self, images: list[Tensor]) -> list[Tensor]:
+        """Inference up to the RPN: each image's proposals, best first, in that image's own pixels
+        (what :func:`course_lib.evaluation.proposal_recall` takes). Call it in eval mode."""
+        if self.training:
+            raise RuntimeError("propose() gives the inference proposals: call model.eval() first.")
+        image_list, _, original_sizes = self.prepare(images)
+        proposals, _ = self.proposals(image_list, self.features(image_list))
+        return [resize_boxes(p, resized, original)
+                for p, resized, original in zip(proposals, image_list.image_sizes, original_sizes)]
+
+
+def detection_loss(model: nn.Module, batch: tuple) -> dict[str, Tensor]:
+    """The ``loss_fn`` of :func:`course_lib.engine.fit` for every detector of the course: the model's
+    dict of losses on one batch (``fit`` sums them and logs each term).
+
+    ``batch`` is the tuple of the model's inputs, as ``collate_fn`` makes it: ``(images, targets)``
+    for Faster R-CNN (``detection_collate``), ``(images, proposals, targets)`` for R-CNN and Fast
+    R-CNN, which take region proposals with each image.
+    """
+    if not model.training:
+        raise RuntimeError("detection_loss needs the model in training mode (fit calls model.train()).")
+    return model(*batch)
 
 
 def _default_anchorgen() -> AnchorGenerator:
