@@ -47,10 +47,73 @@ class PaperNumber:
 
 
 # Papers by short key: authors, title, venue (the version the course quotes).
-PAPERS: dict[str, str] = {}
+PAPERS: dict[str, str] = {
+    "overfeat": ("Sermanet, Eigen, Zhang, Mathieu, Fergus & LeCun, \"OverFeat: Integrated Recognition, Localization and "
+                 "Detection using Convolutional Networks\", ICLR 2014 (arXiv:1312.6229)"),
+    "fcn": ("Long, Shelhamer & Darrell, \"Fully Convolutional Networks for Semantic Segmentation\", CVPR 2015 "
+            "(arXiv:1411.4038)"),
+    "unet": ("Ronneberger, Fischer & Brox, \"U-Net: Convolutional Networks for Biomedical Image Segmentation\", "
+             "MICCAI 2015 (arXiv:1505.04597)"),
+}
 
 # The numbers, grouped by paper (keep each group under a comment naming the paper).
-NUMBERS: dict[str, PaperNumber] = {}
+NUMBERS: dict[str, PaperNumber] = {
+    # --- OverFeat (Sermanet et al., ICLR 2014): chapter 01 ---------------------------------------------------------
+    "overfeat.abstract.ilsvrc2013.localization": PaperNumber(
+        "winner", "overfeat", "Abstract", "the integrated framework", "localization task", "ImageNet ILSVRC2013",
+        note="\"This integrated framework is the winner of the localization task of ... ILSVRC2013\"; the sliding "
+             "window is computed inside the ConvNet, as chapter 01 does"),
+
+    # --- FCN (Long, Shelhamer & Darrell, CVPR 2015): chapters 01 and 02 -------------------------------------------
+    # Sec. 3.1: convolutionalized AlexNet, batched windows vs one pass (the paper's own timing on "a typical GPU")
+    "fcn.sec3_1.alexnet_window.ms": PaperNumber(
+        1.2, "fcn", "Sec. 3.1", "AlexNet, classification scores of one 227 x 227 image (efficiently batched)", "time",
+        "--", setting="AlexNet", unit=" ms", note="5.4 ms for a single image by itself (footnote 1)"),
+    "fcn.sec3_1.alexnet_dense.ms": PaperNumber(
+        22, "fcn", "Sec. 3.1", "fully convolutional AlexNet, a 10 x 10 grid of outputs from a 500 x 500 image", "time",
+        "--", setting="AlexNet", unit=" ms"),
+    "fcn.sec3_1.dense.speedup": PaperNumber(
+        "> 5x", "fcn", "Sec. 3.1", "fully convolutional vs the naive approach (100 windows one by one)", "speed-up",
+        "--", setting="AlexNet"),
+    "fcn.sec3_1.dense.equivalence": PaperNumber(
+        "equivalent", "fcn", "Sec. 3.1", "the resulting maps vs the original net on the input patches", "scores", "--",
+        note="\"the resulting maps are equivalent to the evaluation of the original net on particular input patches\""),
+    # Table 2: skip FCNs on a subset of PASCAL VOC2011 validation (footnote 7); FCN-32s = FCN-VGG16 trained on the
+    # 8498 SBD images (Sec. 4.3 "More Training Data"). The same three numbers are in the text of Sec. 4.1-4.2.
+    "fcn.table2.fcn32s.mean_iu": PaperNumber(
+        59.4, "fcn", "Table 2", "FCN-32s", "mean IU", "PASCAL VOC 2011 val (segval subset)", setting="VGG16, ImageNet init"),
+    "fcn.table2.fcn16s.mean_iu": PaperNumber(
+        62.4, "fcn", "Table 2", "FCN-16s", "mean IU", "PASCAL VOC 2011 val (segval subset)",
+        setting="VGG16, initialised from FCN-32s"),
+    "fcn.table2.fcn8s.mean_iu": PaperNumber(
+        62.7, "fcn", "Table 2", "FCN-8s", "mean IU", "PASCAL VOC 2011 val (segval subset)",
+        setting="VGG16, initialised from FCN-16s"),
+    # Sec. 4.3 "Optimization" (the CVPR paper; momentum 0.99 with batch 1 is the journal version / released solvers)
+    "fcn.sec4_3.optimizer.momentum": PaperNumber(
+        0.9, "fcn", "Sec. 4.3", "Optimization: SGD with momentum", "momentum", "PASCAL VOC 2011 train"),
+    "fcn.sec4_3.optimizer.minibatch": PaperNumber(
+        20, "fcn", "Sec. 4.3", "Optimization", "minibatch (images)", "PASCAL VOC 2011 train"),
+    "fcn.sec4_3.optimizer.lr_vgg16": PaperNumber(
+        1e-4, "fcn", "Sec. 4.3", "Optimization: fixed learning rate, chosen by line search", "learning rate",
+        "PASCAL VOC 2011 train", setting="FCN-VGG16", note="doubled for biases"),
+    "fcn.sec4_2.stage.lr_drop": PaperNumber(
+        100, "fcn", "Sec. 4.2", "FCN-16s from FCN-32s: \"The learning rate is decreased by a factor of 100\"",
+        "learning-rate divisor", "PASCAL VOC 2011 train", unit="x"),
+
+    # --- U-Net (Ronneberger, Fischer & Brox, MICCAI 2015): chapter 03 ---------------------------------------------
+    "unet.table1.unet.warping_error": PaperNumber(
+        0.0003529, "unet", "Sec. 4 (Table 1)", "u-net", "warping error", "ISBI 2012 EM segmentation challenge, test",
+        note="averaged over 7 rotated versions of the input; Table 1 prints it rounded"),
+    "unet.table1.unet.rand_error": PaperNumber(
+        0.0382, "unet", "Sec. 4 (Table 1)", "u-net", "Rand error", "ISBI 2012 EM segmentation challenge, test",
+        note="averaged over 7 rotated versions of the input"),
+    "unet.table2.phc_u373.iou": PaperNumber(
+        92, "unet", "Sec. 4 (Table 2)", "u-net (2015)", "average IOU", "ISBI cell tracking challenge 2015, PhC-U373",
+        unit=" %", note="the second best reached 83 %"),
+    "unet.table2.dic_hela.iou": PaperNumber(
+        77.5, "unet", "Sec. 4 (Table 2)", "u-net (2015)", "average IOU", "ISBI cell tracking challenge 2015, DIC-HeLa",
+        unit=" %", note="as the text of Sec. 4 gives it; the second best reached 46 %"),
+}
 
 
 def number(key: str) -> PaperNumber:
