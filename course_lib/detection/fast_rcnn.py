@@ -10,7 +10,7 @@ image and cuts every proposal's features out of the shared feature map (Figure 1
       -> box head: fc6, fc7 (4096)
       -> predictor: cls_score (K+1-way softmax) and bbox_pred (4 offsets per class), the
          ``FastRCNNPredictor`` of :mod:`course_lib.detection.roi_heads` initialised as the
-         paper (section 2.3, ``init_like_fast_rcnn``, shared with the Faster R-CNN C4 model)
+         paper (section 2.3, ``init_like_fast_rcnn`` of ``roi_heads.py``, shared with chapter 5)
       -> training: sampled RoIs and the multi-task loss (section 2.3, eq. 1)
          testing: class-specific boxes, per-class NMS (section 3)
 
@@ -27,9 +27,8 @@ from torch import Tensor, nn
 
 from ..backbones.vgg import VGG16
 from ..ops import BoxCoder, roi_pool
-from .faster_rcnn_c4 import init_like_fast_rcnn
 from .rcnn import clean_proposals, clean_targets, postprocess_detections, sample_rois
-from .roi_heads import FastRCNNPredictor
+from .roi_heads import FastRCNNPredictor, box_deltas_of_labels, init_like_fast_rcnn
 from .transform import GeneralizedRCNNTransform, resize_boxes
 
 __all__ = [
@@ -121,15 +120,15 @@ def fast_rcnn_loss(
     ``box_loss_weight`` is already applied to the second. With ``beta = 1/9`` this is
     torchvision's ``fastrcnn_loss``.
 
-    Shapes: ``class_logits`` (R, K+1), ``box_regression`` (R, 4 (K+1)), ``labels`` (R,),
-    ``regression_targets`` (R, 4).
+    Shapes: ``class_logits`` (R, K+1), ``box_regression`` (R, 4 (K+1)) or class-agnostic (R, 4),
+    ``labels`` (R,), ``regression_targets`` (R, 4).
     """
     if labels.numel() == 0:  # nothing sampled: zero losses that still reach the parameters
         zero = class_logits.sum() * 0.0 + box_regression.sum() * 0.0
         return zero, zero.clone()
     loss_cls = F.cross_entropy(class_logits, labels)
     fg = torch.where(labels > 0)[0]
-    offsets = box_regression.reshape(len(labels), -1, 4)[fg, labels[fg]]  # t^u of the true class
+    offsets = box_deltas_of_labels(box_regression[fg], labels[fg])  # t^u of the true class
     loss_loc = smooth_l1(offsets - regression_targets[fg], beta).sum() / labels.numel()
     return loss_cls, box_loss_weight * loss_loc
 
@@ -137,6 +136,10 @@ def fast_rcnn_loss(
 class FastRCNNRoIHeads(nn.Module):
     """Everything after the backbone: sample RoIs (training), pool, classify and regress,
     then the loss (training) or the detections (testing).
+
+    The head itself is :meth:`predict`, the same contract as chapter 5's
+    :class:`~course_lib.detection.roi_heads.RoIHeads`: ``(features, proposals, image_sizes) ->
+    (class_logits, box_regression)``; a variant overrides it and keeps sampling, loss and NMS.
 
     Args:
         box_roi_pool: RoI pooling (7 x 7, scale 1/16).
@@ -186,14 +189,19 @@ class FastRCNNRoIHeads(nn.Module):
             regression_targets.append(self.box_coder.encode_single(matched, r))
         return rois, torch.cat(labels), torch.cat(regression_targets)
 
+    def predict(self, features: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+                ) -> tuple[Tensor, Tensor]:
+        """Class logits (R, K+1) and class-specific offsets (R, 4 (K+1)) of the RoIs, in order:
+        RoI pooling -> fc6, fc7 -> the two sibling layers (Figure 1)."""
+        return self.box_predictor(self.box_head(self.box_roi_pool(features, proposals)))
+
     def forward(self, features: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]],
                 targets: list[dict] | None = None) -> tuple[list[dict], dict[str, Tensor]]:
         if self.training:
             if targets is None:
                 raise ValueError("Fast R-CNN in training mode needs targets; call model.eval() to detect.")
             proposals, labels, regression_targets = self.select_training_samples(proposals, targets)
-        pooled = self.box_roi_pool(features, proposals)
-        class_logits, box_regression = self.box_predictor(self.box_head(pooled))
+        class_logits, box_regression = self.predict(features, proposals, image_sizes)
         if self.training:
             loss_cls, loss_box = fast_rcnn_loss(class_logits, box_regression, labels, regression_targets,
                                                 self.box_loss_weight, self.smooth_l1_beta)

@@ -38,9 +38,9 @@ from course_lib.backbones.resnet import (
 from course_lib.ops import AnchorGenerator, roi_align, roi_pool
 
 from .generalized_rcnn import FasterRCNN
-from .roi_heads import FastRCNNPredictor
+from .roi_heads import FastRCNNPredictor, init_like_fast_rcnn
 
-__all__ = ["ResNetC4", "ResNetC5Head", "SingleLevelRoIPool", "init_like_fast_rcnn", "fasterrcnn_resnet50_c4",
+__all__ = ["ResNetC4", "ResNetC5Head", "SingleLevelRoIPool", "fasterrcnn_resnet50_c4",
            "fasterrcnn_resnet101_c4"]
 
 # 3 scales x 3 aspect ratios = 9 anchors per C4 position (Faster R-CNN sec. 3.1.1)
@@ -108,17 +108,6 @@ class SingleLevelRoIPool(nn.Module):
     def extra_repr(self) -> str:
         return (f"featmap_name={self.featmap_name!r}, output_size={self.output_size}, "
                 f"spatial_scale={self.spatial_scale}, method={self.method!r}")
-
-
-def init_like_fast_rcnn(predictor: FastRCNNPredictor) -> FastRCNNPredictor:
-    """Fast R-CNN sec. 2.3 ("SGD hyper-parameters"): the classification and box regression layers
-    start from zero-mean Gaussians with std 0.01 and 0.001, biases 0. The boxes then start at the
-    proposals (deltas ~ 0) and the classes near uniform, so the first steps are gentle."""
-    nn.init.normal_(predictor.cls_score.weight, std=0.01)
-    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
-    nn.init.zeros_(predictor.cls_score.bias)
-    nn.init.zeros_(predictor.bbox_pred.bias)
-    return predictor
 
 
 def _fasterrcnn_c4(depth: int, num_classes: int, weights, weights_backbone, min_size, max_size,

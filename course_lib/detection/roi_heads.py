@@ -19,6 +19,24 @@ sampled RoIs. Inference: per class, decode, clip, drop scores <= 0.05 and tiny b
 class, keep the best 100 per image.
 
 Numerically identical to the box part of ``torchvision.models.detection.roi_heads.RoIHeads``.
+
+Three extensions for the later chapters, each off by default so the torchvision equality holds:
+
+* **One head contract.** :meth:`RoIHeads.predict` ``(features, proposals, image_shapes) ->
+  (class_logits [R, K + 1], box_regression [R, 4 (K + 1)] or [R, 4])`` is the one method a new
+  head overrides; sampling, the loss and the post-processing stay. The default pools, runs the
+  box head and the predictor; R-FCN (chapter 6) computes its score maps once per image, then
+  pools and votes, with no layer per RoI.
+* **Class-agnostic box regression** (R-FCN sec. 2, "class-agnostic bounding box regression"):
+  ``box_regression`` of shape [R, 4] is one set of deltas shared by all classes. The loss reads
+  it for every foreground RoI; the post-processing decodes it once and gives every class the
+  same box. [R, 4 (K + 1)] is torchvision's class-specific layout; the shape tells them apart
+  (K + 1 >= 2), anything else is an error.
+* **Online hard example mining** (Shrivastava, Gupta, Girshick, CVPR 2016, sec. 4; R-FCN sec. 2,
+  "Training"): with ``ohem_batch_size_per_image=B`` the loss of every sampled RoI is computed,
+  and only the B RoIs of each image with the highest loss (classification + box, as the R-FCN
+  code's ``BoxAnnotatorOHEM``) enter the loss and the backward pass. R-FCN: all 300 proposals
+  (``batch_size_per_image=None``: no random sampling) and B = 128.
 """
 from __future__ import annotations
 
@@ -36,7 +54,8 @@ from course_lib.ops import (
     remove_small_boxes,
 )
 
-__all__ = ["RoIHeads", "TwoMLPHead", "FastRCNNPredictor", "fastrcnn_loss"]
+__all__ = ["RoIHeads", "TwoMLPHead", "FastRCNNPredictor", "init_like_fast_rcnn", "box_deltas_of_labels",
+           "fastrcnn_loss", "fastrcnn_loss_per_roi", "ohem_select"]
 
 
 class TwoMLPHead(nn.Module):
@@ -69,24 +88,87 @@ class FastRCNNPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
+def init_like_fast_rcnn(predictor: FastRCNNPredictor) -> FastRCNNPredictor:
+    """Fast R-CNN sec. 2.3 ("SGD hyper-parameters"): the classification and box regression layers
+    start from zero-mean Gaussians with std 0.01 and 0.001, biases 0. The boxes then start at the
+    proposals (deltas ~ 0) and the classes near uniform, so the first steps are gentle.
+    Used by Fast R-CNN (chapter 4) and the Faster R-CNN C4 model (chapter 5)."""
+    nn.init.normal_(predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(predictor.cls_score.bias)
+    nn.init.zeros_(predictor.bbox_pred.bias)
+    return predictor
+
+
+def _check_box_regression(class_logits: Tensor, box_regression: Tensor) -> bool:
+    """True for class-agnostic [R, 4] deltas, False for class-specific [R, 4 (K + 1)]; else a clear error."""
+    num_rois, num_classes = class_logits.shape
+    if box_regression.dim() != 2 or box_regression.shape[0] != num_rois \
+            or box_regression.shape[1] not in (4, 4 * num_classes):
+        raise ValueError(
+            f"box_regression must be [R, 4] (class-agnostic) or [R, 4 (K + 1)] = [{num_rois}, {4 * num_classes}] "
+            f"(class-specific) for class_logits of shape {tuple(class_logits.shape)}, got {tuple(box_regression.shape)}.")
+    return box_regression.shape[1] == 4
+
+
+def box_deltas_of_labels(box_regression: Tensor, labels: Tensor) -> Tensor:
+    """The deltas t^u each RoI predicts for its class u, [R, 4]: column block u of the class-specific
+    [R, 4 (K + 1)] layout, or the shared deltas themselves when ``box_regression`` is [R, 4]."""
+    if box_regression.shape[-1] == 4:
+        return box_regression
+    per_class = box_regression.reshape(box_regression.shape[0], box_regression.shape[-1] // 4, 4)
+    return per_class[torch.arange(labels.numel(), device=labels.device), labels]
+
+
+def fastrcnn_loss_per_roi(class_logits: Tensor, box_regression: Tensor, labels: Tensor,
+                          regression_targets: Tensor, beta: float = 1 / 9) -> Tensor:
+    """Each RoI's own multi-task loss, [R]: cross-entropy plus, for foreground RoIs, the smooth L1
+    of its class's deltas summed over (x, y, w, h). The quantity OHEM ranks RoIs by (Shrivastava et
+    al. sec. 4.1: "the loss represents how well the current network performs on each RoI")."""
+    _check_box_regression(class_logits, box_regression)
+    classification = F.cross_entropy(class_logits, labels, reduction="none")
+    deltas = box_deltas_of_labels(box_regression, labels.clamp(min=0))
+    box = F.smooth_l1_loss(deltas, regression_targets, beta=beta, reduction="none").sum(1)
+    return classification + torch.where(labels > 0, box, torch.zeros_like(box))
+
+
+def ohem_select(losses: Tensor, rois_per_image: list[int], batch_size_per_image: int) -> Tensor:
+    """Online hard example mining: indices (into the concatenation of all images' RoIs, ascending) of
+    the ``batch_size_per_image`` RoIs of each image with the highest ``losses`` (all of them when an
+    image has fewer). Ties go to the RoI that comes first, so the choice is reproducible. The
+    losses are only read (detached): the selection itself has no gradient."""
+    if batch_size_per_image < 1:
+        raise ValueError(f"ohem_batch_size_per_image must be >= 1 (R-FCN: 128), got {batch_size_per_image}.")
+    if losses.dim() != 1 or losses.numel() != sum(rois_per_image):
+        raise ValueError(f"losses must be one value per RoI ({sum(rois_per_image)}), got shape {tuple(losses.shape)}.")
+    keep, start = [], 0
+    for n in rois_per_image:
+        order = torch.sort(losses[start:start + n].detach(), descending=True, stable=True).indices
+        keep.append(order[:batch_size_per_image].sort().values + start)
+        start += n
+    return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.int64, device=losses.device)
+
+
 def fastrcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: list[Tensor],
-                  regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Fast R-CNN eq. 1: cross-entropy over all sampled RoIs, plus smooth L1 (beta = 1/9) between the
-    foreground RoIs' deltas *for their true class u* and their targets v, divided by the number of
-    sampled RoIs (the [u >= 1] indicator zeroes the background's box term)."""
+                  regression_targets: list[Tensor], beta: float = 1 / 9) -> tuple[Tensor, Tensor]:
+    """Fast R-CNN eq. 1: cross-entropy over all sampled RoIs, plus smooth L1 (``beta`` = 1/9, torchvision's)
+    between the foreground RoIs' deltas *for their true class u* and their targets v, divided by the
+    number of sampled RoIs (the [u >= 1] indicator zeroes the background's box term).
+
+    ``box_regression`` is class-specific [R, 4 (K + 1)] (torchvision) or class-agnostic [R, 4]
+    (R-FCN): then every foreground RoI's loss reads the one set of deltas."""
     labels = torch.cat(labels, dim=0)
     regression_targets = torch.cat(regression_targets, dim=0)
     if labels.numel() == 0:  # no RoI at all (an empty image without proposals): no NaN from a mean over nothing
         zero = class_logits.sum() * 0.0 + box_regression.sum() * 0.0
         return zero, zero.clone()
+    _check_box_regression(class_logits, box_regression)
 
     classification_loss = F.cross_entropy(class_logits, labels)
 
     foreground = torch.where(labels > 0)[0]
-    num_rois = class_logits.shape[0]
-    box_regression = box_regression.reshape(num_rois, box_regression.size(-1) // 4, 4)
-    box_loss = F.smooth_l1_loss(box_regression[foreground, labels[foreground]], regression_targets[foreground],
-                                beta=1 / 9, reduction="sum") / labels.numel()
+    deltas = box_deltas_of_labels(box_regression[foreground], labels[foreground])
+    box_loss = F.smooth_l1_loss(deltas, regression_targets[foreground], beta=beta, reduction="sum") / labels.numel()
     return classification_loss, box_loss
 
 
@@ -99,20 +181,35 @@ class RoIHeads(nn.Module):
             ``course_lib.ops.MultiScaleRoIAlign``.
         box_head: pooled features -> vectors (e.g. :class:`TwoMLPHead`).
         box_predictor: vectors -> (class logits, box deltas) (e.g. :class:`FastRCNNPredictor`).
+            The three are used by the default :meth:`predict` only; a head that overrides
+            ``predict`` may pass ``None`` for those it does not have.
         fg_iou_thresh, bg_iou_thresh: RoI is foreground if IoU >= fg, background if < bg (0.5, 0.5).
         batch_size_per_image, positive_fraction: RoIs sampled per image (512, 0.25).
+            ``batch_size_per_image=None``: no sampling, every labelled RoI (proposals + gt boxes)
+            is used (the R-FCN code's ``batch_size = -1``, for OHEM).
         bbox_reg_weights: BoxCoder weights, (10, 10, 5, 5) when None.
         score_thresh, nms_thresh, detections_per_img: inference (0.05, 0.5, 100).
+
+    Keyword-only (not in torchvision):
+        ohem_batch_size_per_image: B for online hard example mining (see the module docstring);
+            None (default) = the loss of every sampled RoI, as torchvision.
+        smooth_l1_beta: of the box loss; 1/9 (torchvision). The R-FCN and py-faster-rcnn code use
+            1 (Caffe's ``SmoothL1Loss`` with sigma 1).
     """
 
-    def __init__(self, box_roi_pool: nn.Module, box_head: nn.Module, box_predictor: nn.Module,
-                 fg_iou_thresh: float, bg_iou_thresh: float, batch_size_per_image: int,
+    def __init__(self, box_roi_pool: nn.Module | None, box_head: nn.Module | None, box_predictor: nn.Module | None,
+                 fg_iou_thresh: float, bg_iou_thresh: float, batch_size_per_image: int | None,
                  positive_fraction: float, bbox_reg_weights: tuple[float, float, float, float] | None,
-                 score_thresh: float, nms_thresh: float, detections_per_img: int):
+                 score_thresh: float, nms_thresh: float, detections_per_img: int, *,
+                 ohem_batch_size_per_image: int | None = None, smooth_l1_beta: float = 1 / 9):
         super().__init__()
+        if ohem_batch_size_per_image is not None and ohem_batch_size_per_image < 1:
+            raise ValueError(f"ohem_batch_size_per_image must be None (no OHEM) or >= 1 (R-FCN: 128), "
+                             f"got {ohem_batch_size_per_image}.")
         self.box_similarity = box_iou
         self.proposal_matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
-        self.fg_bg_sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.fg_bg_sampler = (None if batch_size_per_image is None
+                              else BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction))
         self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0) if bbox_reg_weights is None else bbox_reg_weights)
         self.box_roi_pool = box_roi_pool
         self.box_head = box_head
@@ -120,6 +217,19 @@ class RoIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
+        self.ohem_batch_size_per_image = ohem_batch_size_per_image
+        self.smooth_l1_beta = smooth_l1_beta
+
+    # ------------------------------------------------------------------------------ the head
+    def predict(self, features: dict[str, Tensor], proposals: list[Tensor],
+                image_shapes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+        """Class logits [R, K + 1] and box deltas ([R, 4 (K + 1)] class-specific or [R, 4]
+        class-agnostic) of the R = sum of ``len(p)`` RoIs, in the order of ``proposals``.
+
+        The one method a new head overrides. Default (Fast R-CNN's per-RoI head): RoI pooling ->
+        ``box_head`` -> ``box_predictor``."""
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        return self.box_predictor(box_features)
 
     # ----------------------------------------------------------------------------- training
     @staticmethod
@@ -157,7 +267,10 @@ class RoIHeads(nn.Module):
         return matched_idxs, labels
 
     def subsample(self, labels: list[Tensor]) -> list[Tensor]:
-        """Indices of the sampled RoIs of each image (at most ``positive_fraction`` foreground)."""
+        """Indices of the sampled RoIs of each image (at most ``positive_fraction`` foreground);
+        without a sampler (``batch_size_per_image=None``) every RoI that is not ignored."""
+        if self.fg_bg_sampler is None:
+            return [torch.where(lab >= 0)[0] for lab in labels]
         sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
         return [torch.where(pos | neg)[0] for pos, neg in zip(sampled_pos, sampled_neg)]
 
@@ -188,8 +301,13 @@ class RoIHeads(nn.Module):
         drop background / low scores / tiny boxes, NMS per class, keep the best ``detections_per_img``."""
         num_classes = class_logits.shape[-1]
         boxes_per_image = [p.shape[0] for p in proposals]
-        # [R, K + 1, 4] (the reshape also covers R = 0, where decode cannot infer K + 1)
-        pred_boxes = self.box_coder.decode(box_regression, proposals).reshape(-1, num_classes, 4)
+        if _check_box_regression(class_logits, box_regression):
+            # class-agnostic: one box per RoI, the same for every class (the R-FCN code tiles it)
+            pred_boxes = self.box_coder.decode(box_regression, proposals).reshape(-1, 1, 4)
+            pred_boxes = pred_boxes.expand(-1, num_classes, 4)
+        else:
+            # [R, K + 1, 4] (the reshape also covers R = 0, where decode cannot infer K + 1)
+            pred_boxes = self.box_coder.decode(box_regression, proposals).reshape(-1, num_classes, 4)
         pred_scores = F.softmax(class_logits, -1)
 
         all_boxes, all_scores, all_labels = [], [], []
@@ -218,16 +336,35 @@ class RoIHeads(nn.Module):
         if self.training:
             proposals, _matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
 
-        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        class_logits, box_regression = self.box_predictor(box_features)
+        class_logits, box_regression = self.predict(features, proposals, image_shapes)
 
         if self.training:
             self._check_label_range(targets, class_logits.shape[-1])
-            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+            if self.ohem_batch_size_per_image is not None:
+                class_logits, box_regression, labels, regression_targets = self.hard_examples(
+                    class_logits, box_regression, labels, regression_targets)
+            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets,
+                                                          beta=self.smooth_l1_beta)
             return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
 
         boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
         return [{"boxes": b, "labels": l, "scores": s} for b, l, s in zip(boxes, labels, scores)], {}
+
+    def hard_examples(self, class_logits: Tensor, box_regression: Tensor, labels: list[Tensor],
+                      regression_targets: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+        """OHEM (Shrivastava et al. 2016, sec. 4; R-FCN sec. 2): rank each image's sampled RoIs by
+        their own loss and keep the ``ohem_batch_size_per_image`` hardest; the loss (and so the
+        gradient) then covers those only, averaged over them."""
+        counts = [lab.numel() for lab in labels]
+        if sum(counts) == 0:
+            return class_logits, box_regression, labels, regression_targets
+        per_roi = fastrcnn_loss_per_roi(class_logits, box_regression, torch.cat(labels), torch.cat(regression_targets),
+                                        beta=self.smooth_l1_beta)
+        keep = ohem_select(per_roi, counts, self.ohem_batch_size_per_image)
+        kept_counts = [min(n, self.ohem_batch_size_per_image) for n in counts]
+        labels = list(torch.cat(labels)[keep].split(kept_counts))
+        regression_targets = list(torch.cat(regression_targets)[keep].split(kept_counts))
+        return class_logits[keep], box_regression[keep], labels, regression_targets
 
     @staticmethod
     def _check_label_range(targets: list[dict[str, Tensor]], num_classes: int) -> None:
