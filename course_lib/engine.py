@@ -5,13 +5,22 @@
 * a deterministic data order: epoch ``e`` visits the samples in the order
   ``torch.randperm(len(dataset), generator=Generator().manual_seed(seed + e))``, cut into
   ``len(dataset) // batch_size`` batches (the last incomplete one is dropped);
-* mixed precision (``torch.autocast`` + ``GradScaler``) and channels-last memory on CUDA only;
+* mixed precision (``torch.autocast`` + ``GradScaler``) and channels-last memory on CUDA (float16); on the CPU
+  only when asked with ``amp=True`` (bfloat16, so that the mixed-precision path is tested without a GPU);
 * optional gradient clipping (global L2 norm) and a learning-rate scheduler stepped per step;
 * a ``History`` of every step (loss, each named loss term, learning rate, time) to plot;
 * atomic, resumable checkpoints: model, optimiser, scheduler, scaler, step, history and the
   random number generators (so that dropout and random augmentations replay exactly).
   An interrupted run resumed from its checkpoint ends with the same weights, bit for bit on
-  CPU with ``num_workers=0``, as a run that was never interrupted.
+  CPU with ``num_workers=0``, as a run that was never interrupted;
+* several processes under ``torchrun --nproc_per_node N`` (``$WORLD_SIZE`` > 1): PyTorch's
+  ``DistributedDataParallel`` (NCCL on CUDA, one GPU per process; gloo on the CPU), batch norm made
+  ``SyncBatchNorm`` on CUDA, and a distributed sampler: ``batch_size`` is per process, and step ``s`` of process ``r``
+  takes the ``r``-th slice of the batch that one process would take with ``batch_size * N`` -- so N processes
+  follow, to float tolerance, the single-process run with the combined batch. Logged losses are averaged over
+  the processes; rank 0 alone shows progress and writes the (atomic) checkpoints, which hold every rank's
+  random state, so a resumed run continues at the same step. A rank that fails says so and where the last
+  complete checkpoint is; torchrun then stops the others. One process (no ``torchrun``) is the default.
 
 Checkpoints hold only tensors and plain Python values: they load with
 ``torch.load(path, weights_only=True)``, which cannot execute code hidden in a file.
@@ -28,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -191,17 +201,20 @@ def _to_device(x, device: torch.device):
     return x
 
 
-def _batches(dataset, batch_size, start, steps, seed, collate_fn, num_workers, pin_memory):
+def _batches(dataset, batch_size, start, steps, seed, collate_fn, num_workers, pin_memory, rank=0, world=1):
     """Yield ``(step, batch)`` for steps ``start+1 .. steps``: the order is a function of
-    (seed, epoch) only, so a resumed run starts at the right batch without replaying data."""
-    per_epoch = len(dataset) // batch_size
+    (seed, epoch) only, so a resumed run starts at the right batch without replaying data.
+    With ``world`` processes, each global batch of ``batch_size * world`` samples is cut into
+    ``world`` slices and process ``rank`` takes its own (the distributed sampler)."""
+    per_epoch = len(dataset) // (batch_size * world)
     if per_epoch == 0:
-        raise ValueError(f"The dataset has {len(dataset)} samples, fewer than batch_size={batch_size}: "
+        per_process = f" x {world} processes" if world > 1 else ""
+        raise ValueError(f"The dataset has {len(dataset)} samples, fewer than batch_size={batch_size}{per_process}: "
                          "lower batch_size or add data.")
     step, epoch = start, start // per_epoch
     while step < steps:
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + epoch))
-        batches = order[: per_epoch * batch_size].view(per_epoch, batch_size)
+        batches = order[: per_epoch * batch_size * world].view(per_epoch, world, batch_size)[:, rank]
         batches = batches[step - epoch * per_epoch: steps - epoch * per_epoch].tolist()
         # An explicit generator keeps the DataLoader from drawing from the global RNG.
         loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers,
@@ -212,28 +225,74 @@ def _batches(dataset, batch_size, start, steps, seed, collate_fn, num_workers, p
         epoch += 1
 
 
+class _LossModule(nn.Module):
+    """``loss_fn(model, batch)`` as one module, so that DistributedDataParallel sees the whole forward
+    pass, whichever of the model's methods ``loss_fn`` calls."""
+
+    def __init__(self, model: nn.Module, loss_fn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch):
+        return self.loss_fn(self.model, batch)
+
+
+def _distributed(device: torch.device | None) -> tuple[int, int, torch.device | None]:
+    """``(rank, world_size, device)``: (0, 1, device) for one process; under torchrun, the process group
+    (initialised here if needed: NCCL for CUDA, gloo for the CPU) and this process's GPU."""
+    if not (dist.is_available() and (dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) > 1)):
+        return 0, 1, device
+    want_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if want_cuda and (device is None or device.index is None):
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if want_cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Batch norm layers that train (``BatchNorm*d``; not ``FrozenBatchNorm2d``) become ``SyncBatchNorm``, which
+    normalises with the statistics of the whole global batch. In place below the root, with the same parameters
+    (the optimiser keeps working). PyTorch implements SyncBatchNorm on CUDA only: on the CPU (gloo) batch norm
+    stays per process."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
 def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *, steps: int, batch_size: int,
         collate_fn=None, lr_scheduler=None, device=None, amp: bool | None = None, grad_clip: float | None = None,
         checkpoint_path=None, checkpoint_every: int = 100, seed: int = 0, num_workers: int = 0,
-        progress: bool = True, callback=None) -> History:
+        progress: bool = True, callback=None, find_unused_parameters: bool = False) -> History:
     """Train ``model`` for ``steps`` optimiser steps and return the ``History``.
 
     ``loss_fn(model, batch)`` returns a scalar tensor or a dict of named scalar terms
     (summed; each is recorded). The batch is already on ``device`` (default: CUDA if
-    available, else CPU). ``amp`` defaults to True on CUDA; it is ignored on CPU.
-    ``callback(step, record)`` is called after each step (and after its checkpoint).
+    available, else CPU). ``amp`` defaults to True on CUDA (float16); ``amp=True`` on the CPU
+    runs the same path in bfloat16 (slow: for tests). ``callback(step, record)`` is called
+    after each step (and after its checkpoint).
 
     With ``checkpoint_path``, state is saved every ``checkpoint_every`` steps and at the
     end; calling ``fit`` again with the same path resumes where it stopped, and returns at
     once when the checkpoint already holds ``steps`` steps.
+
+    Under ``torchrun`` (see the module docstring) ``batch_size`` is per process;
+    ``find_unused_parameters`` is passed to ``DistributedDataParallel`` (needed when some trainable
+    parameters get no gradient in a step).
     """
     for name, value, low in (("steps", steps, 0), ("batch_size", batch_size, 1),
                              ("checkpoint_every", checkpoint_every, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name}={value!r}: must be an integer >= {low}.")
+    rank, world, device = _distributed(torch.device(device) if device is not None else None)
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
-    amp = cuda if amp is None else (amp and cuda)
+    amp = cuda if amp is None else bool(amp)
+    amp_dtype = torch.float16 if cuda else torch.bfloat16
+    if world > 1 and cuda:
+        model = _sync_batchnorm(model)
     model.to(device)  # in place: the optimiser keeps pointing at the same parameters
     if cuda:
         model.to(memory_format=torch.channels_last)
@@ -254,35 +313,57 @@ def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *,
         if state["scaler"]:  # empty when saved without AMP (e.g. on the CPU)
             scaler.load_state_dict(state["scaler"])
         history, start = History.from_dict(state["history"]), state["step"]
-        _set_rng_state(state["rng"])
-        if (state["seed"], state["batch_size"]) != (seed, batch_size):
+        saved_world = state.get("world_size", 1)
+        _set_rng_state(state["rng_ranks"][rank] if saved_world == world and "rng_ranks" in state else state["rng"])
+        if (state["seed"], state["batch_size"], saved_world) != (seed, batch_size, world):
             warnings.warn(f"Resuming {path}, saved with seed={state['seed']}, batch_size={state['batch_size']}, "
-                          f"under seed={seed}, batch_size={batch_size}: the data order changes.", stacklevel=2)
+                          f"{saved_world} process(es), under seed={seed}, batch_size={batch_size}, {world} "
+                          "process(es): the data order changes.", stacklevel=2)
         if start >= steps:
             return history
 
     def save(step):
-        save_checkpoint(path, {
+        state = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
             "scaler": scaler.state_dict(), "step": step, "rng": _rng_state(),
             "history": history.to_dict(), "seed": seed, "batch_size": batch_size,
-        })
+        }
+        if world > 1:  # every rank's random state, written by rank 0 alone; the others wait for the file
+            ranks = [None] * world
+            dist.all_gather_object(ranks, state["rng"])
+            state.update(rng_ranks=ranks, world_size=world)
+            if rank == 0:
+                save_checkpoint(path, state)
+            dist.barrier()
+        else:
+            save_checkpoint(path, state)
 
     model.train()
+    forward = _LossModule(model, loss_fn) if world > 1 else None
+    if forward is not None:
+        forward = nn.parallel.DistributedDataParallel(forward, device_ids=[device.index] if cuda else None,
+                                                      find_unused_parameters=find_unused_parameters)
     t0 = time.perf_counter() - (history.last["time"] if history.last else 0.0)
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc="training")
+    bar = tqdm(total=steps, initial=start, disable=not progress or rank != 0, desc="training")
+    done = start  # the last step completed (for the message if a rank fails)
     try:
-        for step, batch in _batches(dataset, batch_size, start, steps, seed, collate_fn, num_workers, cuda):
+        for step, batch in _batches(dataset, batch_size, start, steps, seed, collate_fn, num_workers, cuda,
+                                    rank, world):
             batch = _to_device(batch, device)
-            with torch.autocast(device.type, enabled=amp):
-                out = loss_fn(model, batch)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                out = loss_fn(model, batch) if forward is None else forward(batch)
             terms = out if isinstance(out, dict) else {"loss": out}
             for name, v in terms.items():
                 if v.numel() != 1:
                     raise ValueError(f"step {step}: loss term {name!r} has shape {list(v.shape)}; "
                                      "loss_fn must return scalars (reduce with .mean() or .sum()).")
-            values = {name: float(v.detach()) for name, v in terms.items()}
+            if world > 1:  # the mean over the processes, so every rank logs (and NaN-checks) the same values
+                mean = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+                dist.all_reduce(mean)
+                values = dict(zip(terms, (mean / world).tolist()))
+            else:
+                values = {name: float(v.detach()) for name, v in terms.items()}
             for name, v in values.items():
                 if not math.isfinite(v):
                     raise FloatingPointError(
@@ -302,15 +383,26 @@ def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *,
             if lr_scheduler is not None:
                 lr_scheduler.step()
 
+            total = float(loss.detach()) if world == 1 else sum(values.values())
             record = {"step": step, **(values if isinstance(out, dict) else {}),
-                      "loss": float(loss.detach()), "lr": lr, "time": time.perf_counter() - t0}
+                      "loss": total, "lr": lr, "time": time.perf_counter() - t0}
             history.records.append(record)
+            done = step
             bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             bar.update(1)
             if path is not None and (step % checkpoint_every == 0 or step == steps):
                 save(step)
             if callback is not None:
                 callback(step, record)
+    except BaseException as e:
+        if world > 1:
+            import sys
+
+            saved = f"{path} holds the last complete checkpoint; run the same command again to resume" \
+                if path is not None else "no checkpoint_path was given, so nothing was saved"
+            print(f"[rank {rank}/{world}] training stopped after step {done} of {steps}: {type(e).__name__}: {e}. "
+                  f"{saved}.", file=sys.stderr, flush=True)
+        raise
     finally:
         bar.close()
     return history
