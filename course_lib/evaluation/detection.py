@@ -24,10 +24,14 @@ from tqdm.auto import tqdm
 
 from course_lib.ops import box_convert, box_iou
 
-__all__ = ["coco_evaluate", "proposal_recall", "efpn_metrics", "greedy_match", "evaluate_detector", "SIZE_RANGES"]
+__all__ = ["coco_evaluate", "proposal_recall", "efpn_metrics", "tt100k_metrics", "greedy_match", "iou_greedy_match",
+           "evaluate_detector", "SIZE_RANGES", "TT100K_SIZE_RANGES"]
 
-# COCO's (and the EFPN paper's, Sec. IV-A2) object sizes by area in pixels: [low, high).
+# COCO's (and the EFPN paper's text, Sec. IV-A2) object sizes by area in pixels: [low, high).
 SIZE_RANGES = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, math.inf)}
+# The official Tsinghua-Tencent 100K script (anno_func.eval_annos): by the long side max(w, h), [low, high);
+# "all" is its [0, 400). The EFPN paper's Fig. 7 labels these buckets (0,32], (32,96], (96,400].
+TT100K_SIZE_RANGES = {"small": (0.0, 32.0), "medium": (32.0, 96.0), "large": (96.0, 400.0), "all": (0.0, 400.0)}
 
 
 def _quiet(verbose: bool):
@@ -270,16 +274,110 @@ def efpn_metrics(gt, detections, iou_threshold: float = 0.5, score_threshold: fl
     for name, (low, high) in {**SIZE_RANGES, "all": (0.0, math.inf)}.items():
         in_det = (det_area >= low) & (det_area < high)
         in_gt = (gt_area >= low) & (gt_area < high)
-        num_det, tp = int(in_det.sum()), int((det_tp & in_det).sum())
-        num_gt, matched = int(in_gt.sum()), int((gt_hit & in_gt).sum())
-        acc = tp / num_det if num_det else math.nan
-        rec = matched / num_gt if num_gt else math.nan
-        if math.isnan(acc) or math.isnan(rec):
-            f1 = math.nan
+        out[name] = _accuracy_recall_f1(int((det_tp & in_det).sum()), int(in_det.sum()),
+                                        int((gt_hit & in_gt).sum()), int(in_gt.sum()))
+    return out
+
+
+def _accuracy_recall_f1(tp: int, num_det: int, matched: int, num_gt: int) -> dict[str, float]:
+    """accuracy = tp / detections, recall = matched / objects, F1 (eq. 9); NaN where there is nothing to count."""
+    acc = tp / num_det if num_det else math.nan
+    rec = matched / num_gt if num_gt else math.nan
+    if math.isnan(acc) or math.isnan(rec):
+        f1 = math.nan
+    else:
+        f1 = 2 * acc * rec / (acc + rec) if acc + rec > 0 else 0.0
+    return {"accuracy": acc, "recall": rec, "f1": f1, "num_det": num_det, "tp": tp, "fp": num_det - tp,
+            "num_gt": num_gt, "matched_gt": matched, "fn": num_gt - matched}
+
+
+def iou_greedy_match(iou: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The official TT100K matching: all (ground truth i, detection j) pairs with ``valid[i, j]``, sorted by
+    decreasing IoU (ties: i, then j, as Python's stable sort of the enumerated pairs), are taken in turn when both
+    are still free. Returns [G] the detection index of each ground truth, or -1.
+
+    Vectorised in rounds: a pair that comes first in its row and in its column among the pairs still possible is
+    exactly one the sequential loop takes; those are fixed, their rows and columns removed, and the rest repeats.
+    """
+    num_gt, num_det = iou.shape
+    match = torch.full((num_gt,), -1, dtype=torch.long)
+    if num_gt == 0 or num_det == 0 or not valid.any():
+        return match
+    order = torch.sort(-iou.double().flatten(), stable=True).indices
+    big = num_gt * num_det
+    rank = torch.empty(big, dtype=torch.long)
+    rank[order] = torch.arange(big)
+    rank = rank.view(num_gt, num_det).masked_fill(~valid, big)
+    while True:
+        row_min = rank.min(dim=1, keepdim=True).values
+        col_min = rank.min(dim=0, keepdim=True).values
+        take = (rank == row_min) & (rank == col_min) & (rank < big)
+        if not take.any():
+            return match
+        gi, dj = torch.nonzero(take, as_tuple=True)
+        match[gi] = dj
+        rank[gi, :] = big
+        rank[:, dj] = big
+
+
+def tt100k_metrics(gt, detections, iou_threshold: float = 0.5, score_threshold: float = 0.5, *,
+                   sizes: dict | None = None, types=None, label_to_cat_id=None) -> dict[str, dict[str, float]]:
+    """Accuracy / recall / F1 by the official Tsinghua-Tencent 100K script (``anno_func.eval_annos``; Zhu et al.
+    2016), which the EFPN paper's accuracy/recall tables follow ("the protocol in [37]", Sec. IV-A2):
+
+    * detections scoring below ``score_threshold`` are dropped (the script's ``minscore``, 40 there on its results'
+      score scale; call it with ``iou=0.5`` -- its default is 0.75);
+    * pairs of the same class with IoU > ``iou_threshold`` (strictly) are matched greedily by decreasing IoU
+      (:func:`iou_greedy_match`), not by score;
+    * sizes by the long side max(w, h) in half-open buckets (``TT100K_SIZE_RANGES``: [0,32), [32,96), [96,400) and
+      all = [0,400)): a ground truth outside the bucket is ignored, and so is the detection matched to it; an
+      unmatched detection counts where its own long side falls; a matched one where its ground truth falls;
+    * ``types``: the evaluated classes (the paper's 45; labels, or category ids with a COCO ``gt``); ground truth and
+      detections of other classes are ignored. None = every class.
+
+    accuracy = correct / counted detections, recall = correct / counted ground truth, F1 = eq. 9. Where nothing is
+    counted the ratio is NaN (the script prints 1). ``gt`` and ``detections`` as for :func:`efpn_metrics`.
+    """
+    sizes = TT100K_SIZE_RANGES if sizes is None else sizes
+    gt_by_image, mapping = _per_image_gt(gt, label_to_cat_id)
+    det_by_image = {int(d["image_id"]): d for d in detections}
+    unknown = set(det_by_image) - set(gt_by_image)
+    if unknown:
+        raise ValueError(f"Detections for image ids {sorted(unknown)[:10]} that have no ground truth entry.")
+    type_set = None if types is None else torch.as_tensor(list(types)).long()
+    g_long, g_hit, g_ok, d_long, d_matched_long, d_ok = [], [], [], [], [], []
+    for image_id, (gt_boxes, gt_labels, _crowd) in gt_by_image.items():
+        det = det_by_image.get(image_id)
+        if det is None:
+            boxes, labels = torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
         else:
-            f1 = 2 * acc * rec / (acc + rec) if acc + rec > 0 else 0.0
-        out[name] = {"accuracy": acc, "recall": rec, "f1": f1, "num_det": num_det, "tp": tp, "fp": num_det - tp,
-                     "num_gt": num_gt, "matched_gt": matched, "fn": num_gt - matched}
+            scores = torch.as_tensor(det["scores"]).detach().cpu()
+            keep = scores >= score_threshold
+            boxes = torch.as_tensor(det["boxes"]).detach().cpu().double().reshape(-1, 4)[keep]
+            labels = _map_labels(torch.as_tensor(det["labels"]).cpu().reshape(-1)[keep], mapping)
+        gt_labels = gt_labels.long()
+        gt_in_types = torch.ones(len(gt_boxes), dtype=torch.bool) if type_set is None else torch.isin(gt_labels, type_set)
+        det_in_types = torch.ones(len(boxes), dtype=torch.bool) if type_set is None else torch.isin(labels, type_set)
+        iou = box_iou(gt_boxes, boxes)
+        valid = (iou > iou_threshold) & (gt_labels[:, None] == labels[None, :]) & gt_in_types[:, None] & det_in_types
+        match = iou_greedy_match(iou, valid)  # [G] -> detection or -1
+        gl = (gt_boxes[:, 2:] - gt_boxes[:, :2]).max(dim=1).values
+        dl = (boxes[:, 2:] - boxes[:, :2]).max(dim=1).values
+        matched_long = torch.full((len(boxes),), math.nan, dtype=torch.float64)  # the long side of its ground truth
+        matched_long[match[match >= 0]] = gl[match >= 0]
+        g_long.append(gl), g_hit.append(match >= 0), g_ok.append(gt_in_types)
+        d_long.append(dl), d_matched_long.append(matched_long), d_ok.append(det_in_types)
+    g_long, g_hit, g_ok = torch.cat(g_long), torch.cat(g_hit), torch.cat(g_ok)
+    d_long, d_matched_long, d_ok = torch.cat(d_long), torch.cat(d_matched_long), torch.cat(d_ok)
+    d_hit = ~torch.isnan(d_matched_long)
+
+    out = {}
+    for name, (low, high) in sizes.items():
+        in_gt = g_ok & (g_long >= low) & (g_long < high)
+        in_det = d_ok & torch.where(d_hit, (d_matched_long >= low) & (d_matched_long < high),
+                                    (d_long >= low) & (d_long < high))
+        tp = int((g_hit & in_gt).sum())
+        out[name] = _accuracy_recall_f1(tp, int(in_det.sum()), tp, int(in_gt.sum()))
     return out
 
 
