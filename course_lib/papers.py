@@ -54,6 +54,13 @@ PAPERS: dict[str, str] = {
             "(arXiv:1411.4038)"),
     "unet": ("Ronneberger, Fischer & Brox, \"U-Net: Convolutional Networks for Biomedical Image Segmentation\", "
              "MICCAI 2015 (arXiv:1505.04597)"),
+    # chapters 4, 5, 7 (the R-CNN lineage and FPN)
+    "rcnn": "Girshick, Donahue, Darrell & Malik, Rich feature hierarchies for accurate object detection and semantic "
+            "segmentation (CVPR 2014)",
+    "fast_rcnn": "Girshick, Fast R-CNN (ICCV 2015)",
+    "faster_rcnn": "Ren, He, Girshick & Sun, Faster R-CNN: Towards Real-Time Object Detection with Region Proposal "
+                   "Networks (NeurIPS 2015; arXiv v3)",
+    "fpn": "Lin, Dollar, Girshick, He, Hariharan & Belongie, Feature Pyramid Networks for Object Detection (CVPR 2017)",
 }
 
 # The numbers, grouped by paper (keep each group under a comment naming the paper).
@@ -114,6 +121,72 @@ NUMBERS: dict[str, PaperNumber] = {
         77.5, "unet", "Sec. 4 (Table 2)", "u-net (2015)", "average IOU", "ISBI cell tracking challenge 2015, DIC-HeLa",
         unit=" %", note="as the text of Sec. 4 gives it; the second best reached 46 %"),
 }
+
+
+def _add(key: str, *args, **kwargs) -> None:
+    if key in NUMBERS:
+        raise KeyError(f"papers.py: {key!r} is registered twice")
+    NUMBERS[key] = PaperNumber(*args, **kwargs)
+
+
+# --- R-CNN (Girshick et al., CVPR 2014) ---------------------------------------------------------------------------
+_add("rcnn.sec2_1.input_size", 227, "rcnn", "Sec. 2.1", "feature extraction: the warped region fed to the CNN",
+     "pixels (side)", "PASCAL VOC", "AlexNet (the VGG16 variant of the later version takes 224 x 224)")
+_add("rcnn.appendix_a.context", 16, "rcnn", "Appendix A", "warping with context padding p", "pixels",
+     "PASCAL VOC", "in the warped frame")
+
+# --- Fast R-CNN (Girshick, ICCV 2015) ------------------------------------------------------------------------------
+_VOC07 = "PASCAL VOC 2007 test"
+_add("fast_rcnn.table4.rcnn.train_hours", 84, "fast_rcnn", "Table 4", "R-CNN, model L", "train time (h)", _VOC07,
+     "VGG16", " h", "one Nvidia K40 GPU")
+_add("fast_rcnn.table4.fast.train_hours", 9.5, "fast_rcnn", "Table 4", "Fast R-CNN, model L", "train time (h)", _VOC07,
+     "VGG16", " h", "one Nvidia K40 GPU")
+_add("fast_rcnn.table4.rcnn.test_s", 47.0, "fast_rcnn", "Table 4", "R-CNN, model L", "test rate (s/im)", _VOC07,
+     "VGG16", " s", "GPU; selective search time not included")
+_add("fast_rcnn.table4.fast.test_s", 0.32, "fast_rcnn", "Table 4", "Fast R-CNN, model L", "test rate (s/im)", _VOC07,
+     "VGG16, without truncated SVD", " s", "GPU; selective search time not included")
+_add("fast_rcnn.table4.fast.test_s_svd", 0.22, "fast_rcnn", "Table 4", "Fast R-CNN, model L, with SVD",
+     "test rate (s/im)", _VOC07, "VGG16, truncated SVD of fc6/fc7", " s")
+_add("fast_rcnn.table4.rcnn.map", 66.0, "fast_rcnn", "Table 4", "R-CNN, model L", "VOC07 mAP", _VOC07, "VGG16")
+_add("fast_rcnn.table4.fast.map", 66.9, "fast_rcnn", "Table 4", "Fast R-CNN, model L", "VOC07 mAP", _VOC07,
+     "VGG16, without truncated SVD")
+
+# --- Faster R-CNN (Ren et al., NeurIPS 2015) -----------------------------------------------------------------------
+_add("faster_rcnn.table3.rpn_vgg_0712.map", 73.2, "faster_rcnn", "Table 3", "RPN, 300 proposals, shared, 07+12",
+     "mAP (%)", _VOC07, "VGG-16, Fast R-CNN detector", note="also in the abstract")
+_add("faster_rcnn.sec3_3.anchors_1000x600", 20000, "faster_rcnn", "Sec. 3.3", "implementation details: a typical "
+     "1000 x 600 image, roughly 60 x 40 x 9 anchors", "anchors per image", "PASCAL VOC", "VGG-16, stride 16, k = 9",
+     note="'roughly 20000'")
+_add("faster_rcnn.sec3_3.anchors_inside", 6000, "faster_rcnn", "Sec. 3.3", "implementation details: cross-boundary "
+     "anchors ignored", "anchors per image for training", "PASCAL VOC", "VGG-16, stride 16, k = 9", note="'about 6000'")
+_add("faster_rcnn.table5.rpn_vgg.fps", 5, "faster_rcnn", "Table 5", "VGG, RPN + Fast R-CNN", "rate (fps)", _VOC07,
+     "VGG-16", " fps", "K40 GPU, all steps; also in the abstract")
+_add("faster_rcnn.table5.ss_vgg.fps", 0.5, "faster_rcnn", "Table 5", "VGG, SS + Fast R-CNN", "rate (fps)", _VOC07,
+     "VGG-16", " fps", "selective search on a CPU")
+_add("faster_rcnn.table5.ss.proposal_s", 1.51, "faster_rcnn", "Table 5", "SS + Fast R-CNN, proposal", "time (s)",
+     _VOC07, "selective search", " s", "1510 ms on a CPU")
+_add("faster_rcnn.table5.rpn_vgg.proposal_s", 0.01, "faster_rcnn", "Table 5", "VGG, RPN + Fast R-CNN, proposal",
+     "time (s)", _VOC07, "VGG-16", " s", "10 ms on a K40 GPU")
+
+# --- FPN (Lin et al., CVPR 2017): ResNet-50, COCO minival, trained on trainval35k -----------------------------------
+_MINIVAL = "COCO minival"
+for _row, _name, _ar1k in (("a", "(a) RPN baseline on conv4", 48.3), ("c", "(c) FPN", 56.3),
+                           ("d", "(d) bottom-up pyramid", 49.5), ("e", "(e) top-down pyramid, w/o lateral", 46.1),
+                           ("f", "(f) only finest level", 51.3)):
+    _add(f"fpn.table1.{_row}.ar1k", _ar1k, "fpn", "Table 1", _name, "AR1k", _MINIVAL, "ResNet-50, RPN proposals")
+for _row, _name, _ap, _aps in (("c", "(c) FPN", 33.9, 17.8), ("d", "(d) bottom-up pyramid", 24.9, 10.9),
+                               ("e", "(e) top-down pyramid, w/o lateral", 31.3, 13.3),
+                               ("f", "(f) only finest level", 33.4, 17.3)):
+    _add(f"fpn.table2.{_row}.ap", _ap, "fpn", "Table 2", _name, "AP", _MINIVAL,
+         "ResNet-50, Fast R-CNN on the fixed proposals of Table 1(c)")
+    _add(f"fpn.table2.{_row}.aps", _aps, "fpn", "Table 2", _name, "AP_s", _MINIVAL,
+         "ResNet-50, Fast R-CNN on the fixed proposals of Table 1(c)")
+for _row, _name, _vals in (("a", "(a) baseline on conv4 (C4)", (31.6, 53.1, 13.2, 35.6, 47.1)),
+                           ("c", "(c) FPN", (33.9, 56.9, 17.8, 37.7, 45.8))):
+    for _col, _v in zip(("ap", "ap50", "aps", "apm", "apl"), _vals):
+        _add(f"fpn.table3.{_row}.{_col}", _v, "fpn", "Table 3", _name,
+             {"ap": "AP", "ap50": "AP@0.5", "aps": "AP_s", "apm": "AP_m", "apl": "AP_l"}[_col], _MINIVAL,
+             "ResNet-50, Faster R-CNN (RPN and Fast R-CNN share features)")
 
 
 def number(key: str) -> PaperNumber:

@@ -27,7 +27,23 @@ from torch import Tensor, nn
 
 from .image_list import ImageList
 
-__all__ = ["AnchorGenerator"]
+__all__ = ["AnchorGenerator", "feature_map_sizes"]
+
+
+def feature_map_sizes(image_size: tuple[int, int], strides=(4, 8, 16, 32, 64)) -> list[tuple[int, int]]:
+    """``(H_k, W_k)`` of the feature map of each stride for a padded ``(H, W)`` batch, as a ResNet (+ FPN's P6)
+    computes it: every stride-2 step (conv1, the max-pool, each stage's first block, P6's subsampling) rounds *up*,
+    so ``H_k = ceil(H / stride)`` -- an 800 x 1216 batch gives P6 13 x 19, not 800 // 64 = 12 rows.
+    The one place notebooks and tests count feature-map cells (and so anchors) without running a network."""
+    sizes = []
+    for stride in strides:
+        if stride < 1 or stride & (stride - 1):
+            raise ValueError(f"feature_map_sizes: strides must be powers of 2, got {stride} in {tuple(strides)}")
+        h, w = image_size
+        for _ in range(stride.bit_length() - 1):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        sizes.append((h, w))
+    return sizes
 
 
 class AnchorGenerator(nn.Module):

@@ -111,3 +111,18 @@ def test_bad_input_raises_clear_errors():
         AnchorGenerator()(images, [torch.zeros(1, 1, 0, 16)])
     with pytest.raises(TypeError, match=r"image_list must be an ImageList, got Tensor"):
         AnchorGenerator()(torch.zeros(1, 3, 64, 64), [torch.zeros(1, 1, 4, 4)])
+
+
+@pytest.mark.parametrize("size", [(800, 1216), (800, 800), (600, 1000), (37, 91)])
+def test_feature_map_sizes_are_the_networks(size):
+    """feature_map_sizes (the one count notebooks 03b and 07 use) = the maps torchvision's R50-FPN computes."""
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    from course_lib.ops import feature_map_sizes
+    with torch.device("meta"):
+        backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=5)
+        maps = backbone(torch.zeros(1, 3, *size))
+    assert feature_map_sizes(size) == [tuple(m.shape[-2:]) for m in maps.values()]
+    assert feature_map_sizes(size, (16,)) == [(math.ceil(size[0] / 16), math.ceil(size[1] / 16))]
+    with pytest.raises(ValueError, match="powers of 2"):
+        feature_map_sizes(size, (12,))
