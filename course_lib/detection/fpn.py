@@ -11,9 +11,13 @@ FPN turns them into a pyramid P2 ... P5 that is *semantically strong at every sc
 Parameter names follow torchvision's ``FeaturePyramidNetwork`` so that its checkpoints load as they are:
 the lateral 1x1 convolutions are ``inner_blocks.<i>.0`` and the 3x3 output convolutions are
 ``layer_blocks.<i>.0`` (``<i>`` = 0 for C2/P2 ... 3 for C5/P5). Outputs are named as torchvision names them,
-because the RPN and the RoI pooler refer to levels by these names::
+because the RPN and the RoI pooler refer to levels by these names. ``FPN_LEVELS`` is the one table that says
+which level each name is (level k has stride 2^k)::
 
     "0" = P2 (stride 4), "1" = P3 (8), "2" = P4 (16), "3" = P5 (32), "pool" = P6 (64)
+
+Code that needs a level's number or stride reads it from a table like this (``FPN_LEVELS[name]``), never from the
+position of a name in a list; a neck with other levels (EFPN's P2' at stride 2 = level 1) has its own table.
 
 Two switches reproduce the paper's ablations (Table 1 and 2, rows (d) and (e)); the third one, (f) "only the
 finest level P2 for RoIs", is a choice of the RoI pooler, see ``faster_rcnn_fpn.py``:
@@ -31,20 +35,43 @@ from collections import OrderedDict
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FeaturePyramidNetwork", "LastLevelMaxPool", "BackboneWithFPN"]
+__all__ = ["FPN_LEVELS", "FPN_ROI_LEVELS", "level_name", "ExtraFPNBlock", "FeaturePyramidNetwork",
+           "LastLevelMaxPool", "BackboneWithFPN"]
+
+#: torchvision's names of the FPN outputs -> level number k (stride 2^k): P2..P5 and P6 ("pool", RPN only).
+FPN_LEVELS: dict[str, int] = {"0": 2, "1": 3, "2": 4, "3": 5, "pool": 6}
+#: the levels RoIs are pooled from (sec. 4.2: P2..P5; P6 serves only the RPN's largest anchors).
+FPN_ROI_LEVELS: list[str] = ["0", "1", "2", "3"]
 
 
-class LastLevelMaxPool(nn.Module):
-    """P6 = P5 subsampled with stride 2 (sec. 4.1: "P6 is simply a stride two subsampling of P5").
+def level_name(level: int) -> str:
+    """The papers' name of pyramid level ``level`` (stride 2^level): ``"P2"`` .. ``"P6"``; level 1, EFPN's
+    extended level at stride 2 built from C2' (Deng et al. 2021, eq. 1), is ``"P2'"``."""
+    return "P2'" if level == 1 else f"P{level}"
+
+
+class ExtraFPNBlock(nn.Module):
+    """An extra block of the FPN (torchvision's contract): ``forward(results, x, names) -> (results, names)``.
+
+    ``results`` are the FPN's outputs P2..P5 (finest first), ``x`` the maps that entered it (C2..C5), ``names``
+    their names; the block returns the lists with its own levels added (e.g. P6), so one block can read any
+    output or input (EFPN's extension reads P3, P4 and C2'). It must not change the lists it is given.
+    """
+
+    def forward(self, results: list[Tensor], x: list[Tensor], names: list[str]) -> tuple[list[Tensor], list[str]]:
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(results, x, names)")
+
+
+class LastLevelMaxPool(ExtraFPNBlock):
+    """P6 = P5 subsampled with stride 2 (sec. 4.1: "P6 is simply a stride two subsampling of P5"), named "pool".
 
     Written as ``max_pool2d(kernel_size=1, stride=2)`` like torchvision: a 1x1 max is the value itself, so this
     keeps every second row and column. P6 serves the RPN's 512^2 anchors; RoIs are never pooled from it.
     """
 
-    name = "pool"
-
-    def forward(self, p5: Tensor) -> Tensor:
-        return F.max_pool2d(p5, kernel_size=1, stride=2, padding=0)
+    def forward(self, results: list[Tensor], x: list[Tensor], names: list[str]) -> tuple[list[Tensor], list[str]]:
+        p6 = F.max_pool2d(results[-1], kernel_size=1, stride=2, padding=0)
+        return results + [p6], names + ["pool"]
 
 
 class FeaturePyramidNetwork(nn.Module):
@@ -53,12 +80,13 @@ class FeaturePyramidNetwork(nn.Module):
     Args:
         in_channels_list: channels of the incoming maps, finest first (ResNet-50: [256, 512, 1024, 2048]).
         out_channels: d, the channels of every pyramid level (the paper's d = 256).
-        extra_blocks: computes one extra, coarser level from the coarsest output (``LastLevelMaxPool``: P6), or None.
+        extra_blocks: an :class:`ExtraFPNBlock` that adds levels from the outputs and inputs
+            (``LastLevelMaxPool``: P6), or None.
         top_down: False gives ablation (d), a bottom-up pyramid without the top-down pathway.
         lateral: False gives ablation (e), a top-down pyramid without the 1x1 lateral connections.
 
     ``forward`` takes an ordered dict of maps, finest first, and returns an ordered dict with the same names
-    (plus ``extra_blocks.name``), finest first, every map with ``out_channels`` channels.
+    (plus the names the extra block adds), every map with ``out_channels`` channels.
     """
 
     # version 2 wraps each convolution in a Sequential (torchvision's Conv2dNormActivation): ``inner_blocks.0.0``;
@@ -121,10 +149,9 @@ class FeaturePyramidNetwork(nn.Module):
             else:  # (e) top-down pyramid: nothing comes in from the side
                 m = F.interpolate(m, size=c[k].shape[-2:], mode="nearest")
             p.insert(0, self.layer_blocks[k](m))
-        out = OrderedDict(zip(names, p))
         if self.extra_blocks is not None:
-            out[self.extra_blocks.name] = self.extra_blocks(p[-1])
-        return out
+            p, names = self.extra_blocks(p, c, names)
+        return OrderedDict(zip(names, p))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
         """Accept checkpoints written before version 2 (``inner_blocks.0.weight`` -> ``inner_blocks.0.0.weight``),

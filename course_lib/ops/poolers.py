@@ -1,7 +1,8 @@
 """Multi-scale RoIAlign: pool each RoI from the pyramid level that suits its size (FPN).
 
 A feature pyramid (Lin et al., *Feature Pyramid Networks*, sec. 4.2) has levels ``P2..P5`` of
-strides 4..32. A RoI of width ``w`` and height ``h`` (in image pixels) is pooled from level
+strides 4..32: level ``k`` has stride ``2^k``. A RoI of width ``w`` and height ``h`` (in image
+pixels) is pooled from level
 
     k = floor(k0 + log2(sqrt(w h) / 224))                      (FPN, eq. 1)
 
@@ -9,11 +10,20 @@ clamped to the levels there are: ``k0 = 4`` is the level an ImageNet-sized 224x2
 to (the level a C4 detector would use); half the size goes one level finer. Each level then
 runs plain RoIAlign with its own ``spatial_scale = 1 / stride``.
 
-Same contract and results as ``torchvision.ops.MultiScaleRoIAlign`` (tests/ops/test_poolers.py).
+With the levels P2..P5 (consecutive) this is ``torchvision.ops.MultiScaleRoIAlign`` exactly
+(tests/ops/test_poolers.py). Beyond it, every map carries its own level number, so a pyramid may
+
+* have gaps (maps of strides 4 and 16 only): a RoI whose level has no map is pooled from the
+  *nearest* level that has one (or refused, ``missing_level="error"``) -- torchvision assumes
+  consecutive levels and pools level-3 RoIs from the stride-16 map, level-4 RoIs from nothing;
+* reach below P2: EFPN's P2' (Deng et al. 2021) has stride 2, i.e. level 1;
+* route small RoIs to a dedicated level: EFPN sec. IV-A3 sends RoIs with ``sqrt(wh)`` below
+  112 px (COCO, 800-px input) or 56 px (TT100K, 1400 px) to P2' (``small_roi_size``).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import math
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -21,50 +31,130 @@ from torch import Tensor, nn
 from .boxes import box_area
 from .pooling import _output_size, convert_boxes_to_roi_format, roi_align
 
-__all__ = ["LevelMapper", "MultiScaleRoIAlign"]
+__all__ = ["LevelMapper", "MultiScaleRoIAlign", "MISSING_LEVEL_RULES"]
+
+#: what a RoI whose eq.-1 level has no feature map gets: "nearest" -- the available level nearest on eq. 1's
+#: log2 scale; "error" -- a ValueError that names the sizes and the levels there are.
+MISSING_LEVEL_RULES = ("nearest", "error")
 
 
 class LevelMapper:
     """Which pyramid level each RoI is pooled from: FPN eq. 1, ``k = floor(k0 + log2(sqrt(wh) / s0))``.
 
     Args:
-        k_min, k_max: the finest and coarsest level there are (e.g. 2 and 5 for P2..P5).
+        k_min, k_max: the finest and coarsest level (e.g. 2 and 5 for P2..P5): the levels ``k_min..k_max``,
+            torchvision's signature. Or leave them out and pass ``levels``.
         canonical_scale: ``s0 = 224``, the ImageNet pre-training size.
         canonical_level: ``k0 = 4``, the level a ``s0 x s0`` RoI maps to.
         eps: added before the floor so that sizes exactly on a boundary (e.g. 112) are not
             pushed down a level by rounding error.
+        levels: the level numbers that have a feature map, e.g. ``[2, 4]`` (a gap) or ``[1, 2, 3, 4, 5]``
+            (EFPN's P2' = level 1, stride 2). Every level appears once.
+        missing_level: a RoI whose clamped eq.-1 level ``k`` is not in ``levels`` (only possible with gaps)
+            goes to the available level ``l`` nearest to ``k0 + log2(sqrt(wh) / s0)`` measured to the size range
+            ``[l, l + 1)`` that level covers (``"nearest"``; halfway between two levels: the finer one), or
+            raises a ValueError (``"error"``). Never to a wrong level, never to none.
+        small_roi_size: the small-object rule (EFPN sec. IV-A3): RoIs with ``sqrt(wh) < small_roi_size``
+            (pixels of the network's input) go to ``small_roi_level``; all others follow eq. 1 over the remaining
+            levels. ``None``: eq. 1 alone.
+        small_roi_level: the dedicated level (default: the finest of ``levels``).
 
-    Called with a list of ``Tensor[L_i, 4]`` boxes (one per image), returns the ``int64`` level
-    of every box, counted from ``k_min`` (0 = finest level), in the order of the concatenated boxes.
+    Calling the mapper with a list of ``Tensor[L_i, 4]`` boxes (one per image) returns the ``int64`` *index*
+    of every box's level in ``levels`` (sorted, finest first; with ``k_min..k_max`` that is ``k - k_min``,
+    as torchvision's), in the order of the concatenated boxes. :meth:`level` returns the level numbers.
     """
 
     def __init__(
         self,
-        k_min: int,
-        k_max: int,
-        canonical_scale: int = 224,
+        k_min: Optional[int] = None,
+        k_max: Optional[int] = None,
+        canonical_scale: float = 224,
         canonical_level: int = 4,
         eps: float = 1e-6,
+        *,
+        levels: Optional[Sequence[int]] = None,
+        missing_level: str = "nearest",
+        small_roi_size: Optional[float] = None,
+        small_roi_level: Optional[int] = None,
     ):
-        if k_min > k_max:
-            raise ValueError(f"LevelMapper: k_min ({k_min}) must not exceed k_max ({k_max})")
-        self.k_min = k_min
-        self.k_max = k_max
+        if levels is None:
+            if k_min is None or k_max is None:
+                raise ValueError("LevelMapper needs k_min and k_max (levels k_min..k_max) or levels=[...]")
+            if k_min > k_max:
+                raise ValueError(f"LevelMapper: k_min ({k_min}) must not exceed k_max ({k_max})")
+            levels = range(k_min, k_max + 1)
+        elif k_min is not None or k_max is not None:
+            raise ValueError("LevelMapper: pass either k_min and k_max or levels, not both")
+        levels = [int(k) for k in levels]
+        if not levels or len(set(levels)) != len(levels):
+            raise ValueError(f"LevelMapper: levels must be distinct level numbers, at least one; got {levels}")
+        if missing_level not in MISSING_LEVEL_RULES:
+            raise ValueError(f"missing_level must be one of {MISSING_LEVEL_RULES}, got {missing_level!r}")
+        self.levels = sorted(levels)
+        if small_roi_size is not None:
+            if not small_roi_size > 0:
+                raise ValueError(f"small_roi_size must be a positive size in pixels (EFPN: 112 at 800 px), "
+                                 f"got {small_roi_size}")
+            small_roi_level = self.levels[0] if small_roi_level is None else int(small_roi_level)
+            if small_roi_level not in self.levels:
+                raise ValueError(f"small_roi_level {small_roi_level} has no feature map; the levels are {self.levels}")
+            if len(self.levels) < 2:
+                raise ValueError("small_roi_size needs a dedicated level and at least one other level, "
+                                 f"got the levels {self.levels}")
+        elif small_roi_level is not None:
+            raise ValueError("small_roi_level without small_roi_size: pass the size threshold too (EFPN: 112)")
+        self.small_roi_size = small_roi_size
+        self.small_roi_level = small_roi_level
+        # the levels eq. 1 chooses among (all, or all but the dedicated small-object level)
+        self.eq1_levels = [k for k in self.levels if k != small_roi_level]
+        self.k_min, self.k_max = self.eq1_levels[0], self.eq1_levels[-1]
         self.s0 = canonical_scale
         self.lvl0 = canonical_level
         self.eps = eps
+        self.missing_level = missing_level
+
+    def unclamped(self, boxlists: Sequence[Tensor]) -> Tensor:
+        """``k0 + log2(sqrt(wh) / s0)`` of every box (float, before the floor and the clamp)."""
+        s = torch.sqrt(torch.cat([box_area(boxes) for boxes in boxlists]))
+        return self.lvl0 + torch.log2(s / self.s0)
+
+    def level(self, boxlists: Sequence[Tensor]) -> Tensor:
+        """The level number ``k`` (stride ``2^k``) each box is pooled from, ``int64``, after every rule."""
+        raw = self.unclamped(boxlists)
+        # the same arithmetic as torchvision's mapper (eps added as a tensor of the boxes' dtype)
+        shifted = raw + torch.tensor(self.eps, dtype=raw.dtype)
+        k = torch.clamp(torch.floor(shifted), min=self.k_min, max=self.k_max).to(torch.int64)
+        available = torch.tensor(self.eq1_levels, dtype=torch.int64, device=k.device)
+        missing = ~torch.isin(k, available)
+        if bool(missing.any()):
+            if self.missing_level == "error":
+                sizes = torch.sqrt(torch.cat([box_area(b) for b in boxlists]))[missing]
+                raise ValueError(
+                    f"{int(missing.sum())} RoIs map to levels {sorted(set(k[missing].tolist()))} (sqrt(wh) from "
+                    f"{float(sizes.min()):.1f} to {float(sizes.max()):.1f} px) that have no feature map; the levels "
+                    f"are {self.eq1_levels}. Add the missing maps or pass missing_level='nearest'.")
+            # k lies strictly between two available levels (it is clamped to [k_min, k_max]): compare the
+            # distances of the unfloored value to the size ranges [lo, lo + 1) and [hi, hi + 1)
+            above = torch.searchsorted(available, k[missing])  # index of the first available level > k
+            lo, hi = available[above - 1], available[above]
+            to_lo = shifted[missing] - (lo + 1).to(shifted.dtype)
+            to_hi = hi.to(shifted.dtype) - shifted[missing]
+            k[missing] = torch.where(to_hi < to_lo, hi, lo)
+        if self.small_roi_size is not None:
+            sizes = torch.sqrt(torch.cat([box_area(b) for b in boxlists]))
+            k = torch.where(sizes < self.small_roi_size, torch.full_like(k, self.small_roi_level), k)
+        return k
 
     def __call__(self, boxlists: Sequence[Tensor]) -> Tensor:
-        s = torch.sqrt(torch.cat([box_area(boxes) for boxes in boxlists]))
-        k = torch.floor(self.lvl0 + torch.log2(s / self.s0) + torch.tensor(self.eps, dtype=s.dtype))
-        k = torch.clamp(k, min=self.k_min, max=self.k_max)
-        return k.to(torch.int64) - self.k_min
+        k = self.level(boxlists)
+        return torch.searchsorted(torch.tensor(self.levels, dtype=torch.int64, device=k.device), k)
 
     def __repr__(self) -> str:
-        return (
-            f"LevelMapper(k_min={self.k_min}, k_max={self.k_max}, canonical_scale={self.s0}, "
-            f"canonical_level={self.lvl0}, eps={self.eps})"
-        )
+        extra = ""
+        if self.small_roi_size is not None:
+            extra = f", small_roi_size={self.small_roi_size}, small_roi_level={self.small_roi_level}"
+        return (f"LevelMapper(levels={self.levels}, canonical_scale={self.s0}, canonical_level={self.lvl0}, "
+                f"eps={self.eps}, missing_level={self.missing_level!r}{extra})")
 
 
 def _infer_scale(feature: Tensor, image_size: Sequence[int]) -> float:
@@ -74,35 +164,35 @@ def _infer_scale(feature: Tensor, image_size: Sequence[int]) -> float:
     return 2.0 ** float(torch.tensor(approx).log2().round())
 
 
-def _setup_scales(
-    features: Sequence[Tensor], image_shapes: Sequence[tuple[int, int]], canonical_scale: int, canonical_level: int
-) -> tuple[list[float], LevelMapper]:
-    """Scales of the levels from the largest image of the batch, and the LevelMapper for
-    levels ``k_min = -log2(scale of the finest)`` .. ``k_max = -log2(scale of the coarsest)``."""
+def _largest(image_shapes: Sequence[tuple[int, int]]) -> tuple[int, int]:
     if len(image_shapes) == 0:
         raise ValueError("MultiScaleRoIAlign: image_shapes is empty; pass the (height, width) of every image")
-    largest = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
-    scales = [_infer_scale(feature, largest) for feature in features]
-    k_min = int(-torch.log2(torch.tensor(scales[0], dtype=torch.float32)).item())
-    k_max = int(-torch.log2(torch.tensor(scales[-1], dtype=torch.float32)).item())
-    return scales, LevelMapper(k_min, k_max, canonical_scale=canonical_scale, canonical_level=canonical_level)
+    return max(s[0] for s in image_shapes), max(s[1] for s in image_shapes)
 
 
 class MultiScaleRoIAlign(nn.Module):
-    """RoIAlign on a feature pyramid, each RoI from its FPN level (eq. 1); as torchvision's.
+    """RoIAlign on a feature pyramid, each RoI from its level (FPN eq. 1); torchvision's, plus explicit levels.
 
     Args:
-        featmap_names: the pyramid levels to pool from (keys of the feature dict), finest first
-            in the dict's order, e.g. ``["0", "1", "2", "3"]`` for P2..P5.
+        featmap_names: the pyramid levels to pool from (keys of the feature dict), e.g. ``["0", "1", "2", "3"]``
+            for P2..P5.
         output_size: ``int`` or ``(PH, PW)``, e.g. 7 for the box head, 14 for the mask head.
         sampling_ratio: RoIAlign's sampling points per bin and axis (``<= 0``: adaptive).
         canonical_scale, canonical_level: ``224`` and ``k0 = 4`` of eq. 1.
+        levels: ``{name: level number}`` (stride ``2^level``) of the maps, e.g. ``course_lib.detection.fpn.FPN_LEVELS``
+            or EFPN's ``{"p2_prime": 1, "0": 2, ...}``; may name more maps than ``featmap_names``. ``None``: each
+            map's level is inferred from its size on the first call (``-log2`` of feature height / image height,
+            rounded), map by map -- so gaps are seen, unlike torchvision, which assumes consecutive levels.
+            With explicit levels the maps' sizes are checked against them on the first call.
+        missing_level, small_roi_size, small_roi_level: see :class:`LevelMapper` (``"nearest"`` / ``"error"``
+            for a RoI whose level has no map; EFPN's small-object rule).
 
-    ``forward(x, boxes, image_shapes)``: ``x`` an (ordered) dict of ``Tensor[N, C, H_l, W_l]``,
-    ``boxes`` a list of ``Tensor[L_i, 4]`` in image coordinates, ``image_shapes`` the
-    ``(height, width)`` of each image before the backbone. Returns ``Tensor[sum L_i, C, PH, PW]``
-    in the order of the concatenated boxes. As in torchvision, the levels' scales are inferred
-    from the first call's shapes and kept.
+    ``forward(x, boxes, image_shapes, *, return_levels=False)``: ``x`` an (ordered) dict of
+    ``Tensor[N, C, H_l, W_l]``, ``boxes`` a list of ``Tensor[L_i, 4]`` in image coordinates, ``image_shapes``
+    the ``(height, width)`` of each image before the backbone. Returns ``Tensor[sum L_i, C, PH, PW]`` in the
+    order of the concatenated boxes, and with ``return_levels=True`` also the ``int64`` level number of each
+    RoI. As in torchvision, the levels' scales are inferred from the first call's shapes and kept
+    (``scales`` in the order of ``featmap_names``' maps; ``map_levels`` the :class:`LevelMapper`).
     """
 
     def __init__(
@@ -111,8 +201,12 @@ class MultiScaleRoIAlign(nn.Module):
         output_size: Union[int, tuple[int, int], list[int]],
         sampling_ratio: int,
         *,
-        canonical_scale: int = 224,
+        canonical_scale: float = 224,
         canonical_level: int = 4,
+        levels: Optional[Mapping[str, int]] = None,
+        missing_level: str = "nearest",
+        small_roi_size: Optional[float] = None,
+        small_roi_level: Optional[int] = None,
     ):
         super().__init__()
         if isinstance(featmap_names, str):
@@ -122,36 +216,74 @@ class MultiScaleRoIAlign(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
+        if levels is not None:
+            unknown = [name for name in self.featmap_names if name not in levels]
+            if unknown:
+                raise ValueError(f"MultiScaleRoIAlign: levels {dict(levels)} has no level number for the maps "
+                                 f"{unknown}; give every name in featmap_names its level (stride 2^level)")
+            levels = {name: int(levels[name]) for name in self.featmap_names}
+        self.levels = levels
+        self._rules = dict(missing_level=missing_level, small_roi_size=small_roi_size, small_roi_level=small_roi_level)
+        if missing_level not in MISSING_LEVEL_RULES:  # fail at construction, not at the first batch
+            raise ValueError(f"missing_level must be one of {MISSING_LEVEL_RULES}, got {missing_level!r}")
         self.scales: Optional[list[float]] = None
         self.map_levels: Optional[LevelMapper] = None
+        self.feature_levels: Optional[list[int]] = None  # the level of each pooled map, in the dict's order
 
-    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
-        features = [feature for name, feature in x.items() if name in self.featmap_names]
+    def _setup(self, names: list[str], features: list[Tensor], image_shapes: Sequence[tuple[int, int]]) -> None:
+        largest = _largest(image_shapes)
+        inferred = [_infer_scale(feature, largest) for feature in features]
+        if self.levels is None:
+            feature_levels = [int(round(-math.log2(scale))) for scale in inferred]
+        else:
+            feature_levels = [self.levels[name] for name in names]
+            wrong = [f"{name!r} (level {k}: stride {2 ** k}, but the map is {feature.shape[-2]} rows for "
+                     f"{largest[0]}-pixel images: stride {round(1 / s)})"
+                     for name, k, s, feature in zip(names, feature_levels, inferred, features) if s != 2.0 ** -k]
+            if wrong:
+                raise ValueError(f"MultiScaleRoIAlign: the maps do not have the strides of their levels: "
+                                 f"{', '.join(wrong)}. Fix the levels table or the maps.")
+        if len(set(feature_levels)) != len(feature_levels):
+            raise ValueError(f"MultiScaleRoIAlign: two maps share a level: {dict(zip(names, feature_levels))}; "
+                             "pool each level from one map (pass featmap_names without the duplicate)")
+        mapper = LevelMapper(levels=feature_levels, canonical_scale=self.canonical_scale,
+                             canonical_level=self.canonical_level, **self._rules)
+        self.scales, self.map_levels, self.feature_levels = [2.0 ** -k for k in feature_levels], mapper, feature_levels
+
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]], *,
+                return_levels: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        names = [name for name in x if name in self.featmap_names]
+        features = [x[name] for name in names]
         if not features:
             raise ValueError(
                 f"MultiScaleRoIAlign: none of featmap_names {self.featmap_names} is among the "
                 f"feature maps {list(x)}"
             )
         if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(
-                features, image_shapes, self.canonical_scale, self.canonical_level
-            )
+            self._setup(names, features, image_shapes)
         rois = convert_boxes_to_roi_format(boxes)
         pool = dict(output_size=self.output_size, sampling_ratio=self.sampling_ratio)
-        if len(features) == 1:
-            return roi_align(features[0], rois, spatial_scale=self.scales[0], **pool)
+        if len(features) == 1:  # every RoI from the one map, whatever its size (as torchvision)
+            result = roi_align(features[0], rois, spatial_scale=self.scales[0], **pool)
+            if return_levels:
+                return result, torch.full((rois.shape[0],), self.feature_levels[0], dtype=torch.int64,
+                                          device=rois.device)
+            return result
 
-        levels = self.map_levels(boxes)
+        levels = self.map_levels.level(boxes)
         first = features[0]
         result = first.new_zeros((rois.shape[0], first.shape[1]) + self.output_size)
-        for level, (feature, scale) in enumerate(zip(features, self.scales)):  # a few pyramid levels
+        for feature, scale, level in zip(features, self.scales, self.feature_levels):  # a few pyramid levels
             in_level = torch.where(levels == level)[0]
             # levels may differ in dtype under autocast: match result's before copying in
             result[in_level] = roi_align(feature, rois[in_level], spatial_scale=scale, **pool).to(result.dtype)
-        return result
+        return (result, levels) if return_levels else result
 
     def extra_repr(self) -> str:
+        extra = "" if self.levels is None else f", levels={self.levels}"
+        if self._rules["small_roi_size"] is not None:
+            extra += f", small_roi_size={self._rules['small_roi_size']}"
         return (
             f"featmap_names={self.featmap_names}, output_size={self.output_size}, "
-            f"sampling_ratio={self.sampling_ratio}"
+            f"sampling_ratio={self.sampling_ratio}{extra}"
         )

@@ -6,8 +6,10 @@ import torch
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork as TVFeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool as TVLastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7 as TVLastLevelP6P7
 
-from course_lib.detection.fpn import BackboneWithFPN, FeaturePyramidNetwork, LastLevelMaxPool
+from course_lib.detection.fpn import (FPN_LEVELS, BackboneWithFPN, ExtraFPNBlock, FeaturePyramidNetwork,
+                                      LastLevelMaxPool, level_name)
 
 IN_CHANNELS = [16, 24, 40, 64]  # small stand-ins for ResNet-50's [256, 512, 1024, 2048]
 
@@ -71,6 +73,40 @@ def test_gradients_equal_torchvision():
     loss_ref.backward()
     for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_extra_blocks_follow_torchvisions_contract():
+    """An extra block gets (results, x, names) and returns (results, names): torchvision's own blocks (RetinaNet's
+    P6/P7 from C5) work in our neck, and a block can read the FPN's inputs (e.g. C2)."""
+    torch.manual_seed(4)
+    ref = TVFeaturePyramidNetwork(IN_CHANNELS, 32, extra_blocks=TVLastLevelP6P7(IN_CHANNELS[-1], 32))
+    ours = FeaturePyramidNetwork(IN_CHANNELS, 32, extra_blocks=TVLastLevelP6P7(IN_CHANNELS[-1], 32))
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = bottom_up(seed=4)
+    out, expected = ours(x), ref(OrderedDict(x))
+    assert list(out) == ["0", "1", "2", "3", "p6", "p7"] == list(expected)
+    for name in expected:
+        torch.testing.assert_close(out[name], expected[name], rtol=0, atol=0, msg=name)
+
+    class FinestInput(ExtraFPNBlock):  # reads an input map: what EFPN's extension does with C2'
+        def forward(self, results, x, names):
+            return results + [x[0][:, :1]], names + ["c2_channel0"]
+
+    names = ["0", "1", "2", "3"]
+    got = FeaturePyramidNetwork(IN_CHANNELS, 32, FinestInput())(x)
+    assert list(got) == names + ["c2_channel0"] and torch.equal(got["c2_channel0"], x["0"][:, :1])
+    assert list(x) == names  # the block extended copies, not the caller's lists
+    with pytest.raises(NotImplementedError, match="forward"):
+        FeaturePyramidNetwork(IN_CHANNELS, 32, ExtraFPNBlock())(x)
+
+
+def test_level_table():
+    assert FPN_LEVELS == {"0": 2, "1": 3, "2": 4, "3": 5, "pool": 6}
+    assert [level_name(k) for k in (1, 2, 5, 6)] == ["P2'", "P2", "P5", "P6"]
+    ours, _ = paired_necks()
+    x = bottom_up(height=128, width=128)
+    for name, p in ours(x).items():  # stride 2^level of a 128-px image
+        assert p.shape[-1] == 128 // 2 ** FPN_LEVELS[name]
 
 
 def test_top_down_equations_by_hand():

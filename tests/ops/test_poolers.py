@@ -79,7 +79,8 @@ def test_multiscale_roi_align_equals_torchvision(seed):
     boxes = [boxes_in(g, 40, 800, 1216), boxes_in(g, 25, 600, 1000)]
     if seed % 3 == 0:
         boxes[1] = torch.zeros(0, 4)  # an image without RoIs
-    for names, output_size, sampling_ratio in [(LEVELS, 7, 2), (LEVELS, (14, 14), 0), (["1", "3"], 5, -1), (["2"], 3, 2)]:
+    # consecutive levels only: with a gap torchvision pools from the wrong map (test_gapped_levels_...)
+    for names, output_size, sampling_ratio in [(LEVELS, 7, 2), (LEVELS, (14, 14), 0), (["1", "2"], 5, -1), (["2"], 3, 2)]:
         ours = MultiScaleRoIAlign(names, output_size, sampling_ratio)
         theirs = tv.MultiScaleRoIAlign(names, output_size, sampling_ratio)
         out = ours(x, boxes, image_shapes)
@@ -163,3 +164,121 @@ def test_bad_input_gives_clear_errors():
         MultiScaleRoIAlign(LEVELS, 0, 2)
     with pytest.raises(ValueError, match="k_min"):
         LevelMapper(5, 2)
+
+
+# ------------------------------------------------------------------------- explicit levels (issue 9)
+
+
+def maps_at(g, strides, size=256, channels=3, batch=1):
+    """Random maps of the given strides for ``size x size`` images (no padding: sizes exact)."""
+    return OrderedDict((f"s{s}", torch.randn(batch, channels, size // s, size // s, generator=g)) for s in strides)
+
+
+def pooled_by_hand(x, boxes, levels, output_size=5, sampling_ratio=2):
+    """Each RoI pooled from the map of stride 2^level with spatial_scale 1/2^level, one RoI at a time."""
+    rois = torch.cat([torch.zeros(len(boxes), 1), boxes], 1)
+    return torch.cat([tv.roi_align(x[f"s{2 ** int(k)}"], rois[i : i + 1], output_size, 1 / 2 ** int(k), sampling_ratio)
+                      for i, k in enumerate(levels)])
+
+
+def test_level_mapper_with_gaps_by_hand():
+    """Levels 2 and 4 only: eq. 1 gives 2, 3, 3, 4, 5 (clamped to 4) for these sizes; a level-3 RoI goes to the
+    level whose size range is nearer on eq. 1's log2 scale: k0 + log2(120/224) = 3.10 -> 2, 3.84 -> 4."""
+    sides = [60, 120, 200, 300, 900]
+    assert (LevelMapper(2, 5)([square(sides)]) + 2).tolist() == [2, 3, 3, 4, 5]
+    mapper = LevelMapper(levels=[4, 2])
+    assert mapper.levels == [2, 4]
+    assert mapper.level([square(sides)]).tolist() == [2, 2, 4, 4, 4]
+    assert mapper([square(sides)]).tolist() == [0, 0, 1, 1, 1]  # indices into the sorted levels
+    # halfway (k0 + log2(s / 224) = 3.5, s = 224 / sqrt(2)): the finer level
+    assert LevelMapper(levels=[2, 4], eps=0.0).level([square([224 / 2**0.5 - 1e-3, 224 / 2**0.5 + 1e-3])]).tolist() == [2, 4]
+    with pytest.raises(ValueError, match=r"3 RoIs map to levels \[3, 4\] .* the levels are \[2, 5\]. Add the missing"):
+        LevelMapper(levels=[2, 5], missing_level="error").level([square([60, 120, 200, 300, 900])])
+    assert LevelMapper(levels=[2, 3, 4, 5], missing_level="error").level([square(sides)]).tolist() == [2, 3, 3, 4, 5]
+
+
+def test_level_mapper_small_object_rule_by_hand():
+    """EFPN sec. IV-A3: sqrt(wh) < 112 -> P2' (level 1); the rest by eq. 1 over P2..P5 (so at k0 = 4, P2 gets
+    none: every RoI of 112 px or more maps to P3 or coarser)."""
+    mapper = LevelMapper(levels=[1, 2, 3, 4, 5], small_roi_size=112)
+    assert mapper.small_roi_level == 1
+    assert mapper.level([square([10, 55, 111.9, 112, 223, 224, 1000])]).tolist() == [1, 1, 1, 3, 3, 4, 5]
+    # TT100K's 56 px is what eq. 1 gives by itself once P2' is level 1: floor(4 + log2(s / 224)) <= 1 <=> s < 56
+    g = torch.Generator().manual_seed(0)
+    boxes = [square(torch.exp(torch.rand(500, generator=g) * 7)), square([55.99, 56.0, 56.01])]
+    assert torch.equal(LevelMapper(levels=[1, 2, 3, 4, 5], small_roi_size=56).level(boxes),
+                       LevelMapper(levels=[1, 2, 3, 4, 5]).level(boxes))
+    with pytest.raises(ValueError, match="small_roi_level 0 has no feature map"):
+        LevelMapper(levels=[1, 2], small_roi_size=56, small_roi_level=0)
+    with pytest.raises(ValueError, match="small_roi_size must be a positive"):
+        LevelMapper(levels=[1, 2], small_roi_size=0)
+    with pytest.raises(ValueError, match="distinct"):
+        LevelMapper(levels=[2, 2])
+    with pytest.raises(ValueError, match="either k_min and k_max or levels"):
+        LevelMapper(2, 5, levels=[2, 3])
+
+
+def test_gapped_levels_pool_from_the_right_map():
+    """Maps of strides 4 and 16: torchvision infers levels 2..4, pools level-3 RoIs from the stride-16 map and
+    level-4/5 RoIs from nothing (all zeros); ours pools every RoI from its own level or the nearest one."""
+    g = torch.Generator().manual_seed(1)
+    x = maps_at(g, (4, 16))
+    boxes = square([60, 120, 200, 240, 250]) + torch.tensor([3.0, 5.0, 3.0, 5.0])
+    ours = MultiScaleRoIAlign(["s4", "s16"], 5, 2)
+    out, levels = ours(x, [boxes], [(256, 256)], return_levels=True)
+    assert ours.feature_levels == [2, 4] and levels.tolist() == [2, 2, 4, 4, 4]
+    torch.testing.assert_close(out, pooled_by_hand(x, boxes, levels), rtol=0, atol=1e-5)
+    assert (out.flatten(1).abs().amax(1) > 0).all()  # no RoI left with zero features
+    # the flaw this fixes: torchvision gives the 300- and 900-px RoIs nothing, the 120-px one the stride-16 map
+    theirs = tv.MultiScaleRoIAlign(["s4", "s16"], 5, 2)(x, [boxes], [(256, 256)])
+    assert (theirs[3:].abs().amax() == 0) and not torch.allclose(theirs[1], out[1])
+    # the same with explicit levels, and refused when asked to
+    named = MultiScaleRoIAlign(["s4", "s16"], 5, 2, levels={"s4": 2, "s16": 4, "s64": 6})
+    torch.testing.assert_close(named(x, [boxes], [(256, 256)]), out, rtol=0, atol=0)
+    strict = MultiScaleRoIAlign(["s4", "s16"], 5, 2, missing_level="error")
+    with pytest.raises(ValueError, match=r"map to levels \[3\] .* the levels are \[2, 4\]"):
+        strict(x, [boxes], [(256, 256)])
+
+
+def test_stride_2_level_and_small_object_rule():
+    """EFPN's P2' (stride 2 = level 1) below P2..P5: consecutive levels from 1 equal torchvision's pooler; with
+    small_roi_size=112 every RoI under 112 px is pooled from P2', the rest by eq. 1 over P2..P5."""
+    g = torch.Generator().manual_seed(2)
+    x = maps_at(g, (2, 4, 8, 16, 32))
+    names = list(x)
+    table = {"s2": 1, "s4": 2, "s8": 3, "s16": 4, "s32": 5}
+    xy = torch.rand(40, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.exp(torch.empty(40, 2).uniform_(1.5, 5.5, generator=g))], 1)
+    plain = MultiScaleRoIAlign(names, 5, 2, levels=table)
+    out, levels = plain(x, [boxes], [(256, 256)], return_levels=True)
+    torch.testing.assert_close(out, tv.MultiScaleRoIAlign(names, 5, 2)(x, [boxes], [(256, 256)]), rtol=0, atol=1e-5)
+    assert {1, 2, 3} <= set(levels.tolist())
+    efpn = MultiScaleRoIAlign(names, 5, 2, levels=table, small_roi_size=112)
+    out, levels = efpn(x, [boxes], [(256, 256)], return_levels=True)
+    small = box_sizes(boxes) < 112
+    assert small.any() and (~small).any()
+    assert (levels[small] == 1).all() and (levels[~small] >= 3).all()
+    torch.testing.assert_close(out, pooled_by_hand(x, boxes, levels), rtol=0, atol=1e-5)
+
+
+def box_sizes(boxes):
+    return ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt()
+
+
+def test_return_levels_are_eq1_levels_and_tables_are_checked():
+    g = torch.Generator().manual_seed(3)
+    x = fpn_features(g, 2, batch=1, size=(256, 320))
+    boxes = [boxes_in(g, 30, 256, 320)]
+    out, levels = MultiScaleRoIAlign(LEVELS, 7, 2)(x, boxes, [(256, 320)], return_levels=True)
+    assert torch.equal(levels, TVLevelMapper(2, 5)(boxes) + 2)
+    _, single = MultiScaleRoIAlign(["1"], 7, 2)(x, boxes, [(256, 320)], return_levels=True)
+    assert single.tolist() == [3] * 30
+    with pytest.raises(ValueError, match=r"no level number for the maps \['3'\]"):
+        MultiScaleRoIAlign(LEVELS, 7, 2, levels={"0": 2, "1": 3, "2": 4})
+    with pytest.raises(ValueError, match=r"'0' \(level 3: stride 8, but the map is 64 rows for 256-pixel images: stride 4\)"):
+        MultiScaleRoIAlign(LEVELS, 7, 2, levels={"0": 3, "1": 4, "2": 5, "3": 6})(x, boxes, [(256, 320)])
+    dup = OrderedDict([("a", x["1"]), ("b", x["1"])])
+    with pytest.raises(ValueError, match="two maps share a level"):
+        MultiScaleRoIAlign(["a", "b"], 7, 2)(dup, boxes, [(256, 320)])
+    with pytest.raises(ValueError, match="missing_level must be one of"):
+        MultiScaleRoIAlign(LEVELS, 7, 2, missing_level="zeros")
