@@ -15,6 +15,7 @@ from .rcnn import RCNN, rcnn_vgg16, warp_regions
 from .fast_rcnn import FastRCNN, FastRCNNRoIHeads, fast_rcnn_vgg16
 from .fpn import BackboneWithFPN, FeaturePyramidNetwork, LastLevelMaxPool
 from .faster_rcnn_fpn import fasterrcnn_resnet50_fpn, fasterrcnn_resnet101_fpn, resnet_fpn_backbone
+from .rfcn import RFCN, RFCNRoIHeads, rfcn_resnet50, rfcn_resnet101
 
 __all__ = [
     "GeneralizedRCNN", "FasterRCNN", "detection_loss", "GeneralizedRCNNTransform", "RPNHead", "RegionProposalNetwork",
@@ -23,4 +24,5 @@ __all__ = [
     "selective_search", "RCNN", "rcnn_vgg16", "warp_regions", "FastRCNN", "FastRCNNRoIHeads", "fast_rcnn_vgg16",
     "FeaturePyramidNetwork", "LastLevelMaxPool", "BackboneWithFPN",
     "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet101_fpn", "resnet_fpn_backbone",
+    "RFCN", "RFCNRoIHeads", "rfcn_resnet50", "rfcn_resnet101",
 ]

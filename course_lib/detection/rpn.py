@@ -55,14 +55,17 @@ class RPNHead(nn.Module):
 
     _version = 2
 
-    def __init__(self, in_channels: int, num_anchors: int, conv_depth: int = 1):
+    def __init__(self, in_channels: int, num_anchors: int, conv_depth: int = 1, *, conv_channels: int | None = None):
+        # conv_channels: width of the 3x3 layer(s); None = in_channels (torchvision). R-FCN: 512 on C4's 1024.
         super().__init__()
+        width = in_channels if conv_channels is None else conv_channels
         self.conv = nn.Sequential(*[
-            nn.Sequential(nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1), nn.ReLU(inplace=True))
-            for _ in range(conv_depth)
+            nn.Sequential(nn.Conv2d(in_channels if i == 0 else width, width, kernel_size=3, padding=1),
+                          nn.ReLU(inplace=True))
+            for i in range(conv_depth)
         ])
-        self.cls_logits = nn.Conv2d(in_channels, num_anchors, kernel_size=1)
-        self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=1)
+        self.cls_logits = nn.Conv2d(width, num_anchors, kernel_size=1)
+        self.bbox_pred = nn.Conv2d(width, num_anchors * 4, kernel_size=1)
         for layer in self.modules():
             if isinstance(layer, nn.Conv2d):
                 nn.init.normal_(layer.weight, std=0.01)
