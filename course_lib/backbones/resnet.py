@@ -37,6 +37,7 @@ __all__ = [
     "freeze_layers",
     "overwrite_eps",
     "load_torchvision_resnet",
+    "ResNetBody",
     "resnet_body",
 ]
 
@@ -238,6 +239,34 @@ class IntermediateLayerGetter(nn.ModuleDict):
         return out
 
 
+class ResNetBody(IntermediateLayerGetter):
+    """A ResNet cut after its last returned stage: ``forward(x)`` returns the stages' outputs by name (C2..C5 as
+    ``"0".."3"`` for an FPN), with torchvision's state-dict keys (``conv1.weight``, ``layer1.0.conv1.weight`` ...).
+
+    ``stem(x)`` is conv1 - bn1 - relu (stride 2, *before* the 3x3 max-pool), so EFPN's C2' (Deng et al. 2021,
+    Table I: conv2_x without the max-pool, sharing conv2_x's weights; 800x800 input -> C2 200x200, C2' 400x400)
+    is ``body.layer1(body.stem(x))``. ``out_channels_list`` and ``strides`` describe the returned maps, in order
+    (the FPN's ``in_channels_list`` is read from here, not written down).
+    """
+
+    def stem(self, x: Tensor) -> Tensor:
+        return self["relu"](self["bn1"](self["conv1"](x)))
+
+    @property
+    def out_channels_list(self) -> list[int]:
+        return [self[layer][-1].conv3.out_channels for layer in self if layer in self.return_layers]
+
+    @property
+    def strides(self) -> list[int]:
+        """The stride of each returned map: 4 after the max-pool, times the stride of every stage on the way."""
+        stride, strides = 4, {}
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            if name in self:
+                stride *= self[name][0].conv2.stride[0]
+                strides[name] = stride
+        return [strides[layer] for layer in self if layer in self.return_layers]
+
+
 def freeze_layers(model: nn.Module, trainable_layers: int) -> None:
     """Freeze all but the last ``trainable_layers`` stages (0..5), counted from conv5_x down to
     conv1, like torchvision's detection models (default 3: conv1 and conv2_x stay frozen: their
@@ -314,23 +343,36 @@ def load_torchvision_resnet(model: nn.Module, path: str | os.PathLike) -> nn.Mod
     return model
 
 
-def resnet_body(depth: int = 50, *, return_layers: dict[str, str] | None = None,
-                trainable_layers: int = 3, norm_layer: NormLayer = FrozenBatchNorm2d,
-                weights: str | os.PathLike | None = None) -> IntermediateLayerGetter:
-    """The ResNet-``depth`` feature extractor of a detector: returns C2..C5 as ``"0".."3"`` by
-    default (``return_layers`` picks others, e.g. ``{"layer3": "0"}`` for C4 only), with frozen
-    batch norm and the first ``5 - trainable_layers`` stages frozen. ``weights``: a local
-    torchvision ResNet state dict file (ImageNet weights), loaded before the cut."""
+def resnet_body(depth: int = 50, *, returned_layers: list[int] | None = None,
+                return_layers: dict[str, str] | None = None, trainable_layers: int = 3,
+                norm_layer: NormLayer = FrozenBatchNorm2d, weights: str | os.PathLike | None = None,
+                replace_stride_with_dilation: list[bool] | None = None) -> ResNetBody:
+    """The ResNet-``depth`` feature extractor of a detector (a :class:`ResNetBody`).
+
+    ``returned_layers``: the stages to return, as torchvision's ``_resnet_fpn_extractor`` (1 = conv2_x/C2 ...
+    4 = conv5_x/C5), named ``"0", "1", ...`` in that order; default ``[1, 2, 3, 4]``: C2..C5 for an FPN.
+    ``return_layers``: or explicit names, ``{child: output name}``, e.g. ``{"layer3": "c4", "layer4": "c5"}``.
+    Batch norm is frozen and the first ``5 - trainable_layers`` stages too; ``weights``: a local torchvision
+    ResNet state dict file (ImageNet weights), loaded before the cut; ``replace_stride_with_dilation`` as in
+    :class:`ResNet` (R-FCN: ``[False, False, True]``).
+    """
     builders = {50: resnet50, 101: resnet101}
     if depth not in builders:
         raise ValueError(f"depth must be 50 or 101, got {depth}")
-    model = builders[depth](norm_layer=norm_layer)
+    if returned_layers is not None and return_layers is not None:
+        raise ValueError("Pass returned_layers (stage numbers) or return_layers (a {child: name} dict), not both.")
+    if return_layers is None:
+        returned_layers = [1, 2, 3, 4] if returned_layers is None else list(returned_layers)
+        if not returned_layers or any(k not in (1, 2, 3, 4) for k in returned_layers) or \
+                returned_layers != sorted(set(returned_layers)):
+            raise ValueError("returned_layers must be increasing stage numbers in 1..4 (1 = conv2_x/C2, "
+                             f"4 = conv5_x/C5), e.g. [2, 3, 4]; got {returned_layers!r}")
+        return_layers = {f"layer{k}": str(i) for i, k in enumerate(returned_layers)}
+    model = builders[depth](norm_layer=norm_layer, replace_stride_with_dilation=replace_stride_with_dilation)
     if weights is not None:
         load_torchvision_resnet(model, weights)
     freeze_layers(model, trainable_layers)
-    if return_layers is None:
-        return_layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
-    return IntermediateLayerGetter(model, return_layers)
+    return ResNetBody(model, return_layers)
 
 
 def backbone_training_setup(weights, weights_backbone, trainable_backbone_layers: int | None):

@@ -47,14 +47,18 @@ PUBLISHED_WEIGHTS_BN_EPS = 0.0
 
 def resnet_fpn_backbone(depth: int = 50, *, weights_backbone: str | os.PathLike | None = None,
                         trainable_layers: int = 3, norm_layer=FrozenBatchNorm2d, out_channels: int = 256,
-                        top_down: bool = True, lateral: bool = True) -> BackboneWithFPN:
+                        top_down: bool = True, lateral: bool = True, returned_layers: list[int] | None = None,
+                        extra_blocks: nn.Module | None = None) -> BackboneWithFPN:
     """ResNet-``depth`` C2..C5 (``body``) followed by an FPN with P6 (``fpn``): every level has ``out_channels``.
 
-    C_k has 256 * 2^(k-2) channels (ResNet-50/101: 256, 512, 1024, 2048) and stride 2^k.
+    C_k has 256 * 2^(k-2) channels (ResNet-50/101: 256, 512, 1024, 2048) and stride 2^k; the FPN's
+    ``in_channels_list`` is read from the body. ``returned_layers`` (default [1, 2, 3, 4]) and ``extra_blocks``
+    (default ``LastLevelMaxPool()``: P6) as in torchvision's ``_resnet_fpn_extractor``.
     """
-    body = resnet_body(depth, trainable_layers=trainable_layers, norm_layer=norm_layer, weights=weights_backbone)
-    in_channels_list = [256, 512, 1024, 2048]
-    fpn = FeaturePyramidNetwork(in_channels_list, out_channels, LastLevelMaxPool(), top_down=top_down, lateral=lateral)
+    body = resnet_body(depth, returned_layers=returned_layers, trainable_layers=trainable_layers,
+                       norm_layer=norm_layer, weights=weights_backbone)
+    extra_blocks = LastLevelMaxPool() if extra_blocks is None else extra_blocks
+    fpn = FeaturePyramidNetwork(body.out_channels_list, out_channels, extra_blocks, top_down=top_down, lateral=lateral)
     return BackboneWithFPN(body, fpn, out_channels)
 
 

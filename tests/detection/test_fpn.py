@@ -299,3 +299,20 @@ def test_constructor_refuses_contradictory_pooling():
 
     with pytest.raises(ValueError, match="rois_from_p2_only"):
         fasterrcnn_resnet50_fpn(rois_from_p2_only=True, box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2))
+
+
+def test_backbone_in_channels_come_from_the_body():
+    """returned_layers=[2, 3, 4] (C3..C5, as RetinaNet): the FPN's inputs follow from the body; state-dict keys and
+    shapes equal torchvision's _resnet_fpn_extractor with the same stages (so its checkpoints load)."""
+    from torchvision.models import resnet50 as tv_resnet50
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.misc import FrozenBatchNorm2d as TVFrozenBatchNorm2d
+
+    from course_lib.detection.faster_rcnn_fpn import resnet_fpn_backbone
+
+    with torch.device("meta"):  # names and shapes only
+        ours = resnet_fpn_backbone(50, returned_layers=[2, 3, 4])
+        ref = _resnet_fpn_extractor(tv_resnet50(norm_layer=TVFrozenBatchNorm2d), 3, returned_layers=[2, 3, 4])
+    assert [b[0].in_channels for b in ours.fpn.inner_blocks] == ours.body.out_channels_list == [512, 1024, 2048]
+    ours_sd, ref_sd = ours.state_dict(), ref.state_dict()
+    assert list(ours_sd) == list(ref_sd) and all(ours_sd[k].shape == ref_sd[k].shape for k in ref_sd)

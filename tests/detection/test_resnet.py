@@ -199,3 +199,54 @@ def test_dilated_conv5_equals_torchvision(builders):
 def test_dilation_argument_is_checked():
     with pytest.raises(ValueError, match=r"three booleans .*\[False, True\]"):
         resnet50(replace_stride_with_dilation=[False, True])
+
+
+@pytest.fixture(scope="module")
+def tv_weights_file(tmp_path_factory, tv_reference):
+    path = tmp_path_factory.mktemp("weights") / "resnet50.pth"
+    torch.save(tv_reference.state_dict(), path)
+    return path
+
+
+def test_body_returned_layers_like_torchvision(tv_weights_file, tv_reference):
+    """returned_layers as torchvision's _resnet_fpn_extractor: the same maps under the same names "0", "1", ...,
+    and out_channels_list = the in_channels_list torchvision gives its FPN."""
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+
+    body = resnet_body(50, returned_layers=[2, 3, 4], weights=tv_weights_file)
+    ref = _resnet_fpn_extractor(tv_reference, 3, returned_layers=[2, 3, 4])
+    assert body.out_channels_list == [block[0].in_channels for block in ref.fpn.inner_blocks] == [512, 1024, 2048]
+    assert body.strides == [8, 16, 32]
+    assert resnet_body(50).out_channels_list == [256, 512, 1024, 2048] and resnet_body(50).strides == [4, 8, 16, 32]
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        got, want = body(x), ref.body(x)
+    assert list(got) == list(want) == ["0", "1", "2"]
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-4)
+    dilated = resnet_body(101, return_layers={"layer3": "c4", "layer4": "c5"},
+                          replace_stride_with_dilation=[False, False, True])
+    assert dilated.strides == [16, 16] and dilated.out_channels_list == [1024, 2048]
+    for bad in ([0, 1], [3, 2], []):
+        with pytest.raises(ValueError, match=r"increasing stage numbers in 1..4"):
+            resnet_body(50, returned_layers=bad)
+    with pytest.raises(ValueError, match="not both"):
+        resnet_body(50, returned_layers=[1], return_layers={"layer1": "0"})
+
+
+def test_stem_gives_efpn_c2_prime(tv_weights_file, tv_reference):
+    """C2' = conv2_x on the stem output without the max-pool (EFPN Table I): layer1 with C2's own weights, twice
+    C2's resolution, equal to torchvision's conv1-bn1-relu-layer1 applied by hand."""
+    body = resnet_body(50, weights=tv_weights_file)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        c2 = body(x)["0"]
+        c2_prime = body.layer1(body.stem(x))
+        by_hand = tv_reference.layer1(tv_reference.relu(tv_reference.bn1(tv_reference.conv1(x))))
+    assert c2.shape == (1, 256, 16, 24) and c2_prime.shape == (1, 256, 32, 48)
+    torch.testing.assert_close(c2_prime, by_hand, rtol=1e-4, atol=1e-4)
+    with torch.device("meta"):  # Table I at full size, shapes only: 800x800 -> C2 200x200, C2' 400x400
+        big = resnet_body(50)
+        image = torch.empty(1, 3, 800, 800)
+        assert big(image)["0"].shape[-2:] == (200, 200)
+        assert big.layer1(big.stem(image)).shape[-2:] == (400, 400)
