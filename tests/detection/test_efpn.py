@@ -284,3 +284,61 @@ def test_plain_fpn_weights_load_with_a_clear_warning(tmp_path):
     assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
     with pytest.raises(ValueError, match="small_roi_size"):
         efpn_resnet50_fpn(num_classes=3, small_roi_size=0)
+
+
+def test_full_forward_routes_through_both_heads(efpn):
+    seen = {"small": 0, "other": 0}
+    hooks = [efpn.roi_heads.small_box_head.register_forward_hook(lambda m, i, o: seen.__setitem__("small", len(o))),
+             efpn.roi_heads.box_head.register_forward_hook(lambda m, i, o: seen.__setitem__("other", len(o)))]
+    try:
+        efpn.eval()
+        with torch.no_grad():
+            image_list, _, _ = efpn.prepare(_images(1, 64, 80))
+            features = efpn.features(image_list)
+            proposals, _ = efpn.proposals(image_list, features)
+            efpn.detect(features, proposals, image_list)
+    finally:
+        for h in hooks:
+            h.remove()
+    small = int(is_small_roi(proposals[0], efpn.roi_heads.small_roi_size).sum())
+    assert seen == {"small": small, "other": len(proposals[0]) - small}
+    assert list(features)[0] == P2_PRIME and efpn.rpn.featmap_names == ["0", "1", "2", "3", "pool"]
+
+
+def test_two_images_overfit_the_p2_prime_head(efpn):
+    """Stage 3 on two images: the P2' head alone learns their small objects (the backbone is frozen, so its
+    features are computed once). Proposals are the boxes jittered, so the check does not depend on the RPN."""
+    torch.manual_seed(0)
+    model = copy.deepcopy(efpn)
+    images, targets = _batch()
+    targets[0]["labels"] = torch.tensor([1, 2])
+    targets[1]["labels"] = torch.tensor([2])
+    with torch.no_grad():  # an untrained backbone: batch statistics keep its features in a sane range
+        image_list, resized, _ = model.train().prepare(images, targets)
+        features = model.features(image_list)
+    params = set_stage(model, 3)
+    heads = model.roi_heads
+    heads.small_roi_size = 1000.0  # every RoI to P2': the loss is the P2' head's alone
+    g = torch.Generator().manual_seed(0)
+    proposals = [torch.cat([t["boxes"] + torch.randn(len(t["boxes"]), 4, generator=g) * 1.5 for _ in range(4)])
+                 for t in resized]
+    optimizer = torch.optim.Adam(params, lr=3e-4, foreach=True)
+    heads.train()
+    first = None
+    for _ in range(25):
+        _, losses = heads(features, proposals, image_list.image_sizes, resized)
+        loss = sum(losses.values())
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.3 * first
+    heads.eval()
+    with torch.no_grad():
+        detections, _ = heads(features, [t["boxes"] for t in resized], image_list.image_sizes)
+    from course_lib.ops import box_iou
+
+    for det, t in zip(detections, resized):
+        for box, label in zip(t["boxes"], t["labels"]):
+            same = det["labels"] == label
+            assert same.any() and box_iou(box[None], det["boxes"][same]).max() > 0.5
