@@ -122,6 +122,78 @@ NUMBERS: dict[str, PaperNumber] = {
         unit=" %", note="as the text of Sec. 4 gives it; the second best reached 46 %"),
 }
 
+# --- EFPN (Deng et al., IEEE TMM 2021): chapter 08 -------------------------------------------------------------------
+# Quoted from the journal version (the course's source text; DOI 10.1109/TMM.2021.3074273). The arXiv version
+# (2003.07021) was withdrawn by its authors ("a part of important claims cannot stand solidly").
+PAPERS["efpn"] = ("Deng, Wang, Liu, Liu et al., \"Extended Feature Pyramid Network for Small Object Detection\", IEEE "
+                  "Transactions on Multimedia 2021 (DOI 10.1109/TMM.2021.3074273; arXiv:2003.07021, withdrawn)")
+
+
+def _efpn_rows(key: str, table: str, dataset: str, setting: str, columns: list[str], rows: dict[str, tuple[str, list]],
+               note: str = "") -> dict[str, PaperNumber]:
+    """One entry per (row, column) of an EFPN table, keyed efpn.<table>.<row>.<column>."""
+    out = {}
+    for row_key, (row_text, values) in rows.items():
+        for column, v in zip(columns, values):
+            unit = " s" if column == "runtime_s" else " MB" if column == "memory_mb" else ""
+            out[f"efpn.{key}.{row_key}.{column}"] = PaperNumber(
+                v, "efpn", table, row_text, column.replace("_", " "), dataset, setting=setting, unit=unit, note=note)
+    return out
+
+
+_SML = [f"{size}_{m}" for size in ("small", "medium", "large") for m in ("acc", "rec", "f1")]
+NUMBERS.update({
+    "efpn.table1.c2.side": PaperNumber(200, "efpn", "Table I", "800 x 800 input, stage 2 output C2", "side (px)", "--",
+                                       setting="ResNet/ResNeXt"),
+    "efpn.table1.c2_prime.side": PaperNumber(400, "efpn", "Table I", "800 x 800 input, stage 2 output C2' (no max pool)",
+                                             "side (px)", "--", setting="ResNet/ResNeXt"),
+    "efpn.sec4_a3.small_roi.coco": PaperNumber(112, "efpn", "Sec. IV-A3", "RoIs smaller than this go to P2' (shorter "
+                                               "side 800)", "RoI size (px)", "MS COCO"),
+    "efpn.sec4_a3.small_roi.tt100k": PaperNumber(56, "efpn", "Sec. IV-A3", "RoIs smaller than this go to P2' (images "
+                                                 "1400 x 1400)", "RoI size (px)", "Tsinghua-Tencent 100K"),
+    "efpn.sec4_a3.lambda.value": PaperNumber(1.0, "efpn", "Sec. IV-A3", "weight lambda of the positive patch loss",
+                                             "lambda", "--"),
+    "efpn.sec4_a3.residual_blocks.count": PaperNumber(2, "efpn", "Sec. IV-A3", "residual blocks in the content and in "
+                                                      "the texture extractor", "blocks", "--"),
+    **{f"efpn.sec4_b3.lambda_{k}.small_f1": PaperNumber(v, "efpn", "Sec. IV-B3", f"lambda = {k.replace('_', '.')}",
+                                                        "F1 small", "Tsinghua-Tencent 100K test", setting="ResNeXt-101")
+       for k, v in (("0_5", 84.8), ("1_0", 85.3), ("1_5", 85.1))},
+    **_efpn_rows("table2", "Table II", "Tsinghua-Tencent 100K test", "ResNeXt-101", _SML, {
+        "fpn": ("no component (FPN baseline)", [80.2, 86.9, 83.4, 94.4, 94.4, 94.4, 92.9, 93.0, 92.9]),
+        "extension": ("extended pyramid level", [80.4, 86.9, 83.5, 94.2, 94.5, 94.4, 93.0, 93.0, 93.0]),
+        "distillation": ("+ cross resolution distillation", [82.8, 86.1, 84.4, 95.6, 94.2, 94.9, 95.0, 91.9, 93.4]),
+        "efpn": ("+ feature texture transfer (EFPN)", [83.6, 87.1, 85.3, 95.0, 95.2, 95.1, 92.8, 93.2, 93.0]),
+    }, note="rows 2-3 use a three-layer ESPCN in place of FTT (Sec. IV-B2)"),
+    **_efpn_rows("table3", "Table III", "Tsinghua-Tencent 100K test", "ResNeXt-101", ["f1_small", "f1_medium", "f1_large",
+                                                                            "runtime_s", "memory_mb"], {
+        "fpn_1400": ("FPN-1400", [83.4, 94.4, 92.9, 0.45, 2285]),
+        "fpn_2800": ("FPN-2800", [85.0, 94.2, 72.1, 1.42, 6349]),
+        "fpn_1400_p2_2800": ("FPN-1400 + P2-2800", [85.0, 95.0, 93.1, 1.68, 7217]),
+        "efpn_1400_no_ftt": ("EFPN-1400 w/o FTT", [83.8, 94.8, 93.1, 0.84, 4767]),
+        "efpn_1400": ("EFPN-1400", [85.3, 95.1, 93.0, 1.05, 4899]),
+    }, note="a single GTX 1080Ti (Sec. IV-B1)"),
+    **_efpn_rows("table4", "Table IV", "Tsinghua-Tencent 100K test", "ResNeXt-101, ESPCN in place of FTT", _SML, {
+        "none": ("no distillation loss", [80.4, 86.9, 83.5, 94.2, 94.5, 94.4, 93.0, 93.0, 93.0]),
+        "extended_level": ("loss on the extended level (global L1)", [80.6, 87.0, 83.7, 94.0, 94.4, 94.2, 93.4, 92.6,
+                                                                        93.1]),
+        "balanced": ("+ balanced loss", [81.6, 86.8, 84.1, 94.9, 94.5, 94.7, 94.4, 92.2, 93.3]),
+        "ftt_loss": ("+ loss on feature texture transfer", [82.8, 86.1, 84.4, 95.6, 94.2, 94.9, 95.0, 91.9, 93.4]),
+    }),
+    **_efpn_rows("table8", "Table VIII", "Tsinghua-Tencent 100K test", "", ["aps", "ars", "apm", "apl", "map"], {
+        "r50_fpn": ("FRCNN w FPN, ResNet-50", [74.5, 84.1, 79.7, 92.8, 75.8]),
+        "r50_efpn": ("FRCNN w EFPN, ResNet-50", [75.8, 85.6, 80.8, 93.5, 77.0]),
+        "x101_fpn": ("FRCNN w FPN, ResNeXt-101", [79.6, 87.2, 79.9, 90.2, 75.5]),
+        "x101_efpn": ("FRCNN w EFPN, ResNeXt-101", [81.7, 90.5, 82.0, 90.8, 77.6]),
+    }),
+    **_efpn_rows("table9", "Table IX", "MS COCO val", "", ["aps", "ars", "apm", "apl", "map"], {
+        "r50_fpn": ("FRCNN w FPN, ResNet-50", [20.9, 31.5, 40.5, 48.9, 37.3]),
+        "r50_efpn": ("FRCNN w EFPN, ResNet-50", [22.7, 38.1, 41.0, 49.4, 38.2]),
+        "x101_fpn": ("FRCNN w FPN, ResNeXt-101", [24.7, 36.0, 45.2, 53.2, 41.1]),
+        "x101_efpn": ("FRCNN w EFPN, ResNeXt-101", [26.8, 41.5, 46.1, 53.8, 42.3]),
+    }),
+})
+
+
 
 def _add(key: str, *args, **kwargs) -> None:
     if key in NUMBERS:
