@@ -13,12 +13,14 @@ STAMP := $(VENV)/.installed
 PIP_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_NO_INDEX PIP_CONFIG_FILE=/dev/null
 PYTEST_ARGS ?=
 
-.PHONY: lab test venv data bench clean help
+.PHONY: lab test venv data bench clean help instructor gpu-check test-fullsize
 
 help:
 	@echo "make lab    - open the course in JupyterLab (sets everything up first)"
 	@echo "make test   - run the whole test suite, notebooks included, in the ci profile"
 	@echo "make bench  - run the benchmark scripts (course_lib vs torchvision, side by side)"
+	@echo "make instructor [PROFILE=gpu] [CHAPTERS=\"05 07\"] [DATA=voc] [GPUS=4] - run the notebooks, write results/<profile>/report.md"
+	@echo "make gpu-check - CUDA tests, CUDA vs CPU, AMP steps at full scale, benchmarks on CUDA (skips without CUDA)"
 
 venv: $(STAMP)
 
@@ -48,3 +50,23 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
+
+# Instructors: run the chapters' notebooks headless and write results/$(PROFILE)/report.md (course_lib/run.py).
+# PROFILE: ci, cpu, gpu (default: gpu with CUDA, else cpu); CHAPTERS: ids, e.g. "02 05 07" (default: all);
+# DATA: synthetic, voc, coco, tt100k, papers; GPUS > 1: each chapter runs under torchrun --nproc_per_node $(GPUS).
+PROFILE ?=
+CHAPTERS ?=
+DATA ?= synthetic
+GPUS ?= 1
+instructor: $(STAMP)
+	$(PY) data_scripts/make_synthetic.py $(if $(PROFILE),--profile $(PROFILE)) --skip-existing
+	$(PY) -m course_lib.run $(if $(PROFILE),--profile $(PROFILE)) $(if $(CHAPTERS),--chapters $(CHAPTERS)) --data $(DATA) --gpus $(GPUS)
+
+# The GPU check runs on a GPU machine's own Python and torch when there is no .venv (no install needed there).
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	PYTHONPATH=. $(GPU_PY) -m course_lib.gpu_check
+
+# One training step of every chapter's model at the gpu profile's sizes, on the CPU (several minutes).
+test-fullsize: $(STAMP)
+	COURSE_FULLSIZE_TESTS=1 $(PY) -m pytest tests/instructor/test_gpu_profile_step.py

@@ -1,0 +1,51 @@
+"""The gpu profile's full-scale path on the CPU: one training step of every chapter's model in
+``course_lib.gpu_check.TRAINING_CASES`` at the gpu sizes (800 px transform, 2000 proposals, 512 RoIs per image,
+full width) on one small image -- so that shape and memory mistakes of that path show without a GPU.
+
+One such step costs 20-140 CPU-seconds (measured on one core of the shared 2-core machine: FCN-8s 22 s, R50-C4
+135 s, R50-FPN 32 s, EFPN 84 s), several minutes together: too much for CI's 15-minute budget, so these run when
+asked (``COURSE_FULLSIZE_TESTS=1 make test``, or ``make test-fullsize``) and, with AMP on CUDA, in
+``make gpu-check``. What always runs: the no-CUDA skip of ``make gpu-check`` and its table.
+"""
+import math
+import os
+import subprocess
+
+import pytest
+import torch
+
+from course_lib import gpu_check
+from course_lib.profiles import PROFILES
+
+FULLSIZE = os.environ.get("COURSE_FULLSIZE_TESTS") == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FULLSIZE, reason="full-scale step: 20-140 s each on a CPU; COURSE_FULLSIZE_TESTS=1 runs it")
+@pytest.mark.parametrize("case", gpu_check.TRAINING_CASES, ids=lambda c: f"{c.chapter}-{c.name}")
+def test_one_training_step_at_the_gpu_profiles_sizes(case):
+    gpu = PROFILES["gpu"]
+    assert (gpu.det_min_size, gpu.fpn_proposals_train, gpu.fpn_rois_per_image) == (800, 2000, 512)
+    size = (64, 80) if case.detector else (gpu.seg_crop_size, gpu.seg_crop_size)
+    result = gpu_check.train_steps(case, gpu, steps=1, batch_size=1, image_size=size, device="cpu", amp=False)
+    assert math.isfinite(result["loss"])
+
+
+def test_gpu_check_skips_with_a_clear_message_without_cuda(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gpu-check skipped: no CUDA device") and "make gpu-check" in out
+
+
+def test_make_gpu_check_runs_the_module_without_the_venv():
+    dry = subprocess.run(["make", "-n", "gpu-check"], cwd=gpu_check.REPO, capture_output=True, text=True)
+    assert dry.returncode == 0 and "-m course_lib.gpu_check" in dry.stdout and "PYTHONPATH=." in dry.stdout
+
+
+def test_random_detection_batch_and_table():
+    images, targets = gpu_check.random_detection_batch(2, (64, 80), num_classes=5)
+    assert [im.shape for im in images] == [(3, 64, 80)] * 2
+    boxes = torch.cat([t["boxes"] for t in targets])
+    assert (boxes[:, 2:] > boxes[:, :2]).all() and (boxes[:, 2] <= 80).all() and (boxes[:, 3] <= 64).all()
+    assert gpu_check._table([("a", "ok", "x"), ("longer check", "FAIL", "y")]).splitlines()[2].startswith("a ")
