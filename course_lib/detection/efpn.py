@@ -485,7 +485,8 @@ def fbb_loss(student: Tensor, target: Tensor, positive_mask: Tensor, lam: float 
       ``channel_mean=False`` it is the per-pixel sum over channels, eq. 7 read literally.
     * No positive pixel (an image without objects): L_pos = 0 (nothing to divide by), and L_fbb = L_glob.
 
-    ``student``, ``target``: [N, C, H, W] (the target is detached); ``positive_mask``: bool [N, H, W].
+    ``student``, ``target``: [N, C, H, W] (the teacher's target comes from ``torch.no_grad()``); ``positive_mask``:
+    bool [N, H, W].
     """
     if student.shape != target.shape:
         raise ValueError(f"fbb_loss: student {tuple(student.shape)} and target {tuple(target.shape)} differ; align "
@@ -493,7 +494,7 @@ def fbb_loss(student: Tensor, target: Tensor, positive_mask: Tensor, lam: float 
     if positive_mask.shape != student.shape[:1] + student.shape[2:]:
         raise ValueError(f"fbb_loss: positive_mask must have shape {tuple(student.shape[:1] + student.shape[2:])} "
                          f"([N, H, W]), got {tuple(positive_mask.shape)}.")
-    diff = (student - target.detach()).abs()
+    diff = (student - target).abs()
     l_glob = diff.mean()
     per_pixel = diff.mean(1) if channel_mean else diff.sum(1)  # ||.||_1 at each (x, y)
     mask = positive_mask.to(per_pixel.dtype)

@@ -1,0 +1,57 @@
+"""Chapter 08's checkers accept the solution and reject the stub and plausible wrong answers."""
+import pytest
+import torch
+
+from course_lib.exercises import ExerciseFailed, NotAttempted, ch08
+from course_lib.exercises import load_solution as solution
+
+
+def test_checkers_accept_the_solutions():
+    ch08.check_pixel_shuffle(solution("ch08", "pixel_shuffle"))
+    ch08.check_fbb_loss(solution("ch08", "fbb_loss"))
+
+
+def test_checkers_reject_the_stubs(stub):
+    with pytest.raises(NotAttempted):
+        ch08.check_pixel_shuffle(stub)
+    with pytest.raises(NotAttempted):
+        ch08.check_fbb_loss(stub)
+
+
+def _transposed(f, r):  # x and y exchanged in the channel index
+    n, ch, h, w = f.shape
+    c = ch // (r * r)
+    return f.reshape(n, r, r, c, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, c, h * r, w * r)
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (torch.pixel_shuffle, "torch.pixel_shuffle's channel order"),
+    (_transposed, "exchanged"),
+])
+def test_pixel_shuffle_rejects_plausible_mistakes(wrong, hint):
+    with pytest.raises(ExerciseFailed, match=hint):
+        ch08.check_pixel_shuffle(wrong)
+
+
+def _fbb(student, target, mask, lam=1.0, *, by_all_pixels=False, nan_on_empty=False, no_lam=False, sum_channels=False):
+    diff = (student - target).abs()
+    per_pixel = diff.sum(1) if sum_channels else diff.mean(1)
+    m = mask.to(diff.dtype)
+    n = m.numel() if by_all_pixels else m.sum() if nan_on_empty else m.sum().clamp(min=1)
+    return diff.mean() + (1.0 if no_lam else lam) * (per_pixel * m).sum() / n
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ({"by_all_pixels": True}, "not by all H x W"),
+    ({"nan_on_empty": True}, "N = 0"),
+    ({"no_lam": True}, "lam"),
+    ({"sum_channels": True}, "mean"),
+])
+def test_fbb_loss_rejects_plausible_mistakes(mistake, hint):
+    with pytest.raises(ExerciseFailed, match=hint):
+        ch08.check_fbb_loss(lambda s, t, m, lam=1.0: _fbb(s, t, m, lam, **mistake))
+
+
+def test_fbb_loss_rejects_a_detached_answer():
+    with pytest.raises(ExerciseFailed, match="gradient"):
+        ch08.check_fbb_loss(lambda s, t, m, lam=1.0: _fbb(s, t, m, lam).detach())
