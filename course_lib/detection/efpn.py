@@ -40,19 +40,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from course_lib.ops import ImageList, MultiScaleRoIAlign, box_area
+from course_lib.ops import ImageList, LevelMapper, MultiScaleRoIAlign
 
 from .faster_rcnn_fpn import fasterrcnn_resnet50_fpn
+from .fpn import FPN_LEVELS, FPN_ROI_LEVELS
 from .generalized_rcnn import GeneralizedRCNN, check_targets
 from .roi_heads import RoIHeads
 from .transform import GeneralizedRCNNTransform
 
 __all__ = ["EFPN", "EFPNBackbone", "EFPNExtension", "EFPNRoIHeads", "FeatureTextureTransfer", "ResidualBlock",
            "CrossResolutionDistillation", "efpn_resnet50_fpn", "efpn_from_fpn", "set_stage", "fbb_loss",
-           "positive_masks", "pixel_shuffle_eq4", "eq4_channel_order", "is_small_roi", "P2_PRIME"]
+           "positive_masks", "pixel_shuffle_eq4", "eq4_channel_order", "efpn_level_mapper", "EFPN_LEVELS", "P2_PRIME"]
 
-P2_PRIME = "p2_prime"  # the name of the extended level in the feature dict (stride 2, level 1)
-FPN_LEVELS = ["0", "1", "2", "3", "pool"]  # chapter 7's P2..P6: the RPN's maps (no anchors on P2')
+P2_PRIME = "p2_prime"  # the name of the extended level in the feature dict
+#: the extended pyramid's names -> level numbers (stride 2^level): P2' is level 1 (stride 2), then FPN's table
+EFPN_LEVELS: dict[str, int] = {P2_PRIME: 1, **FPN_LEVELS}
 
 
 # ----------------------------------------------------------------------------------- eq. 4: pixel shuffle
@@ -206,14 +208,6 @@ class EFPNExtension(nn.Module):
         return P2_prime, P3_prime
 
 
-def _stem(body: nn.Module, x: Tensor) -> Tensor:
-    """conv1 - bn1 - relu of the ResNet body (stride 2), before the max-pool."""
-    stem = getattr(body, "stem", None)
-    if stem is not None:
-        return stem(x)
-    return body.relu(body.bn1(body.conv1(x)))
-
-
 class EFPNBackbone(nn.Module):
     """Chapter 7's ``body`` and ``fpn`` (the same modules, shared) plus :class:`EFPNExtension`.
 
@@ -231,7 +225,7 @@ class EFPNBackbone(nn.Module):
 
     def c2_prime(self, x: Tensor) -> Tensor:
         """C2' (Table I): conv2_x (``body.layer1``, the same weights as C2) on the stem output, no max-pool."""
-        return self.body.layer1(_stem(self.body, x))
+        return self.body.layer1(self.body.stem(x))
 
     def pyramid(self, x: Tensor) -> OrderedDict[str, Tensor]:
         """The plain FPN: P2..P6 (chapter 7's backbone)."""
@@ -249,23 +243,23 @@ class EFPNBackbone(nn.Module):
 # ----------------------------------------------------------------------------------- eq. 2: routing
 
 
-def is_small_roi(boxes: Tensor, small_roi_size: float) -> Tensor:
-    """EFPN's routing rule (eq. 2 with sec. IV-A3): a RoI with sqrt(w h) < ``small_roi_size`` goes to P2'.
-
-    112 px at 800 px on COCO is where FPN's eq. 1 (k0 = 4, clamped at 2) would send a RoI to P2 (k < 3);
-    56 px at 1400 px on TT100K. ``boxes`` [R, 4] -> bool [R].
-    """
-    return torch.sqrt(box_area(boxes)) < small_roi_size
+def efpn_level_mapper(small_roi_size: float = 112.0) -> LevelMapper:
+    """EFPN's routing rule (eq. 2 with sec. IV-A3) as the pooler applies it: a RoI with sqrt(w h) < ``small_roi_size``
+    goes to P2' (level 1); the others follow FPN's eq. 1 over P2..P5. 112 px at 800 px on COCO is where eq. 1 (k0 = 4,
+    clamped at 2) sends a RoI to P2 (k < 3); 56 px at 1400 px on TT100K. The same :class:`LevelMapper` the detector's
+    pooler builds (``roi_heads.box_roi_pool.map_levels``) and the widget draws."""
+    return LevelMapper(levels=[EFPN_LEVELS[n] for n in (P2_PRIME, *FPN_ROI_LEVELS)], small_roi_size=small_roi_size,
+                       small_roi_level=EFPN_LEVELS[P2_PRIME])
 
 
 class EFPNRoIHeads(RoIHeads):
     """Chapter 7's RoI heads plus a second head for small RoIs on P2' (sec. IV-A3).
 
-    ``predict`` is the only method overridden: RoIs with sqrt(wh) >= ``small_roi_size`` are pooled from P2..P5 by
-    FPN's eq. 1 and scored by the original ``box_head``/``box_predictor``; the smaller ones are pooled from P2'
-    (7x7 RoIAlign at stride 2) and scored by ``small_box_head``/``small_box_predictor``. Sampling, losses (OHEM
-    included) and post-processing are the parent's, so at inference both heads' boxes go through the same
-    per-class NMS, as "all predicted boxes from different pyramid levels are combined".
+    One pooler over P2', P2..P5 with EFPN's rule (:func:`efpn_level_mapper`: sqrt(wh) < ``small_roi_size`` -> P2',
+    the rest by FPN's eq. 1) pools every RoI and says its level; ``predict`` -- the only method overridden -- scores
+    the P2' RoIs with ``small_box_head``/``small_box_predictor`` and the others with the original ``box_head``/
+    ``box_predictor``. Sampling, losses (OHEM included) and post-processing are the parent's, so at inference both
+    heads' boxes go through the same per-class NMS: "all predicted boxes from different pyramid levels are combined".
 
     (The authors' COCO inference *duplicates* each small RoI onto both heads before NMS; the paper's text and their
     TT100K variant route each RoI to one head, as here.)
@@ -293,31 +287,35 @@ class EFPNRoIHeads(RoIHeads):
         if not (isinstance(small_roi_size, (int, float)) and small_roi_size > 0):
             raise ValueError(f"small_roi_size must be a positive number of pixels (paper: 112 on COCO, 56 on "
                              f"TT100K), got {small_roi_size!r}")
-        self.small_roi_size = float(small_roi_size)
-        self.small_box_roi_pool = MultiScaleRoIAlign([P2_PRIME], output_size=7, sampling_ratio=2)
         self.small_box_head = small_box_head
         self.small_box_predictor = small_box_predictor
+        self.small_roi_size = small_roi_size
 
-    def route(self, proposals: list[Tensor]) -> list[Tensor]:
-        """Per image, which RoIs go to the P2' head (:func:`is_small_roi`)."""
-        return [is_small_roi(p, self.small_roi_size) for p in proposals]
+    @property
+    def small_roi_size(self) -> float:
+        """The routing threshold in pixels of the network's input (the pooler's ``small_roi_size``)."""
+        return self.box_roi_pool._rules["small_roi_size"]
+
+    @small_roi_size.setter
+    def small_roi_size(self, value: float) -> None:
+        old = self.box_roi_pool  # chapter 7's pooler (or ours): keep its output size and sampling
+        self.box_roi_pool = MultiScaleRoIAlign(
+            [P2_PRIME, *FPN_ROI_LEVELS], output_size=old.output_size, sampling_ratio=old.sampling_ratio,
+            levels=EFPN_LEVELS, small_roi_size=float(value), small_roi_level=EFPN_LEVELS[P2_PRIME])
 
     def predict(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
                 ) -> tuple[Tensor, Tensor]:
         if P2_PRIME not in features:
             raise ValueError(f"EFPNRoIHeads needs the extended level {P2_PRIME!r} among the features, got "
                              f"{list(features)}: use an EFPNBackbone.")
-        small = self.route(proposals)
-        small_rois = [p[s] for p, s in zip(proposals, small)]
-        other_rois = [p[~s] for p, s in zip(proposals, small)]
-        small_logits, small_deltas = self.small_box_predictor(
-            self.small_box_head(self.small_box_roi_pool(features, small_rois, image_shapes)))
-        logits, deltas = self.box_predictor(self.box_head(self.box_roi_pool(features, other_rois, image_shapes)))
-        flat = torch.cat(small)
-        class_logits = logits.new_empty((flat.shape[0], logits.shape[1]))
-        box_regression = deltas.new_empty((flat.shape[0], deltas.shape[1]))
-        class_logits[flat], class_logits[~flat] = small_logits.to(logits.dtype), logits
-        box_regression[flat], box_regression[~flat] = small_deltas.to(deltas.dtype), deltas
+        pooled, levels = self.box_roi_pool(features, proposals, image_shapes, return_levels=True)
+        small = levels == EFPN_LEVELS[P2_PRIME]
+        small_logits, small_deltas = self.small_box_predictor(self.small_box_head(pooled[small]))
+        logits, deltas = self.box_predictor(self.box_head(pooled[~small]))
+        class_logits = logits.new_empty((len(small), logits.shape[1]))
+        box_regression = deltas.new_empty((len(small), deltas.shape[1]))
+        class_logits[small], class_logits[~small] = small_logits.to(logits.dtype), logits
+        box_regression[small], box_regression[~small] = small_deltas.to(deltas.dtype), deltas
         return class_logits, box_regression
 
 

@@ -15,7 +15,7 @@ from course_lib.detection.efpn import (
     efpn_resnet50_fpn,
     eq4_channel_order,
     fbb_loss,
-    is_small_roi,
+    efpn_level_mapper,
     pixel_shuffle_eq4,
     positive_masks,
     set_stage,
@@ -186,7 +186,8 @@ def test_routing_sends_small_rois_to_the_p2_prime_head(efpn, case):
                 "2": torch.randn(2, 256, 5, 5), "3": torch.randn(2, 256, 3, 3)}
     logits, deltas = heads.predict(features, [boxes[:2], boxes[2:]], [(80, 80), (80, 80)])
     small = sides < 24  # sqrt(wh) < small_roi_size = 24
-    assert torch.equal(is_small_roi(boxes, 24.0), small)
+    assert torch.equal(efpn_level_mapper(24.0).level([boxes]) == 1, small)
+    assert torch.equal(heads.box_roi_pool.map_levels.level([boxes]), efpn_level_mapper(24.0).level([boxes]))
     assert torch.equal(logits[:, 0], torch.where(small, 1.0, -1.0)) and deltas.shape == (len(sides), 12)
     with pytest.raises(ValueError, match="p2_prime"):
         heads.predict({k: v for k, v in features.items() if k != P2_PRIME}, [boxes], [(80, 80)])
@@ -300,7 +301,7 @@ def test_full_forward_routes_through_both_heads(efpn):
     finally:
         for h in hooks:
             h.remove()
-    small = int(is_small_roi(proposals[0], efpn.roi_heads.small_roi_size).sum())
+    small = int((efpn_level_mapper(efpn.roi_heads.small_roi_size).level(proposals) == 1).sum())
     assert seen == {"small": small, "other": len(proposals[0]) - small}
     assert list(features)[0] == P2_PRIME and efpn.rpn.featmap_names == ["0", "1", "2", "3", "pool"]
 
