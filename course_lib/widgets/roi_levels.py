@@ -4,9 +4,13 @@ FPN (Lin et al., CVPR 2017), eq. 1: an RoI of width w and height h (in input-ima
 to level  k = floor(k0 + log2(sqrt(w*h) / 224)),  clamped to the levels that exist (P2-P5); 224 is the
 canonical ImageNet pre-training size and k0 = 4 the level an RoI of 224 x 224 maps to.
 
-EFPN (Deng et al., 2021), eq. 2 keeps that rule and adds an extended level P2' (stride 2, built from
-C2' and the Feature Texture Transfer module) for small RoIs: "RoIs with size smaller than 112 are
-assigned to the pyramid level P2'" (COCO, 800 px; 56 px on Tsinghua-Tencent 100K at 1400 px).
+EFPN (Deng et al., 2021) keeps that rule (its eq. 2) and adds an extended level P2' (stride 2, built from
+C2' and the Feature Texture Transfer module) for small RoIs (sec. IV-A3): "RoIs with size smaller than 112
+are assigned to the pyramid level P2'" (COCO, 800 px; 56 px on Tsinghua-Tencent 100K at 1400 px).
+
+Nothing here re-implements the rule: :func:`level_mapper` builds the ``course_lib.ops.LevelMapper`` that the
+detector's ``MultiScaleRoIAlign`` builds for the same levels and options, and the level names come from
+``course_lib.detection.fpn.level_name``.
 """
 from __future__ import annotations
 
@@ -18,40 +22,55 @@ import numpy as np
 import torch
 from matplotlib.patches import Rectangle
 
+from course_lib.detection.fpn import level_name
 from course_lib.ops import LevelMapper
 
 from ._figure import FigureView
 
-__all__ = ["RoILevel", "roi_level", "RoILevelExplorer"]
+__all__ = ["RoILevel", "level_mapper", "roi_level", "RoILevelExplorer"]
 
-STRIDES = {"P2'": 2, "P2": 4, "P3": 8, "P4": 16, "P5": 32}
+P2_PRIME_LEVEL = 1  # EFPN's P2': stride 2
 
 
 @dataclass
 class RoILevel:
     unclamped: float  # k0 + log2(sqrt(wh)/224) before the floor
-    level: int  # FPN level after floor and clamp (2..5)
-    name: str  # "P2".."P5", or "P2'" when EFPN takes the RoI
-    stride: int
+    level: int  # the level number after every rule: 2..5 (P2..P5), or 1 for EFPN's P2'
+    name: str  # "P2".."P5", or "P2'"
+    stride: int  # 2 ** level
     pooled_cells: float  # how many feature-map cells the RoI spans on its level (sqrt(wh) / stride)
+    small: bool  # taken by EFPN's small-object rule (sqrt(wh) < threshold)
+
+
+def level_mapper(*, k0: int = 4, canonical_size: float = 224.0, k_min: int = 2, k_max: int = 5, efpn: bool = False,
+                 efpn_threshold: float = 112.0) -> LevelMapper:
+    """The detector's mapper for P_k_min..P_k_max (FPN eq. 1), plus P2' and the small-RoI rule when ``efpn``:
+    what ``MultiScaleRoIAlign(..., levels={..., "p2_prime": 1}, small_roi_size=efpn_threshold)`` uses."""
+    levels = ([P2_PRIME_LEVEL] if efpn else []) + list(range(k_min, k_max + 1))
+    return LevelMapper(levels=levels, canonical_scale=canonical_size, canonical_level=k0,
+                       small_roi_size=efpn_threshold if efpn else None, small_roi_level=P2_PRIME_LEVEL if efpn else None)
+
+
+def _boxes(widths, heights) -> list[torch.Tensor]:
+    wh = torch.stack([torch.as_tensor(widths, dtype=torch.float64).reshape(-1),
+                      torch.as_tensor(heights, dtype=torch.float64).reshape(-1)], dim=1)
+    return [torch.cat([torch.zeros_like(wh), wh], dim=1)]
 
 
 def roi_level(width: float, height: float, *, k0: int = 4, canonical_size: float = 224.0, k_min: int = 2,
               k_max: int = 5, efpn: bool = False, efpn_threshold: float = 112.0) -> RoILevel:
-    """The level an RoI of ``width`` x ``height`` pixels is pooled from (FPN eq. 1; EFPN eq. 2 with P2').
-
-    The FPN part is ``course_lib.ops.LevelMapper`` itself, so this is the rule the detectors use.
-    """
-    if width <= 0 or height <= 0:
+    """The level an RoI of ``width`` x ``height`` pixels is pooled from (FPN eq. 1; EFPN's P2' rule with ``efpn``),
+    computed by :func:`level_mapper`, i.e. by the detector's own ``LevelMapper``."""
+    if not (width > 0 and height > 0):
         raise ValueError(f"an RoI needs positive width and height, got {width} x {height}")
-    box = torch.tensor([[0.0, 0.0, float(width), float(height)]], dtype=torch.float64)
-    mapper = LevelMapper(k_min, k_max, canonical_scale=canonical_size, canonical_level=k0)
-    level = int(mapper([box])[0]) + k_min
+    mapper = level_mapper(k0=k0, canonical_size=canonical_size, k_min=k_min, k_max=k_max, efpn=efpn,
+                          efpn_threshold=efpn_threshold)
+    boxes = _boxes([width], [height])
+    level = int(mapper.level(boxes)[0])
     scale = math.sqrt(width * height)
-    name = "P2'" if efpn and scale < efpn_threshold else f"P{level}"
-    stride = STRIDES.get(name, 2 ** level)
-    return RoILevel(unclamped=k0 + math.log2(scale / canonical_size), level=level, name=name, stride=stride,
-                    pooled_cells=scale / stride)
+    stride = 2 ** level
+    return RoILevel(unclamped=float(mapper.unclamped(boxes)[0]), level=level, name=level_name(level), stride=stride,
+                    pooled_cells=scale / stride, small=efpn and scale < efpn_threshold)
 
 
 class RoILevelExplorer:
@@ -92,8 +111,12 @@ class RoILevelExplorer:
         c = {k: w.value for k, w in self.controls.items()}
         self.state = roi_level(c["width"], c["height"], **self._kwargs())
         s = self.state
-        self.message.value = (f"sqrt(wh) = {math.sqrt(c['width'] * c['height']):.0f} px &rarr; "
-                              f"k0 + log2(sqrt(wh)/{c['canonical_size']}) = {s.unclamped:.2f} &rarr; <b>{s.name}</b> "
+        size = math.sqrt(c["width"] * c["height"])
+        if s.small:
+            rule = f"&lt; {c['efpn_threshold']} px (EFPN's small-object rule)"
+        else:
+            rule = f"&rarr; k0 + log2(sqrt(wh)/{c['canonical_size']}) = {s.unclamped:.2f}"
+        self.message.value = (f"sqrt(wh) = {size:.0f} px {rule} &rarr; <b>{s.name}</b> "
                               f"(stride {s.stride}; the RoI spans {s.pooled_cells:.1f} cells, pooled to 7x7)")
         self.draw()
 
@@ -107,14 +130,13 @@ class RoILevelExplorer:
         ax_roi.add_patch(Rectangle(((n - w) / 2, (n - h) / 2), w, h, fc="tab:orange", alpha=0.6))
         ax_roi.set_xlim(0, n), ax_roi.set_ylim(n, 0), ax_roi.set_aspect("equal")
         ax_roi.set_title(f"a {w}x{h} RoI in a {n}x{n} image")
+        mapper = level_mapper(**self._kwargs())
         sizes = np.geomspace(4, n, 400)
-        names = [roi_level(s, s, **self._kwargs()).name for s in sizes]
-        order = ["P2'", "P2", "P3", "P4", "P5"]
-        ax_curve.step(sizes, [order.index(name) for name in names], where="post", color="tab:blue")
-        current = order.index(self.state.name)
-        ax_curve.plot([math.sqrt(w * h)], [current], "o", color="tab:orange", ms=10)
+        levels = mapper.level(_boxes(sizes, sizes)).numpy()  # all sizes in one call, the detector's rule
+        ax_curve.step(sizes, levels, where="post", color="tab:blue")
+        ax_curve.plot([math.sqrt(w * h)], [self.state.level], "o", color="tab:orange", ms=10)
         ax_curve.set_xscale("log", base=2)
-        ax_curve.set_yticks(range(len(order)), order)
+        ax_curve.set_yticks(mapper.levels, [level_name(k) for k in mapper.levels])  # only the levels there are
         ax_curve.set_xlabel("sqrt(w*h) of the RoI (px)")
         ax_curve.set_title("level chosen for each RoI size")
         ax_curve.grid(alpha=0.3)

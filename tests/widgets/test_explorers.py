@@ -135,3 +135,38 @@ def test_roi_level_explorer_reacts_to_controls():
     explorer.controls["efpn"].value = True
     assert explorer.state.name == "P2'"
     assert not np.array_equal(explorer.view.pixels(), pixels)
+
+
+def test_roi_level_agrees_with_the_detectors_pooler():
+    """The explorer's level = the level the detector's MultiScaleRoIAlign pools each RoI from (return_levels), on
+    random boxes: chapter 7's P2..P5 pooler and an EFPN pooler (P2' at stride 2, RoIs < 112 px to it)."""
+    from collections import OrderedDict
+
+    from course_lib.detection.fpn import FPN_LEVELS, FPN_ROI_LEVELS
+    from course_lib.ops import MultiScaleRoIAlign
+
+    g = torch.Generator().manual_seed(3)
+    size, table = 256, {"p2_prime": 1, **FPN_LEVELS}
+    x = OrderedDict((name, torch.zeros(1, 1, size // 2 ** table[name], size // 2 ** table[name]))
+                    for name in ["p2_prime"] + FPN_ROI_LEVELS)
+    xy = torch.rand(300, 2, generator=g) * 100
+    wh = torch.exp(torch.empty(300, 2).uniform_(0.5, 7, generator=g))
+    boxes = [torch.cat([xy, xy + wh], 1)]
+    fpn_pool = MultiScaleRoIAlign(FPN_ROI_LEVELS, 7, 2)  # what fasterrcnn_resnet50_fpn's RoI heads use
+    efpn_pool = MultiScaleRoIAlign(["p2_prime"] + FPN_ROI_LEVELS, 7, 2, levels=table, small_roi_size=112)
+    _, fpn_levels = fpn_pool(x, boxes, [(size, size)], return_levels=True)
+    _, efpn_levels = efpn_pool(x, boxes, [(size, size)], return_levels=True)
+    assert set(efpn_levels.tolist()) >= {1, 3, 4, 5} and set(fpn_levels.tolist()) == {2, 3, 4, 5}
+    for (w, h), k, k_efpn in zip(wh.tolist(), fpn_levels.tolist(), efpn_levels.tolist()):
+        assert roi_level(w, h).level == k
+        assert roi_level(w, h, efpn=True).level == k_efpn
+
+
+def test_roi_level_explorer_shows_only_the_levels_there_are():
+    explorer = RoILevelExplorer()
+    ticks = lambda: [t.get_text() for t in explorer.view.figure.axes[1].get_yticklabels()]  # noqa: E731
+    assert ticks() == ["P2", "P3", "P4", "P5"]
+    explorer.controls["efpn"].value = True
+    assert ticks() == ["P2'", "P2", "P3", "P4", "P5"]
+    explorer.controls["width"].value = explorer.controls["height"].value = 100
+    assert explorer.state.small and "small-object rule" in explorer.message.value
