@@ -267,6 +267,45 @@ for _row, _name, _vals in (("a", "(a) baseline on conv4 (C4)", (31.6, 53.1, 13.2
              "ResNet-50, Faster R-CNN (RPN and Fast R-CNN share features)")
 
 
+# --- R-FCN (Dai, Li, He & Sun, NeurIPS 2016): chapter 06 ----------------------------------------------------------
+PAPERS["rfcn"] = ("Dai, Li, He & Sun, \"R-FCN: Object Detection via Region-based Fully Convolutional Networks\", "
+                  "NeurIPS 2016 (arXiv:1605.06409)")
+# The abstract's two numbers were checked against the paper's text (arXiv v2). The table entries below come from the
+# course's reference notes on the paper (shared/references/rfcn_efpn.md, sec. 1 "Results"); the search tool reached
+# only the opening of the paper's text in this session, so they await a check against the PDF's tables.
+_NOT_YET = "table value from the course's reference notes; to be checked against the PDF"
+_add("rfcn.abstract.voc07.map", 83.6, "rfcn", "Abstract", "R-FCN, ResNet-101, trained on 07+12+COCO (Table 4)",
+     "mAP (%)", _VOC07, "ResNet-101")
+_add("rfcn.abstract.test_s", 0.17, "rfcn", "Abstract", "test-time speed", "s/img", _VOC07, "ResNet-101", " s",
+     "\"170ms per image, 2.5-20x faster than the Faster R-CNN counterpart\"")
+for _row, _name, _map in (("naive_1x1", "naive Faster R-CNN, RoI output 1 x 1", 61.7),
+                          ("naive_7x7", "naive Faster R-CNN, RoI output 7 x 7", 68.9),
+                          ("class_specific_rpn", "class-specific RPN", 67.6),
+                          ("k1", "R-FCN, k = 1 (no position sensitivity)", "fail"),
+                          ("k3", "R-FCN, k = 3", 75.5), ("k7", "R-FCN, k = 7", 76.6)):
+    _add(f"rfcn.table2.{_row}.map", _map, "rfcn", "Table 2", _name, "mAP (%)", _VOC07,
+         "ResNet-101, fully convolutional strategies, no OHEM", note=_NOT_YET)
+for _row, _name, _train, _test, _map in (
+        ("faster_rcnn", "Faster R-CNN (10 per-RoI layers), no OHEM", 1.2, 0.42, 76.4),
+        ("rfcn", "R-FCN (0 per-RoI layers), no OHEM", 0.45, 0.17, 76.6),
+        ("faster_rcnn_ohem300", "Faster R-CNN, OHEM 300 RoIs", 1.5, 0.42, 79.3),
+        ("rfcn_ohem300", "R-FCN, OHEM 300 RoIs", 0.45, 0.17, 79.5),
+        ("faster_rcnn_ohem2000", "Faster R-CNN, OHEM 2000 RoIs", 2.9, 0.42, None),
+        ("rfcn_ohem2000", "R-FCN, OHEM 2000 RoIs", 0.46, 0.17, 79.3)):
+    _add(f"rfcn.table3.{_row}.train_s", _train, "rfcn", "Table 3", _name, "training (s/img)", _VOC07, "ResNet-101",
+         " s", "a Nvidia K40 GPU; " + _NOT_YET)
+    _add(f"rfcn.table3.{_row}.test_s", _test, "rfcn", "Table 3", _name, "testing (s/img)", _VOC07, "ResNet-101",
+         " s", "a Nvidia K40 GPU; " + _NOT_YET)
+    if _map is not None:
+        _add(f"rfcn.table3.{_row}.map", _map, "rfcn", "Table 3", _name, "mAP (%)", _VOC07, "ResNet-101", note=_NOT_YET)
+for _row, _name, _ap50, _ap in (("faster_rcnn", "Faster R-CNN, trained on COCO train, tested on val", 48.4, 27.2),
+                                ("rfcn", "R-FCN, trained on COCO train, tested on val", 48.9, 27.6)):
+    _add(f"rfcn.table6.{_row}.ap50", _ap50, "rfcn", "Table 6", _name, "AP@0.5 (%)", "MS COCO val", "ResNet-101",
+         note=_NOT_YET)
+    _add(f"rfcn.table6.{_row}.ap", _ap, "rfcn", "Table 6", _name, "AP@[0.5, 0.95] (%)", "MS COCO val", "ResNet-101",
+         note=_NOT_YET)
+
+
 def number(key: str) -> PaperNumber:
     """The registry entry ``key``; an unknown key is an error that suggests the closest ones."""
     try:

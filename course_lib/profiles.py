@@ -70,6 +70,15 @@ class Profile:
     fpn_min_size: int  # image size of the FPN / C4 / ablation runs (= det_min_size but in ci, where 5 detectors train)
     fpn_max_size: int  # longer side cap of those runs (= det_max_size but in ci)
 
+    # --- chapter 6: R-FCN (and the C4 detector it is compared with, trained on the same schedule) ---
+    rfcn_depth: int  # ResNet depth of R-FCN and of its C4 comparison (paper: 101)
+    rfcn_min_size: int  # transform: shorter side (paper: 600)
+    rfcn_max_size: int  # longer side cap (paper: 1000)
+    rfcn_train_steps: int  # optimiser steps of the R-FCN and C4 runs (det_batch_size images each)
+    rfcn_ablation_steps: int  # steps of each k = 1 / 3 run of the k ablation
+    rfcn_proposals: int  # RPN proposals per image after NMS, training and test (paper: 300)
+    rfcn_ohem_rois: int  # OHEM: RoIs back-propagated per image (paper: 128)
+
 
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
@@ -110,6 +119,13 @@ PROFILES: dict[str, Profile] = {
         fpn_ablation_steps=1,
         fpn_min_size=128,
         fpn_max_size=160,
+        rfcn_depth=50,
+        rfcn_min_size=128,
+        rfcn_max_size=160,
+        rfcn_train_steps=2,
+        rfcn_ablation_steps=1,
+        rfcn_proposals=50,
+        rfcn_ohem_rois=16,
     ),
     "cpu": Profile(
         name="cpu",
@@ -149,6 +165,13 @@ PROFILES: dict[str, Profile] = {
         fpn_ablation_steps=100,
         fpn_min_size=384,
         fpn_max_size=512,
+        rfcn_depth=50,
+        rfcn_min_size=384,
+        rfcn_max_size=640,
+        rfcn_train_steps=300,
+        rfcn_ablation_steps=100,
+        rfcn_proposals=300,
+        rfcn_ohem_rois=128,
     ),
     "gpu": Profile(
         name="gpu",
@@ -188,6 +211,13 @@ PROFILES: dict[str, Profile] = {
         fpn_ablation_steps=20000,
         fpn_min_size=800,
         fpn_max_size=1333,
+        rfcn_depth=101,
+        rfcn_min_size=600,
+        rfcn_max_size=1000,
+        rfcn_train_steps=20000,
+        rfcn_ablation_steps=20000,
+        rfcn_proposals=300,
+        rfcn_ohem_rois=128,
     ),
 }
 
