@@ -53,14 +53,16 @@ clean:
 
 # Instructors: run the chapters' notebooks headless and write results/$(PROFILE)/report.md (course_lib/run.py).
 # PROFILE: ci, cpu, gpu (default: gpu with CUDA, else cpu); CHAPTERS: ids, e.g. "02 05 07" (default: all);
-# DATA: synthetic, voc, coco, tt100k, papers; GPUS > 1: each chapter runs under torchrun --nproc_per_node $(GPUS).
+# DATA: synthetic, voc, coco, tt100k, papers; GPUS > 1: each chapter runs under torchrun --nproc_per_node $(GPUS);
+# FORCE=1: run finished chapters again.
 PROFILE ?=
 CHAPTERS ?=
 DATA ?= synthetic
 GPUS ?= 1
+FORCE ?=
 instructor: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py $(if $(PROFILE),--profile $(PROFILE)) --skip-existing
-	$(PY) -m course_lib.run $(if $(PROFILE),--profile $(PROFILE)) $(if $(CHAPTERS),--chapters $(CHAPTERS)) --data $(DATA) --gpus $(GPUS)
+	$(PY) -m course_lib.run $(if $(PROFILE),--profile $(PROFILE)) $(if $(CHAPTERS),--chapters $(CHAPTERS)) --data $(DATA) --gpus $(GPUS) $(if $(FORCE),--force)
 
 # The GPU check runs on a GPU machine's own Python and torch when there is no .venv (no install needed there).
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
