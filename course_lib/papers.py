@@ -108,6 +108,11 @@ NUMBERS: dict[str, PaperNumber] = {
         "learning-rate divisor", "PASCAL VOC 2011 train", unit="x"),
 
     # --- U-Net (Ronneberger, Fischer & Brox, MICCAI 2015): chapter 03 ---------------------------------------------
+    "unet.sec3.optimizer.momentum": PaperNumber(
+        0.99, "unet", "Sec. 3", "Training: \"we use a high momentum (0.99)\"", "momentum", "--",
+        note="SGD (Caffe), the batch reduced to a single image to favour large input tiles"),
+    "unet.sec3.optimizer.batch": PaperNumber(
+        1, "unet", "Sec. 3", "Training: \"reduce the batch to a single image\"", "batch (tiles)", "--"),
     "unet.table1.unet.warping_error": PaperNumber(
         0.0003529, "unet", "Sec. 4 (Table 1)", "u-net", "warping error", "ISBI 2012 EM segmentation challenge, test",
         note="averaged over 7 rotated versions of the input; Table 1 prints it rounded"),

@@ -10,6 +10,7 @@ The offline synthetic datasets are built by ``python data_scripts/make_synthetic
 and ``make test`` do it for you); real ones (PASCAL VOC 2012, COCO 2017, Tsinghua-Tencent 100K)
 by ``data_scripts/prepare_*.py`` into the same formats.
 """
+from .elastic import elastic_deform, elastic_displacements
 from .coco import CocoDetection, detection_collate, load_coco
 from .image_io import read_label_png, read_rgb
 from .paths import DATA_CHOICES, REAL_DATASETS, SYNTHETIC_DATASETS, data_root, data_selection, dataset_dir, repo_root
@@ -18,6 +19,8 @@ from .visualize import colorize_mask, draw_detections, show_segmentation
 
 __all__ = [
     "CocoDetection",
+    "elastic_deform",
+    "elastic_displacements",
     "detection_collate",
     "load_coco",
     "SegmentationDataset",

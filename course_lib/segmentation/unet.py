@@ -9,7 +9,7 @@ Segmentation", MICCAI 2015.
 
 Unlike FCN, the skip connections *concatenate* (and the decoder convolves the result) instead of
 adding class scores, and the expansive path has as many channels as the contracting one: the
-network is "more or less symmetric" (Sec. 2).
+network is "more or less symmetric" (Sec. 1).
 
 ``padding="valid"`` is the paper's network: unpadded convolutions, so a 572 x 572 tile gives a
 388 x 388 map -- each output pixel sees its full context, and a large image is segmented tile by
