@@ -42,6 +42,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from course_lib.state_dict import check_state_dict, read_file
+
 __all__ = ["seed_everything", "fit", "History", "save_checkpoint", "save_weights", "load_weights"]
 
 
@@ -130,8 +132,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
 
 def _load(path: Path) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+        state = read_file(path)
+    except ValueError as e:
         raise RuntimeError(f"Could not read checkpoint {path} ({e}). Delete it or pass another path.") from e
     if not isinstance(state, dict):
         raise RuntimeError(f"{path} is not a course_lib checkpoint. Delete it or pass another path.")
@@ -139,20 +141,10 @@ def _load(path: Path) -> dict:
 
 
 def _check_matches(model: nn.Module, weights: dict, path: Path) -> None:
-    """Name the first key that differs between ``weights`` and ``model`` (missing,
-    unexpected, or another shape -- e.g. a head trained for another number of classes)."""
-    own = model.state_dict()
-    fix = f"Delete {path} or pass another checkpoint path to start from scratch."
-    for key in own:
-        if key not in weights:
-            raise ValueError(f"Checkpoint {path} does not match the model: missing key {key!r}. {fix}")
-        if weights[key].shape != own[key].shape:
-            raise ValueError(
-                f"Checkpoint {path} does not match the model: {key!r} has shape "
-                f"{list(weights[key].shape)} in the checkpoint but {list(own[key].shape)} in the model. {fix}")
-    for key in weights:
-        if key not in own:
-            raise ValueError(f"Checkpoint {path} does not match the model: unexpected key {key!r}. {fix}")
+    """Name the keys that differ between ``weights`` and ``model`` (missing, unexpected, or another
+    shape -- e.g. a head trained for another number of classes)."""
+    check_state_dict(model, weights, f"checkpoint {path}",
+                     fix=f"Delete {path} or pass another checkpoint path to start from scratch.")
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:

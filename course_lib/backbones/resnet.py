@@ -27,6 +27,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from course_lib.state_dict import load_state_dict_checked, read_state_dict
+
 __all__ = [
     "FrozenBatchNorm2d",
     "Bottleneck",
@@ -289,51 +291,11 @@ def overwrite_eps(model: nn.Module, eps: float) -> None:
             module.eps = eps
 
 
-def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Weights file {path!r} does not exist. Pass the path of a state dict saved with "
-            "torch.save(model.state_dict(), path) (nothing is downloaded in this course).")
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise ValueError(f"Could not read a state dict from {path!r}: {e}. Save one with "
-                         "torch.save(model.state_dict(), path).") from e
-    for key in ("model", "state_dict"):  # training checkpoints often wrap the state dict
-        if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-    if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path!r} does not hold a state dict (a dict of tensors); got {type(state_dict).__name__}.")
-    return state_dict
-
-
-def load_state_dict_checked(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
-    """``model.load_state_dict(state_dict)`` with an error that lists what does not fit."""
-    own = model.state_dict()
-    # FrozenBatchNorm2d has no batch counter: a BatchNorm2d state dict's counters are not a mismatch
-    ignorable = {k for k in state_dict if k.endswith("num_batches_tracked") and k not in own}
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own) - ignorable)
-    wrong_shape = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or wrong_shape:
-        lines = [f"The weights in {source} do not fit {type(model).__name__}:"]
-        if missing:
-            lines.append(f"  {len(missing)} missing keys, e.g. {missing[:5]}")
-        if unexpected:
-            lines.append(f"  {len(unexpected)} unexpected keys, e.g. {unexpected[:5]}")
-        for k in wrong_shape[:5]:
-            lines.append(f"  {k}: file has shape {tuple(state_dict[k].shape)}, model has {tuple(own[k].shape)}")
-        lines.append("Check that the file was saved from the same architecture (depth, number of classes).")
-        raise ValueError("\n".join(lines))
-    model.load_state_dict({k: v for k, v in state_dict.items() if k not in ignorable})
-
-
 def load_torchvision_resnet(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a torchvision ResNet state dict (``torch.save(torchvision.models.resnet50(...).state_dict(), path)``)
     from a local file into ``model``: a :class:`ResNet`, or a body made by :func:`resnet_body` /
     :class:`IntermediateLayerGetter` (keys the body does not have, e.g. ``fc.*``, are skipped)."""
-    state_dict = _read_state_dict(path)
+    state_dict = read_state_dict(path)
     own = model.state_dict()
     if not isinstance(model, ResNet):
         # a body keeps a prefix of the stages; drop the stages (and the classifier) it cut off

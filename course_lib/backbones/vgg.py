@@ -26,6 +26,8 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
+from course_lib.state_dict import read_state_dict
+
 __all__ = [
     "VGG16",
     "VGG16_BLOCKS",
@@ -242,9 +244,6 @@ def convolutionalize_vgg16_state_dict(state_dict: dict[str, Tensor]) -> "Ordered
 
 
 def _load_file(path: "str | os.PathLike") -> dict[str, Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"no VGG16 weights at {os.fspath(path)!r}: save torchvision's with "
-            "torch.save(torchvision.models.vgg16(weights='IMAGENET1K_V1').state_dict(), path)"
-        )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return read_state_dict(path, missing=(
+        f"no VGG16 weights at {os.fspath(path)!r}: save torchvision's with "
+        "torch.save(torchvision.models.vgg16(weights='IMAGENET1K_V1').state_dict(), path)"))

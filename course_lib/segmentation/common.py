@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from course_lib.state_dict import read_state_dict
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -123,14 +125,7 @@ class ClassCountCheck:
 
 def load_checkpoint(model: nn.Module, path: "str | os.PathLike", strict: bool = True) -> nn.Module:
     """Load a state dict saved with ``torch.save`` (bare, or under ``"model"`` as the engine saves it)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}: train the model first, or check the path")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "model_state_dict", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict):
-        raise ValueError(f"{os.fspath(path)!r} holds a {type(obj).__name__}, not a state dict")
-    model.load_state_dict(obj, strict=strict)
+    state_dict = read_state_dict(path, missing=(
+        f"no checkpoint at {os.fspath(path)!r}: train the model first, or check the path"))
+    model.load_state_dict(state_dict, strict=strict)
     return model

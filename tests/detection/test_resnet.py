@@ -157,10 +157,10 @@ def test_load_errors_are_clear(tmp_path, tv_reference):
         load_torchvision_resnet(model, tmp_path / "nope.pth")
     state_dict = tv_reference.state_dict()
     torch.save({**state_dict, "fc.weight": torch.zeros(10, 2048)}, tmp_path / "r50_10.pth")
-    with pytest.raises(ValueError, match=r"fc.weight: file has shape \(10, 2048\)"):
+    with pytest.raises(ValueError, match=r"'fc.weight' has shape \[10, 2048\] in the file but \[1000, 2048\]"):
         load_torchvision_resnet(model, tmp_path / "r50_10.pth")
     torch.save({k: v for k, v in state_dict.items() if not k.startswith("layer4.2.")}, tmp_path / "cut.pth")
-    with pytest.raises(ValueError, match="missing keys, e.g. .'layer4.2.bn1.bias'"):
+    with pytest.raises(ValueError, match="missing keys 'layer4.2.conv1.weight', 'layer4.2.bn1.weight'"):
         load_torchvision_resnet(model, tmp_path / "cut.pth")
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="junk.pth"):
