@@ -27,16 +27,14 @@ from torch import Tensor, nn
 from course_lib.backbones.resnet import (
     IntermediateLayerGetter,
     ResNet,
-    _read_state_dict,
-    backbone_training_setup,
     freeze_layers,
-    load_state_dict_checked,
     load_torchvision_resnet,
     resnet50,
     resnet101,
 )
 from course_lib.ops import AnchorGenerator, roi_align, roi_pool
 
+from .builder import build_detector
 from .generalized_rcnn import FasterRCNN
 from .roi_heads import FastRCNNPredictor, init_like_fast_rcnn
 
@@ -110,69 +108,57 @@ class SingleLevelRoIPool(nn.Module):
                 f"spatial_scale={self.spatial_scale}, method={self.method!r}")
 
 
-def _fasterrcnn_c4(depth: int, num_classes: int, weights, weights_backbone, min_size, max_size,
-                   trainable_backbone_layers: int | None, kwargs: dict) -> FasterRCNN:
-    # read the files first: a wrong path fails at once, not after building the network
-    model_state = _read_state_dict(weights) if weights is not None else None
-    if weights_backbone is not None and not os.path.isfile(os.fspath(weights_backbone)):
-        _read_state_dict(weights_backbone)  # raises the clear FileNotFoundError
+def _fasterrcnn_c4(depth: int, *, weights, num_classes, weights_backbone, trainable_backbone_layers,
+                   **kwargs) -> FasterRCNN:
+    if "box_predictor" in kwargs:
+        raise ValueError("fasterrcnn_resnet*_c4 builds its box predictor for num_classes (initialised as in Fast "
+                         "R-CNN); to use another one, build the model and replace model.roi_heads.box_predictor.")
 
-    # torchvision's rule: pretrained weights -> frozen batch norm and the first 2 stages frozen;
-    # from scratch -> ordinary (trained) batch norm and everything trainable
-    trainable_backbone_layers, norm_layer = backbone_training_setup(weights, weights_backbone, trainable_backbone_layers)
-
-    resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer)
-    if weights_backbone is not None:
-        load_torchvision_resnet(resnet, weights_backbone)
-    freeze_layers(resnet, trainable_backbone_layers)
-
-    config = {**PAPER_C4_CONFIG, **kwargs}
-    # the C4 pieces, unless given: the paper's anchors, 14x14 RoIAlign on C4, conv5_x as the box head
-    if config.get("rpn_anchor_generator") is None:
-        config["rpn_anchor_generator"] = AnchorGenerator((PAPER_ANCHOR_SIZES,), (PAPER_ASPECT_RATIOS,))
-    if config.get("box_roi_pool") is None:
-        config["box_roi_pool"] = SingleLevelRoIPool("0", output_size=14, spatial_scale=1 / 16, sampling_ratio=0)
-    if config.get("box_head") is None:
-        config["box_head"] = ResNetC5Head(resnet.layer4)
-    if config.get("box_predictor") is None:
-        if num_classes is None or num_classes < 2:
-            raise ValueError(f"num_classes (object classes + 1 for the background) must be >= 2, got {num_classes}.")
+    def make(num_classes, weights_backbone, trainable_layers, norm_layer):
+        resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer)
+        if weights_backbone is not None:
+            load_torchvision_resnet(resnet, weights_backbone)
+        freeze_layers(resnet, trainable_layers)
+        config = {**PAPER_C4_CONFIG, **kwargs}
+        # the C4 pieces, unless given: the paper's anchors, 14x14 RoIAlign on C4, conv5_x as the box head
+        if config.get("rpn_anchor_generator") is None:
+            config["rpn_anchor_generator"] = AnchorGenerator((PAPER_ANCHOR_SIZES,), (PAPER_ASPECT_RATIOS,))
+        if config.get("box_roi_pool") is None:
+            config["box_roi_pool"] = SingleLevelRoIPool("0", output_size=14, spatial_scale=1 / 16, sampling_ratio=0)
+        if config.get("box_head") is None:
+            config["box_head"] = ResNetC5Head(resnet.layer4)
         config["box_predictor"] = init_like_fast_rcnn(FastRCNNPredictor(ResNetC5Head.out_channels, num_classes))
-    elif num_classes is not None:
-        raise ValueError("Pass num_classes=None together with a custom box_predictor.")
-    model = FasterRCNN(ResNetC4(resnet), None, min_size=min_size, max_size=max_size, **config)
+        return FasterRCNN(ResNetC4(resnet), None, **config)
 
-    if model_state is not None:
-        load_state_dict_checked(model, model_state, repr(os.fspath(weights)))
-    return model
+    return build_detector(make, f"a Faster R-CNN ResNet-{depth}-C4", weights=weights, num_classes=num_classes,
+                          weights_backbone=weights_backbone, trainable_backbone_layers=trainable_backbone_layers)
 
 
-def fasterrcnn_resnet50_c4(num_classes: int | None, weights: str | os.PathLike | None = None,
-                           weights_backbone: str | os.PathLike | None = None, *, min_size: int = 800,
-                           max_size: int = 1333, trainable_backbone_layers: int | None = None,
-                           **kwargs) -> FasterRCNN:
-    """Faster R-CNN, ResNet-50-C4, paper configuration (see the module docstring).
+def fasterrcnn_resnet50_c4(*, weights: str | os.PathLike | None = None, num_classes: int | None = None,
+                           weights_backbone: str | os.PathLike | None = None,
+                           trainable_backbone_layers: int | None = None, **kwargs) -> FasterRCNN:
+    """Faster R-CNN, ResNet-50-C4, paper configuration (see the module docstring); torchvision's builder shape.
 
     Args:
-        num_classes: object classes + 1 (background).
-        weights: a local file with a state dict of this whole model (``torch.save(model.state_dict(), path)``).
+        weights: a local file with a state dict of this whole model (``torch.save(model.state_dict(), path)``);
+            it fixes ``num_classes`` when that is not given.
+        num_classes: object classes + 1 (background); default: the file's, else 91 (COCO's ids, as torchvision).
         weights_backbone: a local file with a torchvision ResNet-50 state dict (ImageNet weights).
             With either file the batch norm is frozen and the first ``5 - trainable_backbone_layers``
             stages too (default 3 trainable); without, the model trains from scratch with ordinary
             batch norm and every stage trainable.
-        min_size, max_size: the transform's resize (the course passes ``PROFILE.det_min_size``).
-        **kwargs: any :class:`FasterRCNN` keyword, overriding the paper's values, e.g.
-            ``rpn_post_nms_top_n_test=100`` or ``box_roi_pool=SingleLevelRoIPool(method="pool")``.
+        **kwargs: any :class:`FasterRCNN` keyword, overriding the paper's values, e.g. ``min_size`` (the course
+            passes ``PROFILE.det_min_size``), ``rpn_post_nms_top_n_test=100`` or
+            ``box_roi_pool=SingleLevelRoIPool(method="pool")``.
     """
-    return _fasterrcnn_c4(50, num_classes, weights, weights_backbone, min_size, max_size,
-                          trainable_backbone_layers, kwargs)
+    return _fasterrcnn_c4(50, weights=weights, num_classes=num_classes, weights_backbone=weights_backbone,
+                          trainable_backbone_layers=trainable_backbone_layers, **kwargs)
 
 
-def fasterrcnn_resnet101_c4(num_classes: int | None, weights: str | os.PathLike | None = None,
-                            weights_backbone: str | os.PathLike | None = None, *, min_size: int = 800,
-                            max_size: int = 1333, trainable_backbone_layers: int | None = None,
-                            **kwargs) -> FasterRCNN:
+def fasterrcnn_resnet101_c4(*, weights: str | os.PathLike | None = None, num_classes: int | None = None,
+                            weights_backbone: str | os.PathLike | None = None,
+                            trainable_backbone_layers: int | None = None, **kwargs) -> FasterRCNN:
     """Faster R-CNN, ResNet-101-C4 (the model of He et al. 2016's COCO results); as
     :func:`fasterrcnn_resnet50_c4` with a torchvision ResNet-101 state dict for ``weights_backbone``."""
-    return _fasterrcnn_c4(101, num_classes, weights, weights_backbone, min_size, max_size,
-                          trainable_backbone_layers, kwargs)
+    return _fasterrcnn_c4(101, weights=weights, num_classes=num_classes, weights_backbone=weights_backbone,
+                          trainable_backbone_layers=trainable_backbone_layers, **kwargs)

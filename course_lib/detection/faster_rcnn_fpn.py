@@ -27,15 +27,10 @@ import os
 
 from torch import nn
 
-from course_lib.backbones.resnet import (
-    FrozenBatchNorm2d,
-    _read_state_dict,
-    backbone_training_setup,
-    overwrite_eps,
-    resnet_body,
-)
+from course_lib.backbones.resnet import FrozenBatchNorm2d, overwrite_eps, resnet_body
 from course_lib.ops import MultiScaleRoIAlign
 
+from .builder import build_detector
 from .fpn import BackboneWithFPN, FeaturePyramidNetwork, LastLevelMaxPool
 from .generalized_rcnn import FasterRCNN
 
@@ -64,42 +59,20 @@ def resnet_fpn_backbone(depth: int = 50, *, weights_backbone: str | os.PathLike 
 
 def _fasterrcnn_resnet_fpn(depth: int, *, weights, num_classes, weights_backbone, trainable_backbone_layers,
                            fpn_top_down, fpn_lateral, rois_from_p2_only, frozen_bn_eps, **kwargs) -> FasterRCNN:
-    for name, value in (("weights", weights), ("weights_backbone", weights_backbone)):
-        if value is not None and not isinstance(value, (str, os.PathLike)):
-            raise TypeError(f"{name} must be the path of a local state dict file (nothing is downloaded in this "
-                            f"course), got {type(value).__name__}: save one with torch.save(model.state_dict(), path).")
-    state_dict = None
-    if weights is not None:
-        state_dict = _read_state_dict(weights)  # clear error if the file is missing or not a state dict
-        weights_backbone = None  # the detector's weights contain the backbone's (as in torchvision)
-        predictor = state_dict.get("roi_heads.box_predictor.cls_score.weight")
-        if num_classes is None and predictor is not None:
-            num_classes = predictor.shape[0]
-    if num_classes is None:
-        num_classes = 91  # COCO's category ids 1..90 plus the background
-
-    # torchvision's _validate_trainable_layers: without any weights, train everything
-    trainable_backbone_layers, norm_layer = backbone_training_setup(weights, weights_backbone, trainable_backbone_layers)
-
     if rois_from_p2_only:
         if "box_roi_pool" in kwargs:
             raise ValueError("Pass either rois_from_p2_only=True or box_roi_pool, not both.")
         # (f): the same 7x7 RoIAlign, but with a single level the level mapper sends every RoI to P2
         kwargs["box_roi_pool"] = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
 
-    backbone = resnet_fpn_backbone(depth, weights_backbone=weights_backbone, trainable_layers=trainable_backbone_layers,
-                                   norm_layer=norm_layer, top_down=fpn_top_down, lateral=fpn_lateral)
-    model = FasterRCNN(backbone, num_classes=num_classes, **kwargs)
+    def make(num_classes, weights_backbone, trainable_layers, norm_layer):
+        backbone = resnet_fpn_backbone(depth, weights_backbone=weights_backbone, trainable_layers=trainable_layers,
+                                       norm_layer=norm_layer, top_down=fpn_top_down, lateral=fpn_lateral)
+        return FasterRCNN(backbone, num_classes=num_classes, **kwargs)
 
-    if state_dict is not None:
-        try:
-            # load_state_dict (not a key comparison) so that old key names are renamed by the modules' hooks
-            model.load_state_dict(state_dict, strict=True)
-        except RuntimeError as e:
-            raise ValueError(
-                f"The weights in {os.fspath(weights)!r} do not fit a Faster R-CNN ResNet-{depth}-FPN with "
-                f"num_classes={num_classes}: {e}\nSave them with torch.save(model.state_dict(), path) from the "
-                "same architecture (pass num_classes to match the file).") from e
+    model = build_detector(make, f"a Faster R-CNN ResNet-{depth}-FPN", weights=weights, num_classes=num_classes,
+                           weights_backbone=weights_backbone, trainable_backbone_layers=trainable_backbone_layers)
+    if weights is not None:
         overwrite_eps(model, PUBLISHED_WEIGHTS_BN_EPS if frozen_bn_eps is None else frozen_bn_eps)
     elif frozen_bn_eps is not None:
         overwrite_eps(model, frozen_bn_eps)

@@ -260,13 +260,13 @@ def small_c4(weights_backbone, **kwargs):
                   rpn_batch_size_per_image=32, rpn_post_nms_top_n_train=50, rpn_post_nms_top_n_test=20,
                   box_batch_size_per_image=8)
     config.update(kwargs)
-    return c4.fasterrcnn_resnet50_c4(3, weights_backbone=weights_backbone, **config)
+    return c4.fasterrcnn_resnet50_c4(num_classes=3, weights_backbone=weights_backbone, **config)
 
 
 def test_paper_configuration():
     with torch.device("meta"):  # structure only: no memory, no initialisation time
-        model = c4.fasterrcnn_resnet50_c4(21)
-        deep = c4.fasterrcnn_resnet101_c4(21)
+        model = c4.fasterrcnn_resnet50_c4(num_classes=21)
+        deep = c4.fasterrcnn_resnet101_c4(num_classes=21)
     rpn, heads = model.rpn, model.roi_heads
     assert rpn.anchor_generator.sizes == ((128, 256, 512),) and rpn.anchor_generator.num_anchors_per_location() == [9]
     assert rpn._pre_nms_top_n == {"training": 12000, "testing": 6000}
@@ -327,20 +327,25 @@ def test_weights_files(tmp_path):
     assert model.roi_heads.box_predictor.cls_score.bias.abs().sum() == 0
     # a whole-model file round trip
     torch.save(model.state_dict(), tmp_path / "c4.pth")
-    again = c4.fasterrcnn_resnet50_c4(3, weights=tmp_path / "c4.pth", min_size=C4_SIZE, max_size=C4_SIZE,
+    again = c4.fasterrcnn_resnet50_c4(weights=tmp_path / "c4.pth",  # num_classes = 3 from the file
+                                      min_size=C4_SIZE, max_size=C4_SIZE,
                                       rpn_anchor_generator=AnchorGenerator(((24, 48, 96),), ((0.5, 1.0, 2.0),)),
                                       box_roi_pool=c4.SingleLevelRoIPool(output_size=7))
     for (name, a), b in zip(again.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), name
     # clear errors
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        c4.fasterrcnn_resnet50_c4(3, weights_backbone=tmp_path / "missing.pth")
+        c4.fasterrcnn_resnet50_c4(num_classes=3, weights_backbone=tmp_path / "missing.pth")
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        c4.fasterrcnn_resnet50_c4(3, weights=tmp_path / "missing.pth")
-    with pytest.raises(ValueError, match="num_classes"):
-        c4.fasterrcnn_resnet50_c4(None, weights=tmp_path / "c4.pth")
-    with pytest.raises(ValueError, match=r"cls_score.weight: file has shape \(3, 2048\), model has \(5, 2048\)"):
-        c4.fasterrcnn_resnet50_c4(5, weights=tmp_path / "c4.pth")
+        c4.fasterrcnn_resnet50_c4(num_classes=3, weights=tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="num_classes counts the object classes"):
+        c4.fasterrcnn_resnet50_c4(num_classes=1)
+    with pytest.raises(ValueError, match=r"(?s)c4.pth' do not fit a Faster R-CNN ResNet-50-C4 with num_classes=5:.*"
+                                         r"'roi_heads.box_predictor.cls_score.weight' has shape \[3, 2048\] in the "
+                                         r"file but \[5, 2048\] in the model"):
+        c4.fasterrcnn_resnet50_c4(num_classes=5, weights=tmp_path / "c4.pth")
+    with pytest.raises(TypeError, match="fasterrcnn_resnet50_c4.. takes 0 positional arguments"):
+        c4.fasterrcnn_resnet50_c4(3)  # keyword-only, like torchvision's builders
 
 
 def test_c4_contract_and_degenerate_inputs(backbone_file):
