@@ -9,8 +9,8 @@ applies it to the RPN proposals with IoU 0.7):
         if no box kept so far overlaps it with IoU > iou_threshold: keep it
 
 The textbook loop above visits every box and compares it with every kept one.
-This implementation gives exactly the same answer (same indices, same order,
-ties in score broken by the lower index, like torchvision's CPU kernel), but
+This implementation gives exactly the same answer as torchvision's kernel (same
+indices, same order: a stable sort, so equal scores keep the lower index first), but
 vectorised, in blocks of sorted boxes:
 
 1. Inside a block of ``BLOCK`` boxes, compute the ``over[i, j] = IoU > threshold``
@@ -23,14 +23,23 @@ So the work is proportional to (kept boxes) x (boxes), as in the textbook loop,
 but done by a few large tensor operations per block instead of one Python step
 per box, on the CPU and the GPU alike.
 
-``batched_nms`` runs NMS independently per class (or per image): boxes of
-different categories never suppress each other. torchvision implements it by
-shifting every class's boxes by ``class * (max_coordinate + 1)`` so that classes
-cannot overlap; the shift rounds the coordinates (in float32 a class-79 box at
-x ~ 80 000 moves by up to 1/256 px) and so changes IoUs near the threshold. Here the
-rule is applied exactly: boxes are grouped by class and a box can only suppress a
-box of its own class. The result equals torchvision's per-class reference
-(``_batched_nms_vanilla``) and its coordinate trick wherever that trick is exact.
+``batched_nms`` runs NMS independently per class (or per image, or per pyramid level):
+boxes of different categories never suppress each other. It makes torchvision's
+choices, so that it returns the very same indices in the very same order -- also
+among exactly equal scores, which a detector produces in bulk on a blank image:
+
+* up to 1000 boxes on the CPU (``boxes.numel() <= 4000``; 25 000 boxes on a GPU) the
+  *coordinate trick*: every class's boxes are shifted by ``class * (max_coordinate + 1)``
+  so that different classes cannot overlap, and one ``nms`` runs on all of them. The
+  result is sorted by decreasing score, equal scores by index (``nms``'s stable order).
+  The shift is done in the boxes' dtype, so it rounds (in float32 a class-79 box at
+  x ~ 80 000 moves by up to 1/256 px) and can flip an IoU that lies close to the
+  threshold; we shift, and round, exactly as torchvision does.
+* above that, the *per-class* strategy: exact NMS within each class (here one pass over
+  the boxes grouped by class, instead of torchvision's Python loop over the classes),
+  then the kept indices, in increasing order, sorted by ``scores[keep].sort(descending=True)``
+  -- PyTorch's default, *unstable* sort, so equal scores come in whatever order that sort
+  leaves them; calling the same sort on the same values reproduces it.
 """
 from __future__ import annotations
 
@@ -254,26 +263,59 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return order.masked_select(_greedy_nms(boxes.index_select(0, order), None, iou_threshold))
 
 
+# torchvision.ops.batched_nms uses the per-class strategy above these sizes (boxes.numel(), i.e. 4 x boxes)
+VANILLA_ABOVE = {"cpu": 4000}  # any other device: VANILLA_ABOVE_OTHER
+VANILLA_ABOVE_OTHER = 100_000
+
+
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """NMS separately within each category: boxes with different ``idxs`` never
     suppress each other (Fast R-CNN sec. 3 runs NMS per class; torchvision's RPN runs
-    it per feature-pyramid level).
+    it per feature-pyramid level). Same indices, same order as ``torchvision.ops.batched_nms``
+    on the same device (see the module docstring for its two strategies).
 
     Args:
-        boxes (Tensor[N, 4]): "xyxy" boxes.
+        boxes (Tensor[N, 4]): "xyxy" boxes (an empty tensor of any shape gives an empty result).
         scores (Tensor[N]): one score per box.
         idxs (Tensor[N]): integer category (class, level, image ...) of each box.
         iou_threshold (float): IoU above which a box is removed by a better one of its category.
 
     Returns:
         Tensor[K] (int64): indices of the kept boxes, by decreasing score over all
-        categories (equal scores: lower index first).
+        categories; equal scores in torchvision's order (by index up to 1000 boxes on the
+        CPU, else as PyTorch's unstable sort leaves them).
     """
+    if isinstance(boxes, Tensor) and boxes.numel() == 0:
+        for name, t in (("scores", scores), ("idxs", idxs)):
+            if not isinstance(t, Tensor) or t.numel() != 0:
+                got = list(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"batched_nms: boxes are empty, so {name} must be empty too, got {got}")
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     _check_inputs("batched_nms", boxes, scores, iou_threshold, idxs)
+    if boxes.numel() > VANILLA_ABOVE.get(boxes.device.type, VANILLA_ABOVE_OTHER):
+        return _batched_nms_per_class(boxes, scores, idxs, iou_threshold)
+    return _batched_nms_coordinate_trick(boxes, scores, idxs, iou_threshold)
+
+
+def _batched_nms_coordinate_trick(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """torchvision's small-input strategy, operation for operation: shift each category's boxes
+    by ``idx * (max coordinate + 1)`` (in the boxes' dtype) so that categories cannot overlap, then
+    one NMS over all."""
+    max_coordinate = boxes.max()
+    offsets = idxs.to(boxes) * (max_coordinate + torch.tensor(1).to(boxes))
+    shifted = boxes + offsets[:, None]
+    order = scores.sort(descending=True, stable=True).indices
+    return order.masked_select(_greedy_nms(shifted.index_select(0, order), None, iou_threshold))
+
+
+def _batched_nms_per_class(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """torchvision's large-input strategy (``_batched_nms_vanilla``): exact NMS within each category,
+    then the kept indices (increasing) reordered by the same unstable descending sort of their scores."""
     by_score = scores.sort(descending=True, stable=True).indices
     by_class = idxs.index_select(0, by_score).sort(stable=True).indices
     order = by_score.index_select(0, by_class)  # class by class, best first within each class
     keep_in_order = _greedy_nms(boxes.index_select(0, order), idxs.index_select(0, order), iou_threshold)
-    keep = torch.zeros_like(keep_in_order)
-    keep.index_fill_(0, order.masked_select(keep_in_order), True)
-    return by_score.masked_select(keep.index_select(0, by_score))  # back to decreasing score over all classes
+    keep_mask = torch.zeros_like(keep_in_order)
+    keep_mask.index_fill_(0, order.masked_select(keep_in_order), True)
+    keep = torch.where(keep_mask)[0]
+    return keep[scores[keep].sort(descending=True)[1]]

@@ -113,7 +113,6 @@ def test_degenerate_and_special_inputs():
     empty = torch.zeros(0, 4)
     assert ops.nms(empty, torch.zeros(0), 0.5).shape == (0,)
     assert ops.nms(empty, torch.zeros(0), 0.5).dtype == torch.int64
-    assert ops.batched_nms(empty, torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5).shape == (0,)
     # zero-area boxes are valid and never suppress (IoU 0 or 0/0)
     flat = torch.tensor([[1.0, 1.0, 1.0, 5.0], [1.0, 1.0, 1.0, 5.0], [0.0, 0.0, 4.0, 4.0], [2.0, 2.0, 2.0, 2.0]])
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
@@ -128,32 +127,99 @@ def test_degenerate_and_special_inputs():
     assert torch.equal(ops.nms(boxes.half(), s.half(), 0.5), ops.nms(boxes.half().float(), s.half().float(), 0.5))
 
 
-@pytest.mark.parametrize("seed", range(20))
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def stable_order(keep, scores):
+    """``keep`` by decreasing score, equal scores by index: what an index-order tie rule would give."""
+    keep = keep.sort().values
+    return keep[scores[keep].sort(descending=True, stable=True).indices]
+
+
+@pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_batched_nms_equals_per_class_nms(seed, dtype, random_boxes):
+def test_batched_nms_equals_torchvision_index_for_index(seed, dtype, random_boxes):
+    """Both of torchvision's strategies: the coordinate trick up to 1000 boxes on the CPU (4000 numbers),
+    per class above; scores with only 11 distinct values on odd seeds, so most kept boxes tie."""
     g = torch.Generator().manual_seed(seed)
-    for n, classes in ((0, 3), (1, 1), (40, 3), (300, 30), (700, 2)):
+    for n, classes in ((1, 1), (40, 3), (300, 30), (1000, 5), (1001, 5), (1500, 30), (2500, 2)):
         boxes = random_boxes(n, seed * 13 + n, dtype, grid=1.0 if seed % 3 == 0 else None)
         scores = random_scores(n, seed, tied=seed % 2 == 1).to(dtype)
         idxs = torch.randint(0, classes, (n,), generator=g) * (7 if seed % 5 == 0 else 1)  # also sparse ids
         for threshold in (0.0, 0.6) if seed % 2 else (0.5, 0.7):
             keep = ops.batched_nms(boxes, scores, idxs, threshold)
-            assert torch.equal(keep, per_class_reference(boxes, scores, idxs, threshold)), (n, classes, threshold)
+            assert keep.dtype == torch.int64
+            assert torch.equal(keep, tv.batched_nms(boxes, scores, idxs, threshold)), (n, classes, threshold)
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_batched_nms_equals_torchvision_when_its_offsets_are_exact(seed):
-    # coordinates on a 1/8-pixel grid: torchvision's class offsets are then exact in float32,
-    # so its coordinate trick (<= 1000 boxes on the CPU) decides exactly like per-class NMS
-    boxes, scores = clustered(800, seed)
-    boxes = (boxes * 8).round() / 8
-    scores = (scores * 20).round() / 20  # ties across and within classes
-    idxs = torch.randint(0, 80, (800,), generator=torch.Generator().manual_seed(seed))
-    for threshold in (0.5, 0.7):
-        assert torch.equal(ops.batched_nms(boxes, scores, idxs, threshold), tv.batched_nms(boxes, scores, idxs, threshold))
-    # several images per batch as categories (torchvision's RPN uses levels the same way)
-    image = torch.arange(800) % 2
-    assert torch.equal(ops.batched_nms(boxes, scores, image, 0.7), tv.batched_nms(boxes, scores, image, 0.7))
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_nms_orders_exact_ties_like_torchvision_on_both_sides_of_its_switch(device):
+    """Detector-like ties (a blank image: many boxes, a handful of score values). Not vacuous: above the
+    switch torchvision's order among ties is *not* the index order, below it is."""
+    limit = nms_module.VANILLA_ABOVE.get(device, nms_module.VANILLA_ABOVE_OTHER) // 4  # boxes
+    for n in (limit - 1, limit, limit + 1, limit + 700):
+        boxes, scores = clustered(n, seed=n)
+        scores = (scores * 4).round() / 4  # 5 score values
+        idxs = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(n))
+        boxes, scores, idxs = boxes.to(device), scores.to(device), idxs.to(device)
+        keep = ops.batched_nms(boxes, scores, idxs, 0.5)
+        assert torch.equal(keep, tv.batched_nms(boxes, scores, idxs, 0.5)), n
+        assert len(keep) > 100 and scores[keep].unique().numel() <= 5  # many kept boxes, all in a few ties
+        if n <= limit:
+            assert torch.equal(keep, stable_order(keep, scores)), n
+        elif device == "cpu":
+            assert not torch.equal(keep, stable_order(keep, scores)), n
+
+
+@pytest.mark.parametrize("n", [7, 1001, 1400])
+def test_batched_nms_one_class_and_identical_boxes(n):
+    g = torch.Generator().manual_seed(n)
+    boxes, scores = clustered(n, seed=n)
+    one_class = torch.zeros(n, dtype=torch.int64)
+    tied = (scores * 3).round() / 3
+    for s in (scores, tied):
+        assert torch.equal(ops.batched_nms(boxes, s, one_class, 0.5), tv.batched_nms(boxes, s, one_class, 0.5))
+        assert torch.equal(ops.batched_nms(boxes, s, one_class + 5, 0.5), tv.batched_nms(boxes, s, one_class + 5, 0.5))
+    same = torch.tensor([[3.0, 4.0, 30.0, 40.0]]).expand(n, 4).contiguous()
+    idxs = torch.randint(0, 4, (n,), generator=g)
+    for s in (torch.ones(n), tied):
+        for threshold in (0.5, 1.0):  # 1.0: IoU 1 is not > 1, nothing is suppressed
+            keep = ops.batched_nms(same, s, idxs, threshold)
+            assert torch.equal(keep, tv.batched_nms(same, s, idxs, threshold)), (threshold, s[:3])
+    # all identical, one score: the lowest index of each class survives
+    keep = ops.batched_nms(same, torch.ones(n), idxs, 0.5)
+    assert sorted(keep.tolist()) == sorted(int(torch.where(idxs == c)[0][0]) for c in idxs.unique())
+
+
+def test_batched_nms_of_empty_inputs():
+    for boxes, scores, idxs in ((torch.empty((0,)), torch.empty((0,)), torch.empty((0,), dtype=torch.int64)),
+                                (torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))):
+        keep, ref = ops.batched_nms(boxes, scores, idxs, 0.5), tv.batched_nms(boxes, scores, idxs, 0.5)
+        assert keep.shape == ref.shape == (0,) and keep.dtype == ref.dtype == torch.int64
+    with pytest.raises(ValueError, match=r"batched_nms: boxes are empty, so scores must be empty too, got \[3\]"):
+        ops.batched_nms(torch.zeros(0, 4), torch.zeros(3), torch.zeros(0, dtype=torch.int64), 0.5)
+
+
+def test_batched_nms_rounds_shifted_coordinates_like_torchvision():
+    """Up to 1000 boxes torchvision shifts class 300's boxes by 300 * 56.2 px; in float32 that rounds the
+    coordinates and turns this IoU of 0.50002 into one <= 0.5: torchvision keeps both boxes, exact NMS one."""
+    boxes = torch.tensor([[32.08372497558594, 22.209665298461914, 51.252891540527344, 55.203697204589844],
+                          [27.64337921142578, 25.929927825927734, 46.94606399536133, 50.945457458496094]])
+    scores, idxs = torch.tensor([0.9, 0.8]), torch.tensor([300, 300])
+    assert ops.nms(boxes, scores, 0.5).tolist() == [0]  # the exact answer
+    assert ops.batched_nms(boxes, scores, idxs, 0.5).tolist() == tv.batched_nms(boxes, scores, idxs, 0.5).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_nms_per_class_strategy_is_exact_nms_within_each_class(seed):
+    """Above the switch the kept set is exactly per-class NMS (no shifted, rounded coordinates)."""
+    n = 1200
+    boxes, scores = clustered(n, seed)
+    idxs = torch.randint(0, 80, (n,), generator=torch.Generator().manual_seed(seed))
+    keep = ops.batched_nms(boxes, scores, idxs, 0.5)
+    reference = per_class_reference(boxes, scores, idxs, 0.5)
+    assert torch.equal(keep.sort().values, reference.sort().values)
+    assert torch.equal(scores[keep], scores[reference])
 
 
 def test_bad_input_raises_clear_errors():
