@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib.ops import ImageList, LevelMapper, MultiScaleRoIAlign
+from course_lib.state_dict import read_state_dict
 
 from .faster_rcnn_fpn import fasterrcnn_resnet50_fpn
 from .fpn import FPN_LEVELS, FPN_ROI_LEVELS
@@ -376,9 +377,7 @@ def efpn_resnet50_fpn(*, num_classes: int | None = None, weights: str | os.PathL
     head start untrained -- said in a warning, since such a model is not yet an EFPN (train stages 2 and 3).
     ``small_roi_size``: 112 at 800 px (COCO), 56 at 1400 px (TT100K), sec. IV-A3.
     """
-    from course_lib.backbones.resnet import _read_state_dict
-
-    state_dict = _read_state_dict(weights) if weights is not None else None
+    state_dict = read_state_dict(weights) if weights is not None else None
     is_efpn = state_dict is not None and any(k.startswith("backbone.extension.") for k in state_dict)
     if not is_efpn:
         fpn = fasterrcnn_resnet50_fpn(num_classes=num_classes, weights=weights, weights_backbone=weights_backbone,

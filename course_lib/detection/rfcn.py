@@ -43,15 +43,14 @@ from torch import Tensor, nn
 from course_lib.backbones.resnet import (
     IntermediateLayerGetter,
     ResNet,
-    _read_state_dict,
     backbone_training_setup,
     freeze_layers,
-    load_state_dict_checked,
     load_torchvision_resnet,
     resnet50,
     resnet101,
 )
 from course_lib.ops import AnchorGenerator, ps_roi_pool
+from course_lib.state_dict import load_state_dict_checked, read_state_dict
 
 from .generalized_rcnn import GeneralizedRCNN
 from .roi_heads import RoIHeads
@@ -216,7 +215,7 @@ def _rfcn(depth: int, *, weights, num_classes, weights_backbone, trainable_backb
                         f"it takes {sorted(PAPER_RFCN_CONFIG)} besides its own.")
     config = {**PAPER_RFCN_CONFIG, **kwargs}
     # read the files first: a wrong path fails at once, not after building ResNet-101
-    model_state = _read_state_dict(weights) if weights is not None else None
+    model_state = read_state_dict(weights) if weights is not None else None
     if model_state is not None:
         found = _num_classes_of(model_state, k, repr(os.fspath(weights)))
         if num_classes is not None and num_classes != found:
@@ -224,7 +223,7 @@ def _rfcn(depth: int, *, weights, num_classes, weights_backbone, trainable_backb
                              f"num_classes={found} (k={k}); pass num_classes={found} or None.")
         num_classes = found
     if weights_backbone is not None and not os.path.isfile(os.fspath(weights_backbone)):
-        _read_state_dict(weights_backbone)  # the clear FileNotFoundError
+        read_state_dict(weights_backbone)  # the clear FileNotFoundError
     if num_classes is None or num_classes < 2:
         raise ValueError(f"num_classes (object classes + 1 for the background, VOC: 21) must be >= 2, got {num_classes}.")
 

@@ -63,7 +63,7 @@ def _build(name: str, smoke: bool):
         return rcnn_vgg16(NUM_CLASSES, width=width, chunk_size=16)
     if name == "Fast R-CNN":
         return fast_rcnn_vgg16(NUM_CLASSES, width=width, min_size=size, max_size=1000)
-    return fasterrcnn_resnet50_c4(NUM_CLASSES, min_size=size, max_size=1000, rpn_post_nms_top_n_test=300)
+    return fasterrcnn_resnet50_c4(num_classes=NUM_CLASSES, min_size=size, max_size=1000, rpn_post_nms_top_n_test=300)
 
 
 def _measure(name: str, images, proposals, device: str, repeats: int, smoke: bool, queue) -> None:
