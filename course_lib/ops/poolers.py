@@ -38,6 +38,11 @@ __all__ = ["LevelMapper", "MultiScaleRoIAlign", "MISSING_LEVEL_RULES"]
 MISSING_LEVEL_RULES = ("nearest", "error")
 
 
+def _sizes(boxlists: Sequence[Tensor]) -> Tensor:
+    """``sqrt(w h)`` of every box of every image, concatenated."""
+    return torch.sqrt(torch.cat([box_area(boxes) for boxes in boxlists]))
+
+
 class LevelMapper:
     """Which pyramid level each RoI is pooled from: FPN eq. 1, ``k = floor(k0 + log2(sqrt(wh) / s0))``.
 
@@ -107,6 +112,9 @@ class LevelMapper:
         self.small_roi_level = small_roi_level
         # the levels eq. 1 chooses among (all, or all but the dedicated small-object level)
         self.eq1_levels = [k for k in self.levels if k != small_roi_level]
+        # consecutive levels (FPN's P2..P5): no level can be missing and a level's index is k - k_min
+        self._gaps = self.eq1_levels != list(range(self.eq1_levels[0], self.eq1_levels[-1] + 1))
+        self._consecutive = self.levels == list(range(self.levels[0], self.levels[-1] + 1))
         self.k_min, self.k_max = self.eq1_levels[0], self.eq1_levels[-1]
         self.s0 = canonical_scale
         self.lvl0 = canonical_level
@@ -115,20 +123,27 @@ class LevelMapper:
 
     def unclamped(self, boxlists: Sequence[Tensor]) -> Tensor:
         """``k0 + log2(sqrt(wh) / s0)`` of every box (float, before the floor and the clamp)."""
-        s = torch.sqrt(torch.cat([box_area(boxes) for boxes in boxlists]))
-        return self.lvl0 + torch.log2(s / self.s0)
+        return self.lvl0 + torch.log2(_sizes(boxlists) / self.s0)
 
     def level(self, boxlists: Sequence[Tensor]) -> Tensor:
         """The level number ``k`` (stride ``2^k``) each box is pooled from, ``int64``, after every rule."""
-        raw = self.unclamped(boxlists)
+        sizes = _sizes(boxlists)
         # the same arithmetic as torchvision's mapper (eps added as a tensor of the boxes' dtype)
-        shifted = raw + torch.tensor(self.eps, dtype=raw.dtype)
+        shifted = self.lvl0 + torch.log2(sizes / self.s0) + torch.tensor(self.eps, dtype=sizes.dtype)
         k = torch.clamp(torch.floor(shifted), min=self.k_min, max=self.k_max).to(torch.int64)
+        if self._gaps:
+            k = self._fill_gaps(k, shifted, sizes)
+        if self.small_roi_size is not None:
+            k = torch.where(sizes < self.small_roi_size, torch.full_like(k, self.small_roi_level), k)
+        return k
+
+    def _fill_gaps(self, k: Tensor, shifted: Tensor, sizes: Tensor) -> Tensor:
+        """The ``missing_level`` rule for RoIs whose eq.-1 level has no map."""
         available = torch.tensor(self.eq1_levels, dtype=torch.int64, device=k.device)
         missing = ~torch.isin(k, available)
         if bool(missing.any()):
             if self.missing_level == "error":
-                sizes = torch.sqrt(torch.cat([box_area(b) for b in boxlists]))[missing]
+                sizes = sizes[missing]
                 raise ValueError(
                     f"{int(missing.sum())} RoIs map to levels {sorted(set(k[missing].tolist()))} (sqrt(wh) from "
                     f"{float(sizes.min()):.1f} to {float(sizes.max()):.1f} px) that have no feature map; the levels "
@@ -140,13 +155,12 @@ class LevelMapper:
             to_lo = shifted[missing] - (lo + 1).to(shifted.dtype)
             to_hi = hi.to(shifted.dtype) - shifted[missing]
             k[missing] = torch.where(to_hi < to_lo, hi, lo)
-        if self.small_roi_size is not None:
-            sizes = torch.sqrt(torch.cat([box_area(b) for b in boxlists]))
-            k = torch.where(sizes < self.small_roi_size, torch.full_like(k, self.small_roi_level), k)
         return k
 
     def __call__(self, boxlists: Sequence[Tensor]) -> Tensor:
         k = self.level(boxlists)
+        if self._consecutive:
+            return k - self.levels[0]
         return torch.searchsorted(torch.tensor(self.levels, dtype=torch.int64, device=k.device), k)
 
     def __repr__(self) -> str:
@@ -229,6 +243,19 @@ class MultiScaleRoIAlign(nn.Module):
         self.scales: Optional[list[float]] = None
         self.map_levels: Optional[LevelMapper] = None
         self.feature_levels: Optional[list[int]] = None  # the level of each pooled map, in the dict's order
+
+    @property
+    def small_roi_size(self) -> Optional[float]:
+        """EFPN's small-object threshold in pixels (``None``: eq. 1 alone)."""
+        return self._rules["small_roi_size"]
+
+    @property
+    def small_roi_level(self) -> Optional[int]:
+        return self._rules["small_roi_level"]
+
+    @property
+    def missing_level(self) -> str:
+        return self._rules["missing_level"]
 
     def _setup(self, names: list[str], features: list[Tensor], image_shapes: Sequence[tuple[int, int]]) -> None:
         largest = _largest(image_shapes)

@@ -91,6 +91,18 @@ def cases(smoke: bool):
                 lambda: ops.roi_pool(features, rois, 7, 1 / 4),
                 lambda: torchvision.ops.roi_pool(features, rois, 7, 1 / 4)))
 
+    # FPN's pooler: the level mapping (eq. 1) and RoIAlign from P2..P5, each RoI from its level
+    pyramid = {str(i): torch.randn(1, c, -(-h // 2**i), -(-w // 2**i), generator=g) for i in range(4)}
+    boxes = [rois[:, 1:]]
+    ours_pool = ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    tv_pool = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    shapes = [(IMAGE_H, IMAGE_W)]
+    out.append((f"MultiScaleRoIAlign {k} RoIs 7x7, P2..P5 {c} channels",
+                lambda: ours_pool(pyramid, boxes, shapes), lambda: tv_pool(pyramid, boxes, shapes)))
+    many = [random_rois(shrink(20000), g)[:, 1:]]
+    ours_mapper, tv_mapper = ops.LevelMapper(2, 5), torchvision.ops.poolers.LevelMapper(2, 5)
+    out.append((f"LevelMapper {len(many[0])} RoIs (FPN eq. 1)", lambda: ours_mapper(many), lambda: tv_mapper(many)))
+
     kk, classes = 7, 21
     score_maps = torch.randn(1, kk * kk * (classes + 1), IMAGE_H // 16, IMAGE_W // 16, generator=g)
     k = shrink(300)

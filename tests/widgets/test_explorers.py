@@ -160,6 +160,11 @@ def test_roi_level_agrees_with_the_detectors_pooler():
     for (w, h), k, k_efpn in zip(wh.tolist(), fpn_levels.tolist(), efpn_levels.tolist()):
         assert roi_level(w, h).level == k
         assert roi_level(w, h, efpn=True).level == k_efpn
+    # chapter 8's detector builds its pooler from this mapper
+    from course_lib.detection.efpn import efpn_level_mapper
+
+    assert torch.equal(efpn_level_mapper(112).level(boxes), efpn_levels)
+    assert efpn_pool.small_roi_size == 112 and efpn_pool.small_roi_level is None and fpn_pool.missing_level == "nearest"
 
 
 def test_roi_level_explorer_shows_only_the_levels_there_are():
