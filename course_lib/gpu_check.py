@@ -76,9 +76,11 @@ def _detector_kwargs(profile) -> dict:
                 box_batch_size_per_image=profile.fpn_rois_per_image)
 
 
-def _detector(builder, num_classes=21, **extra):
+def _detector(builder, num_classes=21, own_config=False):
     def build(profile):
-        model = builder(num_classes=num_classes, **_detector_kwargs(profile), **extra)
+        # own_config: the builder's defaults are its paper's (R-FCN: 600 px, 300 RoIs, OHEM), as its chapter runs it
+        kwargs = {} if own_config else _detector_kwargs(profile)
+        model = builder(num_classes=num_classes, **kwargs)
         return model, _detection_loss, lambda n, size, seed=0: random_detection_batch(n, size, num_classes, seed)
     return build
 
@@ -93,6 +95,12 @@ def _fpn(profile):
     from course_lib.detection import fasterrcnn_resnet50_fpn
 
     return _detector(fasterrcnn_resnet50_fpn)(profile)
+
+
+def _rfcn(profile):
+    from course_lib.detection.rfcn import rfcn_resnet101
+
+    return _detector(rfcn_resnet101, own_config=True)(profile)
 
 
 def _efpn(profile):
@@ -117,6 +125,7 @@ def _fcn8s(profile):
 TRAINING_CASES: list[TrainingCase] = [
     TrainingCase("02", "FCN-8s (VGG16)", _fcn8s, detector=False),
     TrainingCase("05", "Faster R-CNN R50-C4", _c4),
+    TrainingCase("06", "R-FCN R101", _rfcn),
     TrainingCase("07", "Faster R-CNN R50-FPN", _fpn),
     TrainingCase("08", "EFPN R50", _efpn),
 ]
@@ -163,35 +172,35 @@ def _cuda_tests() -> list[tuple[str, str, str]]:
     return [("CUDA tests (pytest -k cuda tests/ops)", "ok" if ok else "FAIL", summary)]
 
 
-def _equivalence(case: TrainingCase, profile) -> tuple[str, str, str]:
-    """One batch through the detector on the CPU and on CUDA (same weights, TF32 off): the largest differences of
-    the features, the RPN head's outputs and the box head's class scores on the CPU's proposals."""
+def _equivalence(case: TrainingCase, profile, devices=("cpu", "cuda"), image_size=(480, 640)) -> tuple[str, str, str]:
+    """One batch through the detector on two devices (same weights, TF32 off): the largest relative differences of
+    the features, the RPN head's outputs, and the RoI head's ``predict`` outputs on the first device's proposals."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    torch.manual_seed(0)
-    model, _, make_batch = case.build(profile)
-    model.eval()
-    images, _ = make_batch(1, (480, 640))
-    results = {}
-    for device in ("cpu", "cuda"):
-        m = model.to(device)
-        with torch.no_grad():
-            image_list, _ = m.transform([im.to(device) for im in images])
-            features = m.backbone(image_list.tensors)
-            features = features if isinstance(features, dict) else {"0": features}
-            objectness, deltas = m.rpn.head(list(features.values()))
-            if device == "cpu":
-                proposals, _ = m.rpn(image_list, features)
-                proposals = [p[:300] for p in proposals]
-            pooled = m.roi_heads.box_roi_pool(features, [p.to(device) for p in proposals], image_list.image_sizes)
-            logits, _ = m.roi_heads.box_predictor(m.roi_heads.box_head(pooled))
-        results[device] = {"features": list(features.values()), "rpn": objectness + deltas, "scores": [logits]}
-    worst = {}
-    for key in results["cpu"]:
-        worst[key] = max(float((a - b.cpu()).abs().max() / a.abs().max().clamp(min=1e-12))
-                         for a, b in zip(results["cpu"][key], results["cuda"][key]))
+    try:
+        torch.manual_seed(0)
+        model, _, make_batch = case.build(profile)
+        model.eval()
+        images, _ = make_batch(1, image_size)
+        results, proposals = {}, None
+        for device in devices:
+            m = model.to(device)
+            with torch.no_grad():
+                image_list, _, _ = m.prepare([im.to(device) for im in images])
+                features = m.features(image_list)
+                objectness, deltas = m.rpn.head(m.rpn.select_features(features))
+                if proposals is None:
+                    proposals = [p[:300].cpu() for p in m.proposals(image_list, features)[0]]
+                scores = m.roi_heads.predict(features, [p.to(device) for p in proposals], image_list.image_sizes)
+            results[device] = {"features": list(features.values()), "rpn": [*objectness, *deltas],
+                               "roi head": list(scores)}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    a, b = (results[d] for d in devices)
+    worst = {key: max(float((x - y.to(x.device)).abs().max() / x.abs().max().clamp(min=1e-12))
+                      for x, y in zip(a[key], b[key])) for key in a}
     ok = all(v < 1e-3 for v in worst.values())
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    return (f"{case.chapter} {case.name}: CUDA = CPU", "ok" if ok else "FAIL",
+    return (f"{case.chapter} {case.name}: {devices[1]} = {devices[0]}", "ok" if ok else "FAIL",
             ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + " (max |diff| / max |x|, TF32 off; < 1e-3)")
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from course_lib import gpu_check
-from course_lib.profiles import PROFILES
+from course_lib.profiles import PROFILES, replace
 
 FULLSIZE = os.environ.get("COURSE_FULLSIZE_TESTS") == "1"
 
@@ -41,6 +41,17 @@ def test_gpu_check_skips_with_a_clear_message_without_cuda(monkeypatch, capsys):
 def test_make_gpu_check_runs_the_module_without_the_venv():
     dry = subprocess.run(["make", "-n", "gpu-check"], cwd=gpu_check.REPO, capture_output=True, text=True)
     assert dry.returncode == 0 and "-m course_lib.gpu_check" in dry.stdout and "PYTHONPATH=." in dry.stdout
+
+
+def test_the_checks_code_runs_on_the_cpu_at_ci_sizes():
+    """The CUDA-vs-CPU comparison and the training steps of make gpu-check, CPU against CPU at small sizes."""
+    fpn = next(c for c in gpu_check.TRAINING_CASES if c.name == "Faster R-CNN R50-FPN")
+    ci = PROFILES["ci"]
+    small = replace(ci, det_min_size=ci.fpn_min_size, det_max_size=ci.fpn_max_size)  # 128 px, as chapter 7 in ci
+    name, status, detail = gpu_check._equivalence(fpn, small, devices=("cpu", "cpu"), image_size=(64, 80))
+    assert status == "ok" and "features 0.0e+00" in detail and "roi head 0.0e+00" in detail, detail
+    result = gpu_check.train_steps(fpn, small, steps=2, batch_size=1, image_size=(64, 80), device="cpu", amp=False)
+    assert math.isfinite(result["loss"]) and result["s_per_step"] > 0
 
 
 def test_random_detection_batch_and_table():
