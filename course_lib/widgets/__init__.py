@@ -7,6 +7,7 @@ of a cell, e.g. ``NMSExplorer()``.
 from .anchors import AnchorExplorer, anchors_at_location, label_anchors
 from .nms import NMSExplorer, make_box_cluster, nms_steps
 from .roi_levels import RoILevelExplorer, roi_level
+from .psroi import PSRoIExplorer, psroi_bins
 
 __all__ = ["AnchorExplorer", "anchors_at_location", "label_anchors", "NMSExplorer", "make_box_cluster",
-           "nms_steps", "RoILevelExplorer", "roi_level"]
+           "nms_steps", "RoILevelExplorer", "roi_level", "PSRoIExplorer", "psroi_bins"]
