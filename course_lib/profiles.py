@@ -78,6 +78,7 @@ class Profile:
     rfcn_ablation_steps: int  # steps of each k = 1 / 3 run of the k ablation
     rfcn_proposals: int  # RPN proposals per image after NMS, training and test (paper: 300)
     rfcn_ohem_rois: int  # OHEM: RoIs back-propagated per image (paper: 128)
+    rfcn_timing_rois: tuple[int, ...]  # RoI counts of the notebook's head timing (paper's Table 3: 300 and 2000)
 
 
 PROFILES: dict[str, Profile] = {
@@ -126,6 +127,7 @@ PROFILES: dict[str, Profile] = {
         rfcn_ablation_steps=1,
         rfcn_proposals=50,
         rfcn_ohem_rois=16,
+        rfcn_timing_rois=(10, 40),
     ),
     "cpu": Profile(
         name="cpu",
@@ -172,6 +174,7 @@ PROFILES: dict[str, Profile] = {
         rfcn_ablation_steps=100,
         rfcn_proposals=300,
         rfcn_ohem_rois=128,
+        rfcn_timing_rois=(300, 2000),
     ),
     "gpu": Profile(
         name="gpu",
@@ -218,6 +221,7 @@ PROFILES: dict[str, Profile] = {
         rfcn_ablation_steps=20000,
         rfcn_proposals=300,
         rfcn_ohem_rois=128,
+        rfcn_timing_rois=(300, 2000),
     ),
 }
 
