@@ -112,7 +112,10 @@ def check_filter_proposals(fn):
 
     def field(grid, stride, scale=0.3, sizes=(32, 64, 128)):
         a = _anchors(grid, stride, sizes)
-        return a, torch.randn(len(a), generator=g) * 3, torch.randn(len(a), 4, generator=g) * scale
+        # distinct probabilities, far apart in float32: the order of exactly tied scores after NMS is a convention
+        # (torchvision's sort is unstable there), not something to reproduce
+        p = (torch.randperm(len(a), generator=g).double() + 1) / (len(a) + 1) * 0.98 + 0.01
+        return a, torch.logit(p).float(), torch.randn(len(a), 4, generator=g) * scale
 
     a1, o1, d1 = field((10, 12), 16)
     a2, o2, d2 = field((10, 12), 16, scale=1.5)  # many boxes cross the border
