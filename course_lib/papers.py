@@ -95,7 +95,8 @@ NUMBERS: dict[str, PaperNumber] = {
     "fcn.table2.fcn8s.mean_iu": PaperNumber(
         62.7, "fcn", "Table 2", "FCN-8s", "mean IU", "PASCAL VOC 2011 val (segval subset)",
         setting="VGG16, initialised from FCN-16s"),
-    # Sec. 4.3 "Optimization" (the CVPR paper; momentum 0.99 with batch 1 is the journal version / released solvers)
+    # Sec. 4.3 "Optimization" (the CVPR paper; momentum 0.99 with an unnormalised loss and one image per step are the
+    # released solvers' settings, voc-fcn32s/solver.prototxt of shelhamer/fcn.berkeleyvision.org)
     "fcn.sec4_3.optimizer.momentum": PaperNumber(
         0.9, "fcn", "Sec. 4.3", "Optimization: SGD with momentum", "momentum", "PASCAL VOC 2011 train"),
     "fcn.sec4_3.optimizer.minibatch": PaperNumber(
