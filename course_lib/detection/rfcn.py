@@ -43,15 +43,15 @@ from torch import Tensor, nn
 from course_lib.backbones.resnet import (
     IntermediateLayerGetter,
     ResNet,
-    backbone_training_setup,
     freeze_layers,
     load_torchvision_resnet,
     resnet50,
     resnet101,
 )
 from course_lib.ops import AnchorGenerator, ps_roi_pool
-from course_lib.state_dict import load_state_dict_checked, read_state_dict
+from course_lib.state_dict import read_state_dict
 
+from .builder import build_detector
 from .generalized_rcnn import GeneralizedRCNN
 from .roi_heads import RoIHeads
 from .rpn import RegionProposalNetwork, RPNHead
@@ -196,8 +196,11 @@ class RFCN(GeneralizedRCNN):
     ``{"boxes", "labels", "scores"}`` per image in its original pixels."""
 
 
+NUM_CLASSES_KEY = "roi_heads.score_maps.rfcn_cls.weight"  # [k^2 (C + 1), 1024, 1, 1]
+
+
 def _num_classes_of(state: dict[str, Tensor], k: int, source: str) -> int:
-    key = "roi_heads.score_maps.rfcn_cls.weight"
+    key = NUM_CLASSES_KEY
     if key not in state:
         raise ValueError(f"{source} has no {key!r}: it is not an R-FCN state dict (saved from rfcn_resnet50/101).")
     channels = state[key].shape[0]
@@ -214,49 +217,43 @@ def _rfcn(depth: int, *, weights, num_classes, weights_backbone, trainable_backb
         raise TypeError(f"rfcn_resnet{depth}() got unexpected keyword arguments {unknown}; "
                         f"it takes {sorted(PAPER_RFCN_CONFIG)} besides its own.")
     config = {**PAPER_RFCN_CONFIG, **kwargs}
-    # read the files first: a wrong path fails at once, not after building ResNet-101
-    model_state = read_state_dict(weights) if weights is not None else None
-    if model_state is not None:
-        found = _num_classes_of(model_state, k, repr(os.fspath(weights)))
+    if weights is not None:  # rfcn_cls has k^2 (C + 1) rows, not one per class: read C + 1 (and check k) here
+        found = _num_classes_of(read_state_dict(weights), k, repr(os.fspath(weights)))
         if num_classes is not None and num_classes != found:
             raise ValueError(f"num_classes={num_classes} disagrees with {os.fspath(weights)!r}, which was trained with "
                              f"num_classes={found} (k={k}); pass num_classes={found} or None.")
         num_classes = found
-    if weights_backbone is not None and not os.path.isfile(os.fspath(weights_backbone)):
-        read_state_dict(weights_backbone)  # the clear FileNotFoundError
-    if num_classes is None or num_classes < 2:
-        raise ValueError(f"num_classes (object classes + 1 for the background, VOC: 21) must be >= 2, got {num_classes}.")
 
-    trainable_backbone_layers, norm_layer = backbone_training_setup(weights, weights_backbone, trainable_backbone_layers)
-    resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer,
-                                                   replace_stride_with_dilation=[False, False, True])
-    if dilate_first_block:
-        dilate_res5a(resnet)
-    if weights_backbone is not None:
-        load_torchvision_resnet(resnet, weights_backbone)
-    freeze_layers(resnet, trainable_backbone_layers)
-    backbone = RFCNBackbone(resnet)
+    def make(*, num_classes, weights_backbone, trainable_layers, norm_layer):
+        resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer,
+                                                       replace_stride_with_dilation=[False, False, True])
+        if dilate_first_block:
+            dilate_res5a(resnet)
+        if weights_backbone is not None:
+            load_torchvision_resnet(resnet, weights_backbone)
+        freeze_layers(resnet, trainable_layers)
+        backbone = RFCNBackbone(resnet)
+        anchors = AnchorGenerator((tuple(config["rpn_anchor_sizes"]),), (tuple(config["rpn_aspect_ratios"]),))
+        rpn = RegionProposalNetwork(
+            anchors, RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0],
+                             conv_channels=config["rpn_conv_channels"]),
+            config["rpn_fg_iou_thresh"], config["rpn_bg_iou_thresh"],
+            config["rpn_batch_size_per_image"], config["rpn_positive_fraction"],
+            dict(training=config["rpn_pre_nms_top_n_train"], testing=config["rpn_pre_nms_top_n_test"]),
+            dict(training=config["rpn_post_nms_top_n_train"], testing=config["rpn_post_nms_top_n_test"]),
+            config["rpn_nms_thresh"], featmap_names=["c4"])
+        roi_heads = RFCNRoIHeads(
+            PSScoreMaps(backbone.c5_channels, num_classes, k=k, box_maps=box_maps),
+            config["box_fg_iou_thresh"], config["box_bg_iou_thresh"], config["box_batch_size_per_image"],
+            config["box_positive_fraction"], config["bbox_reg_weights"], config["box_score_thresh"],
+            config["box_nms_thresh"], config["box_detections_per_img"],
+            ohem_batch_size_per_image=config["ohem_batch_size_per_image"], smooth_l1_beta=config["smooth_l1_beta"])
+        transform = GeneralizedRCNNTransform(config["min_size"], config["max_size"], size_divisible=32)
+        return RFCN(backbone, rpn, roi_heads, transform)
 
-    anchors = AnchorGenerator((tuple(config["rpn_anchor_sizes"]),), (tuple(config["rpn_aspect_ratios"]),))
-    rpn = RegionProposalNetwork(
-        anchors, RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0],
-                         conv_channels=config["rpn_conv_channels"]),
-        config["rpn_fg_iou_thresh"], config["rpn_bg_iou_thresh"],
-        config["rpn_batch_size_per_image"], config["rpn_positive_fraction"],
-        dict(training=config["rpn_pre_nms_top_n_train"], testing=config["rpn_pre_nms_top_n_test"]),
-        dict(training=config["rpn_post_nms_top_n_train"], testing=config["rpn_post_nms_top_n_test"]),
-        config["rpn_nms_thresh"], featmap_names=["c4"])
-    roi_heads = RFCNRoIHeads(
-        PSScoreMaps(backbone.c5_channels, num_classes, k=k, box_maps=box_maps),
-        config["box_fg_iou_thresh"], config["box_bg_iou_thresh"], config["box_batch_size_per_image"],
-        config["box_positive_fraction"], config["bbox_reg_weights"], config["box_score_thresh"],
-        config["box_nms_thresh"], config["box_detections_per_img"],
-        ohem_batch_size_per_image=config["ohem_batch_size_per_image"], smooth_l1_beta=config["smooth_l1_beta"])
-    transform = GeneralizedRCNNTransform(config["min_size"], config["max_size"], size_divisible=32)
-    model = RFCN(backbone, rpn, roi_heads, transform)
-    if model_state is not None:
-        load_state_dict_checked(model, model_state, repr(os.fspath(weights)))
-    return model
+    return build_detector(make, f"an R-FCN ResNet-{depth} (k={k}, box_maps={box_maps})", weights=weights,
+                          num_classes=num_classes, weights_backbone=weights_backbone,
+                          trainable_backbone_layers=trainable_backbone_layers, num_classes_key=NUM_CLASSES_KEY)
 
 
 def rfcn_resnet101(*, weights: str | os.PathLike | None = None, num_classes: int | None = None,
@@ -267,7 +264,8 @@ def rfcn_resnet101(*, weights: str | os.PathLike | None = None, num_classes: int
     Args:
         weights: a local file with a state dict of this whole model; ``num_classes`` is then read from
             it (a different ``num_classes`` is an error).
-        num_classes: object classes + 1 (VOC: 21), torchvision's convention.
+        num_classes: object classes + 1 (VOC: 21), torchvision's convention; default: the file's, else 91
+            (COCO's ids, as torchvision's builders).
         weights_backbone: a local torchvision ResNet-101 state dict (ImageNet weights). With either
             file batch norm is frozen and conv1 + conv2_x too (3 trainable stages, as the official
             code's ``lr_mult: 0``); without, everything trains with ordinary batch norm.

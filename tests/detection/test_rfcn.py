@@ -250,8 +250,9 @@ def test_a_few_steps_overfit_two_images():
 
 # -------------------------------------------------------------------------------- bad inputs
 def test_bad_inputs_are_named(tmp_path):
-    with pytest.raises(ValueError, match="num_classes .* must be >= 2"):
-        rfcn_resnet50(**SMALL)
+    with pytest.raises(ValueError, match="num_classes .* must be an int >= 2"):
+        rfcn_resnet50(num_classes=1, **SMALL)
+    assert rfcn_resnet50(**SMALL).roi_heads.score_maps.num_classes == 91  # torchvision's default (COCO ids)
     with pytest.raises(ValueError, match="box_maps must be 4 .* or 8"):
         PSScoreMaps(2048, 21, box_maps=6)
     with pytest.raises(ValueError, match="k .* must be an int >= 1"):
