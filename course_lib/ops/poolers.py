@@ -251,6 +251,8 @@ class MultiScaleRoIAlign(nn.Module):
 
     @property
     def small_roi_level(self) -> Optional[int]:
+        """The dedicated level as given (``None`` with ``small_roi_size``: the finest map, resolved on the first call
+        in ``map_levels.small_roi_level``)."""
         return self._rules["small_roi_level"]
 
     @property

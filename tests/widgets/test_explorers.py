@@ -164,7 +164,7 @@ def test_roi_level_agrees_with_the_detectors_pooler():
     from course_lib.detection.efpn import efpn_level_mapper
 
     assert torch.equal(efpn_level_mapper(112).level(boxes), efpn_levels)
-    assert efpn_pool.small_roi_size == 112 and efpn_pool.small_roi_level is None and fpn_pool.missing_level == "nearest"
+    assert efpn_pool.small_roi_size == 112 and efpn_pool.map_levels.small_roi_level == 1 and fpn_pool.missing_level == "nearest"
 
 
 def test_roi_level_explorer_shows_only_the_levels_there_are():
