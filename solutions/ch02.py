@@ -10,6 +10,14 @@ def bilinear_kernel(size):
     return (r[:, None] * r[None, :]).float()
 
 
+def upsampling_weight(channels, factor):
+    """ConvTranspose2d(channels, channels, 2f, stride f) weight: the bilinear kernel on the diagonal, zero elsewhere."""
+    weight = torch.zeros(channels, channels, 2 * factor, 2 * factor)
+    index = torch.arange(channels)
+    weight[index, index] = bilinear_kernel(2 * factor)
+    return weight
+
+
 def fuse_pool4(upscore2, score_pool4):
     """FCN-16s: crop score_pool4 at offset 5 (pool4 pixel q at 16 q - 91.5, upscore2 pixel v at 16 v - 11.5) and add."""
     h, w = upscore2.shape[-2:]

@@ -8,11 +8,12 @@ import math
 import torch
 
 from course_lib.segmentation import bilinear_kernel as reference_bilinear_kernel
+from course_lib.segmentation import bilinear_upsampling
 from course_lib.segmentation import crop
 
 from .core import Case, Hint, check_function
 
-__all__ = ["check_bilinear_kernel", "check_fuse_pool4", "fcn16s_fusion_shapes", "reference_fuse_pool4"]
+__all__ = ["check_bilinear_kernel", "check_upsampling_weight", "check_fuse_pool4", "fcn16s_fusion_shapes", "reference_fuse_pool4"]
 
 CHAPTER = "ch02"
 
@@ -35,6 +36,31 @@ def check_bilinear_kernel(bilinear_kernel):
              "the upsampling factor, not by the size.", when=lambda out, exp, case: True),
     ]
     return check_function("bilinear_kernel", bilinear_kernel, reference=reference_bilinear_kernel, cases=cases,
+                          chapter=CHAPTER, hints=hints, atol=1e-6, rtol=0.0)
+
+
+def reference_upsampling_weight(channels: int, factor: int) -> torch.Tensor:
+    """The weight of the library's ``bilinear_upsampling(channels, factor)`` (``surgery.interp`` of the reference code)."""
+    return bilinear_upsampling(channels, factor).weight.detach()
+
+
+def check_upsampling_weight(upsampling_weight):
+    """Check ``upsampling_weight(channels, factor) -> channels x channels x 2f x 2f`` ConvTranspose2d weight."""
+    cases = [Case("1 channel, x2", (1, 2)), Case("21 classes, x2 (upscore2)", (21, 2)), Case("3 channels, x8", (3, 8)),
+             Case("x1 (a 2 x 2 kernel)", (2, 1)), Case("large: 21 classes, x32 (FCN-32s's upscore)", (21, 32))]
+
+    def mixes_channels(out, exp, case):
+        return (isinstance(out, torch.Tensor) and out.shape == exp.shape and case.args[0] > 1
+                and bool((out[0, 1] != 0).any()))
+
+    hints = [
+        Hint("Each class is upsampled on its own: only weight[c, c] holds the kernel, every weight[c, d] with d != c "
+             "stays zero (otherwise the classes' scores mix).", when=mixes_channels),
+        Hint("A transposed convolution upsampling by f has stride f and a kernel of side 2f: weight shape "
+             "(channels, channels, 2f, 2f).", when=lambda out, exp, case: isinstance(out, torch.Tensor)
+             and out.shape != exp.shape),
+    ]
+    return check_function("upsampling_weight", upsampling_weight, reference=reference_upsampling_weight, cases=cases,
                           chapter=CHAPTER, hints=hints, atol=1e-6, rtol=0.0)
 
 

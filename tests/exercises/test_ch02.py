@@ -29,6 +29,17 @@ def test_bilinear_kernel(stub):
         ch02.check_bilinear_kernel(divides_by_size)
 
 
+def test_upsampling_weight(stub):
+    ch02.check_upsampling_weight(solution("ch02", "upsampling_weight"))
+    with pytest.raises(NotAttempted):
+        ch02.check_upsampling_weight(stub)
+    kernel = solution("ch02", "bilinear_kernel")
+    with pytest.raises(ExerciseFailed, match="only weight\\[c, c\\]"):  # the kernel in every (c, d) pair
+        ch02.check_upsampling_weight(lambda c, f: kernel(2 * f).expand(c, c, 2 * f, 2 * f).clone())
+    with pytest.raises(ExerciseFailed, match="kernel of side 2f"):  # a kernel of side f
+        ch02.check_upsampling_weight(lambda c, f: torch.eye(c)[:, :, None, None] * kernel(f))
+
+
 def test_fusion_shapes_are_the_networks():
     with torch.device("meta"):
         model = FCN16s(num_classes=3)
