@@ -3,7 +3,7 @@
 full width) on one small image -- so that shape and memory mistakes of that path show without a GPU.
 
 One such step costs 20-140 CPU-seconds (measured on one core of the shared 2-core machine: FCN-8s 22 s, R50-C4
-135 s, R50-FPN 32 s, EFPN 84 s), several minutes together: too much for CI's 15-minute budget, so these run when
+135 s, R-FCN R101 55 s at its 600 px, R50-FPN 32 s, EFPN 84 s), several minutes together: too much for CI's 15-minute budget, so these run when
 asked (``COURSE_FULLSIZE_TESTS=1 make test``, or ``make test-fullsize``) and, with AMP on CUDA, in
 ``make gpu-check``. What always runs: the no-CUDA skip of ``make gpu-check`` and its table.
 """
