@@ -59,4 +59,7 @@ def test_random_detection_batch_and_table():
     assert [im.shape for im in images] == [(3, 64, 80)] * 2
     boxes = torch.cat([t["boxes"] for t in targets])
     assert (boxes[:, 2:] > boxes[:, :2]).all() and (boxes[:, 2] <= 80).all() and (boxes[:, 3] <= 64).all()
+    out = "warming up\n\nop   ours ms  ratio\nnms  1.0  0.90\n\ntarget: within 1.10x\n"
+    assert gpu_check._result_lines(out) == ["op   ours ms  ratio", "nms  1.0  0.90"]
+    assert gpu_check._result_lines("a\nb\n") == ["a", "b"]
     assert gpu_check._table([("a", "ok", "x"), ("longer check", "FAIL", "y")]).splitlines()[2].startswith("a ")
