@@ -17,7 +17,7 @@ def top_down_pathway(features, inner_blocks, layer_blocks, top_down=True, latera
     return pyramid
 
 
-def roi_levels(boxes, k_min=2, k_max=5, canonical_scale=224, canonical_level=4):
+def level_of_rois(boxes, k_min=2, k_max=5, canonical_scale=224, canonical_level=4):
     scale = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     k = torch.floor(canonical_level + torch.log2(scale / canonical_scale) + 1e-6)
     return k.clamp(k_min, k_max).to(torch.int64)

@@ -15,7 +15,7 @@ from course_lib.ops import LevelMapper
 
 from .core import Case, Hint, check_function
 
-__all__ = ["check_top_down_pathway", "check_roi_levels"]
+__all__ = ["check_top_down_pathway", "check_level_of_rois"]
 
 CHAPTER = "ch07"
 
@@ -116,8 +116,8 @@ def _levels_variant(boxes, k_min=2, k_max=5, canonical_scale=224, canonical_leve
     return (k.clamp(k_min, k_max) if clamp else k).to(torch.int64)
 
 
-def check_roi_levels(fn):
-    """``roi_levels(boxes [R, 4], k_min=2, k_max=5, canonical_scale=224, canonical_level=4) -> int64 [R]``: the level
+def check_level_of_rois(fn):
+    """``level_of_rois(boxes [R, 4], k_min=2, k_max=5, canonical_scale=224, canonical_level=4) -> int64 [R]``: the level
     k of P_k each RoI is pooled from, FPN eq. 1 ``k = floor(k0 + log2(sqrt(wh) / 224))`` clamped to
     [k_min, k_max]; equal to ``course_lib.ops.LevelMapper`` (+ k_min)."""
     g = torch.Generator().manual_seed(12)
@@ -159,4 +159,4 @@ def check_roi_levels(fn):
              "the floor, as torchvision's LevelMapper does, so that such an RoI is not pushed a level down.",
              when=lambda out, exp, case: case.label.startswith("exactly")),
     ]
-    return check_function("roi_levels", fn, reference=_levels_reference, cases=cases, chapter=CHAPTER, hints=hints)
+    return check_function("level_of_rois", fn, reference=_levels_reference, cases=cases, chapter=CHAPTER, hints=hints)

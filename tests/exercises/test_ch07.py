@@ -31,6 +31,6 @@ def test_top_down_pathway_rejects_a_factor_of_two():
                                              ({"area": True}, "not the area"),
                                              ({"clamp": False}, "Clamp k"),
                                              ({"eps": 0.0}, "tiny eps")])
-def test_roi_levels_rejects_usual_mistakes(mistake, message):
+def test_level_of_rois_rejects_usual_mistakes(mistake, message):
     with pytest.raises(ExerciseFailed, match=message):
-        ch07.check_roi_levels(lambda *a, **k: ch07._levels_variant(*a, **k, **mistake))
+        ch07.check_level_of_rois(lambda *a, **k: ch07._levels_variant(*a, **k, **mistake))

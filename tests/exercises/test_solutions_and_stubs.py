@@ -10,7 +10,7 @@ EXERCISES = {
     "ch03b": ["box_iou", "encode_boxes", "nms", "anchor_grid"],
     "ch04": ["roi_max_pool", "sample_rois", "multitask_loss"],
     "ch05": ["label_anchors", "filter_proposals"],
-    "ch07": ["top_down_pathway", "roi_levels"],
+    "ch07": ["top_down_pathway", "level_of_rois"],
 }
 
 
