@@ -208,6 +208,9 @@ def _add(key: str, *args, **kwargs) -> None:
 
 
 # --- R-CNN (Girshick et al., CVPR 2014) ---------------------------------------------------------------------------
+# Chapters 3b-7. Each entry below was checked against a transcription of the paper's own text reached with the
+# search tool: R-CNN sec. 2.1 / appendix A; Fast R-CNN Table 4 (and its caption: K40 GPU); Faster R-CNN sec. 3.3,
+# Tables 3 and 5; FPN Tables 1-3 (captions: ResNet-50, trainval35k -> minival; sec. 5.2.1-5.2.2: no feature sharing).
 _add("rcnn.sec2_1.input_size", 227, "rcnn", "Sec. 2.1", "feature extraction: the warped region fed to the CNN",
      "pixels (side)", "PASCAL VOC", "AlexNet (the VGG16 variant of the later version takes 224 x 224)")
 _add("rcnn.appendix_a.context", 16, "rcnn", "Appendix A", "warping with context padding p", "pixels",
@@ -216,13 +219,13 @@ _add("rcnn.appendix_a.context", 16, "rcnn", "Appendix A", "warping with context 
 # --- Fast R-CNN (Girshick, ICCV 2015) ------------------------------------------------------------------------------
 _VOC07 = "PASCAL VOC 2007 test"
 _add("fast_rcnn.table4.rcnn.train_hours", 84, "fast_rcnn", "Table 4", "R-CNN, model L", "train time (h)", _VOC07,
-     "VGG16", " h", "one Nvidia K40 GPU")
+     "VGG16", " h", "Nvidia K40 GPU")
 _add("fast_rcnn.table4.fast.train_hours", 9.5, "fast_rcnn", "Table 4", "Fast R-CNN, model L", "train time (h)", _VOC07,
-     "VGG16", " h", "one Nvidia K40 GPU")
+     "VGG16", " h", "Nvidia K40 GPU")
 _add("fast_rcnn.table4.rcnn.test_s", 47.0, "fast_rcnn", "Table 4", "R-CNN, model L", "test rate (s/im)", _VOC07,
-     "VGG16", " s", "GPU; selective search time not included")
+     "VGG16", " s", "Nvidia K40 GPU")
 _add("fast_rcnn.table4.fast.test_s", 0.32, "fast_rcnn", "Table 4", "Fast R-CNN, model L", "test rate (s/im)", _VOC07,
-     "VGG16, without truncated SVD", " s", "GPU; selective search time not included")
+     "VGG16, without truncated SVD", " s", "Nvidia K40 GPU")
 _add("fast_rcnn.table4.fast.test_s_svd", 0.22, "fast_rcnn", "Table 4", "Fast R-CNN, model L, with SVD",
      "test rate (s/im)", _VOC07, "VGG16, truncated SVD of fc6/fc7", " s")
 _add("fast_rcnn.table4.fast.test_speedup", 146, "fast_rcnn", "Table 4", "Fast R-CNN, model L: test speedup",
@@ -270,7 +273,7 @@ for _row, _name, _vals in (("a", "(a) baseline on conv4 (C4)", (31.6, 53.1, 13.2
     for _col, _v in zip(("ap", "ap50", "aps", "apm", "apl"), _vals):
         _add(f"fpn.table3.{_row}.{_col}", _v, "fpn", "Table 3", _name,
              {"ap": "AP", "ap50": "AP@0.5", "aps": "AP_s", "apm": "AP_m", "apl": "AP_l"}[_col], _MINIVAL,
-             "ResNet-50, Faster R-CNN (RPN and Fast R-CNN share features)")
+             "ResNet-50, Faster R-CNN: RPN and Fast R-CNN on the same backbone, features not shared (sec. 5.2.2)")
 
 
 # --- R-FCN (Dai, Li, He & Sun, NeurIPS 2016): chapter 06 ----------------------------------------------------------
