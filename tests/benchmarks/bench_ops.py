@@ -93,12 +93,12 @@ def cases(smoke: bool):
 
     # FPN's pooler: the level mapping (eq. 1) and RoIAlign from P2..P5, each RoI from its level
     pyramid = {str(i): torch.randn(1, c, -(-h // 2**i), -(-w // 2**i), generator=g) for i in range(4)}
-    boxes = [rois[:, 1:]]
+    roi_boxes = [rois[:, 1:]]  # a new name: the lambdas above read `boxes` when they run
     ours_pool = ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
     tv_pool = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
     shapes = [(IMAGE_H, IMAGE_W)]
     out.append((f"MultiScaleRoIAlign {k} RoIs 7x7, P2..P5 {c} channels",
-                lambda: ours_pool(pyramid, boxes, shapes), lambda: tv_pool(pyramid, boxes, shapes)))
+                lambda: ours_pool(pyramid, roi_boxes, shapes), lambda: tv_pool(pyramid, roi_boxes, shapes)))
     many = [random_rois(shrink(20000), g)[:, 1:]]
     ours_mapper, tv_mapper = ops.LevelMapper(2, 5), torchvision.ops.poolers.LevelMapper(2, 5)
     out.append((f"LevelMapper {len(many[0])} RoIs (FPN eq. 1)", lambda: ours_mapper(many), lambda: tv_mapper(many)))
