@@ -80,6 +80,17 @@ class Profile:
     rfcn_ohem_rois: int  # OHEM: RoIs back-propagated per image (paper: 128)
     rfcn_timing_rois: tuple[int, ...]  # RoI counts of the notebook's head timing (paper's Table 3: 300 and 2000)
 
+    # --- chapter 8: EFPN (the small-object set; paper: TT100K images resized to 1400 x 1400, sec. IV-A3) ---
+    efpn_min_size: int  # shorter side of the 1x input (paper: 1400 on TT100K); the teacher sees 2x
+    efpn_max_size: int  # longer side cap (square images: = efpn_min_size)
+    efpn_small_roi_size: float  # RoIs with sqrt(wh) below this go to P2' (paper: 56 at 1400 px on TT100K)
+    efpn_fpn_steps: int  # stage 1: the FPN baseline
+    efpn_distill_steps: int  # stage 2: the extension by cross-resolution distillation
+    efpn_head_steps: int  # stage 3: the P2' head with OHEM
+    efpn_ohem_rois: int  # OHEM: RoIs back-propagated per image, the hardest of the fpn_rois_per_image sampled
+    efpn_ablation_steps: int  # stage-2 steps of each ablation (Tables II and IV in miniature)
+    efpn_bench_images: int  # images timed per model in the Table III comparison
+
 
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
@@ -128,6 +139,15 @@ PROFILES: dict[str, Profile] = {
         rfcn_proposals=50,
         rfcn_ohem_rois=16,
         rfcn_timing_rois=(10, 40),
+        efpn_min_size=128,
+        efpn_max_size=128,
+        efpn_small_roi_size=56.0,
+        efpn_fpn_steps=2,
+        efpn_distill_steps=1,
+        efpn_head_steps=1,
+        efpn_ohem_rois=4,
+        efpn_ablation_steps=1,
+        efpn_bench_images=1,
     ),
     "cpu": Profile(
         name="cpu",
@@ -175,6 +195,15 @@ PROFILES: dict[str, Profile] = {
         rfcn_proposals=300,
         rfcn_ohem_rois=128,
         rfcn_timing_rois=(300, 2000),
+        efpn_min_size=512,
+        efpn_max_size=512,
+        efpn_small_roi_size=56.0,
+        efpn_fpn_steps=300,
+        efpn_distill_steps=150,
+        efpn_head_steps=100,
+        efpn_ohem_rois=64,
+        efpn_ablation_steps=100,
+        efpn_bench_images=2,
     ),
     "gpu": Profile(
         name="gpu",
@@ -222,6 +251,15 @@ PROFILES: dict[str, Profile] = {
         rfcn_proposals=300,
         rfcn_ohem_rois=128,
         rfcn_timing_rois=(300, 2000),
+        efpn_min_size=1400,
+        efpn_max_size=1400,
+        efpn_small_roi_size=56.0,
+        efpn_fpn_steps=20000,
+        efpn_distill_steps=10000,
+        efpn_head_steps=5000,
+        efpn_ohem_rois=128,
+        efpn_ablation_steps=5000,
+        efpn_bench_images=20,
     ),
 }
 
