@@ -161,6 +161,7 @@ class PSRoIExplorer:
                 for j in range(k):
                     ax_bins.text(j, i, f"{bins[i, j]:.2f}", ha="center", va="center", fontsize=8 if k < 7 else 6)
         ax_bins.set_xticks(range(k)), ax_bins.set_yticks(range(k))
+        ax_bins.set_xlabel("j (bin column)", fontsize=8), ax_bins.set_ylabel("i (bin row)", fontsize=8)
         ax_bins.set_title(f"bin scores of '{self.class_names[c]}'\n(bin (i, j) reads part (i, j)'s map)", fontsize=9)
         probabilities = self.state.probabilities.numpy()
         colours = ["tab:orange" if i == c else "tab:blue" for i in range(len(probabilities))]
