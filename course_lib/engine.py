@@ -236,7 +236,8 @@ def _distributed(device: torch.device | None) -> tuple[int, int, torch.device | 
         return 0, 1, device
     want_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
     if want_cuda and (device is None or device.index is None):
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        # LOCAL_RANK's GPU; the only visible one when each process sees its own (course_lib.run --gpus N)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     if want_cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():

@@ -153,9 +153,12 @@ def _run_chapter(chapter: str, notebook: Path, out_dir: Path, env: dict, gpus: i
 
 def _worker(notebook: str, executed: str, metrics: str, timeout) -> int:
     """One torchrun process: execute the notebook; rank 0 writes the results."""
-    rank = int(os.environ.get("RANK", "0"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     out = Path(executed) if rank == 0 else Path(executed).with_suffix(f".rank{rank}.ipynb")
-    result = execute_notebook(Path(notebook), out, {}, timeout=timeout, progress=rank == 0)
+    # each kernel sees its own GPU only, so that every cell (not only fit) of rank r runs on GPU r
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if os.environ.get("CUDA_VISIBLE_DEVICES") else None
+    env = {"CUDA_VISIBLE_DEVICES": visible[local] if visible and local < len(visible) else str(local)}
+    result = execute_notebook(Path(notebook), out, env, timeout=timeout, progress=rank == 0)
     if rank == 0:
         _write_json(Path(metrics), {**result, "processes": int(os.environ.get("WORLD_SIZE", "1"))})
     else:
