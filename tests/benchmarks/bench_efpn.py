@@ -51,10 +51,13 @@ def _rss(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def _child(run: str, weights: str, images, min_size: int, device: str, repeats: int) -> tuple[float, int]:
+def _child(run: str, weights: str, images, min_size: int, device: str, repeats: int, threads: int
+           ) -> tuple[float, int, float]:
     from course_lib.detection.efpn import efpn_resnet50_fpn
     from course_lib.detection.faster_rcnn_fpn import fasterrcnn_resnet50_fpn
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     size = 2 * min_size if run == "FPN-2x" else min_size
     with warnings.catch_warnings():
@@ -71,20 +74,22 @@ def _child(run: str, weights: str, images, min_size: int, device: str, repeats: 
         before = _rss("VmRSS")
     with torch.inference_mode():
         model([images[0]])  # warm-up (its allocations count: the allocator keeps them for the timed passes)
-        times = []
+        times, cpu_times = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for im in images:
                 model([im])
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append((time.perf_counter() - start) / len(images))
+            cpu_times.append((time.process_time() - cpu_start) / len(images))
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else _rss("VmHWM") - before
-    return statistics.median(times), peak
+    return statistics.median(times), peak, statistics.median(cpu_times)
 
 
-def measure(*args) -> tuple[float, int]:
-    """``_child(*args)`` in a fresh (spawned) process of its own: (seconds per image, peak memory in bytes)."""
+def measure(*args) -> tuple[float, int, float]:
+    """``_child(*args)`` in a fresh (spawned) process of its own: (seconds per image, peak memory in bytes, CPU
+    seconds per image of the process -- on a shared machine the fairer time: other processes do not inflate it)."""
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
         return pool.submit(_child, *args).result()
 
@@ -96,6 +101,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per process (after one warm-up)")
     parser.add_argument("--rounds", type=int, default=3, help="times the three runs alternate")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads per process (0: torch's default); 1 makes "
+                        "CPU seconds the pure compute time (no spinning threads) on a shared machine")
     parser.add_argument("--smoke", action="store_true", help="256 px, one repeat and round: checks the script runs")
     args = parser.parse_args()
     if args.smoke:
@@ -109,7 +116,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "fpn_random.pth")
         torch.save(fasterrcnn_resnet50_fpn(num_classes=NUM_CLASSES).state_dict(), weights)
-        print(f"device {args.device} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}; ResNet-50, "
+        print(f"device {args.device} ({args.threads or torch.get_num_threads()} CPU threads), torch {torch.__version__}; ResNet-50, "
               f"{args.images} images of {args.min_size} x {args.min_size} (FPN-2x: {2 * args.min_size}); "
               f"{args.repeats} timed passes per process, median over {args.rounds} rounds")
         load = os.getloadavg()[0]
@@ -119,20 +126,26 @@ def main() -> None:
         for r in range(args.rounds):
             for run in RUNS[r % 3:] + RUNS[: r % 3]:
                 rounds.setdefault(run, []).append(measure(run, weights, images, args.min_size, args.device,
-                                                          args.repeats))
-                print(f"  round {r + 1}: {run:8s} {rounds[run][-1][0]:8.3f} s/image", flush=True)
-    results = {run: (statistics.median(v[0] for v in vals), max(v[1] for v in vals)) for run, vals in rounds.items()}
+                                                          args.repeats, args.threads))
+                print(f"  round {r + 1}: {run:8s} {rounds[run][-1][0]:8.3f} s/image, {rounds[run][-1][2]:8.3f} CPU s/image",
+                      flush=True)
+    results = {run: (statistics.median(v[0] for v in vals), max(v[1] for v in vals), statistics.median(v[2] for v in vals))
+               for run, vals in rounds.items()}
     memory = "peak GPU memory" if args.device == "cuda" else "peak RSS rise"
-    print(f"\n{'run':10s}{'s / image':>10s}{memory:>18s}")
+    print(f"\n{'run':10s}{'s / image':>10s}{'CPU s / image':>15s}{memory:>18s}")
     for run in RUNS:
-        print(f"{run:10s}{results[run][0]:10.3f}{results[run][1] / 2**20:14.0f} MiB")
-    time_ratio = results["EFPN-1x"][0] / results["FPN-2x"][0]
+        seconds, peak, cpu = results[run]
+        print(f"{run:10s}{seconds:10.3f}{cpu:15.3f}{peak / 2**20:14.0f} MiB")
+    t = 0 if args.device == "cuda" else 2  # CPU seconds on the CPU: a loaded machine does not bias them
+    time_ratio = results["EFPN-1x"][t] / results["FPN-2x"][t]
     memory_ratio = results["EFPN-1x"][1] / results["FPN-2x"][1]
-    paper_time = papers.value("efpn.table3.efpn_1400.runtime_s") / papers.value("efpn.table3.fpn_2800.runtime_s")
-    paper_memory = papers.value("efpn.table3.efpn_1400.memory_mb") / papers.value("efpn.table3.fpn_2800.memory_mb")
-    print(f"\nEFPN-1x / FPN-2x: time {time_ratio:.2f} (paper {paper_time:.2f}), memory {memory_ratio:.2f} "
-          f"(paper {paper_memory:.2f}); EFPN-1x / FPN-1x: time {results['EFPN-1x'][0] / results['FPN-1x'][0]:.2f} "
-          f"(paper {papers.value('efpn.table3.efpn_1400.runtime_s') / papers.value('efpn.table3.fpn_1400.runtime_s'):.2f})")
+    paper = {k: papers.value(f"efpn.table3.{k}") for k in ("efpn_1400.runtime_s", "fpn_2800.runtime_s",
+                                                           "fpn_1400.runtime_s", "efpn_1400.memory_mb",
+                                                           "fpn_2800.memory_mb")}
+    print(f"\nEFPN-1x / FPN-2x: time {time_ratio:.2f} (paper {paper['efpn_1400.runtime_s'] / paper['fpn_2800.runtime_s']:.2f}), "
+          f"memory {memory_ratio:.2f} (paper {paper['efpn_1400.memory_mb'] / paper['fpn_2800.memory_mb']:.2f}); "
+          f"EFPN-1x / FPN-1x: time {results['EFPN-1x'][t] / results['FPN-1x'][t]:.2f} "
+          f"(paper {paper['efpn_1400.runtime_s'] / paper['fpn_1400.runtime_s']:.2f})")
     print("goal: EFPN-1x / FPN-2x at or below the paper's ratios")
 
 
