@@ -47,6 +47,8 @@ Boxes = Union[Tensor, Sequence[Tensor]]
 # RoIs are processed in chunks of similar size, each with at most this many (bin, pixel)
 # entries, so that the index tensors stay small (~100 MB) whatever the RoIs.
 CHUNK_ENTRIES = 1 << 22
+# RoIAlign's exact forward works on [RoIs, PH, PW, C] blocks of about this many numbers (x points per bin)
+POINT_CHUNK = 1 << 20
 
 # --------------------------------------------------------------------------- speed switch
 
@@ -348,6 +350,110 @@ def _in_chunks(fn, chunks: list[Tensor], *per_roi: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------ RoIAlign
 
 
+def _roi_align_setup(rois: Tensor, ph: int, pw: int, spatial_scale: float, sampling_ratio: int, aligned: bool):
+    """Per RoI: table offset of its image, top-left corner (y1, x1) on the map, bin size, sampling
+    grid and number of points -- in torchvision's arithmetic, in the RoIs' dtype."""
+    offset = 0.5 if aligned else 0.0
+    batch = rois[:, 0].to(torch.int64)
+    x1, y1, x2, y2 = (rois[:, 1:] * spatial_scale - offset).unbind(dim=1)
+    roi_w, roi_h = x2 - x1, y2 - y1
+    if not aligned:  # legacy: force malformed RoIs to be 1x1
+        roi_w, roi_h = roi_w.clamp(min=1), roi_h.clamp(min=1)
+    bin_h, bin_w = roi_h / ph, roi_w / pw
+    if sampling_ratio > 0:
+        grid_h = grid_w = torch.full_like(batch, sampling_ratio)
+    else:  # adaptive: about one sampling point per feature pixel
+        grid_h, grid_w = torch.ceil(bin_h).to(torch.int64), torch.ceil(bin_w).to(torch.int64)
+    count = (grid_h * grid_w).clamp(min=1).to(rois.dtype)
+    return batch, y1, x1, bin_h, bin_w, grid_h, grid_w, count
+
+
+def _roi_align_sum_of_pixels(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float,
+                             sampling_ratio: int, aligned: bool) -> Tensor:
+    """RoIAlign as one weighted sum of pixels per bin (``embedding_bag``): differentiable, the
+    weights of points that share a pixel merged. Used for the gradient of :func:`roi_align`."""
+    n, c, height, width = input.shape
+    batch, y1, x1, bin_h, bin_w, grid_h, grid_w, count = _roi_align_setup(
+        rois, ph, pw, spatial_scale, sampling_ratio, aligned)
+    table = _pixel_table(input.to(rois.dtype))
+    pixel_offset = (batch * height * width).view(-1, 1, 1)
+
+    def pool(offset_, y1_, x1_, bin_h_, bin_w_, grid_h_, grid_w_, count_):
+        pixels, weights, keep = _bilinear_entries(
+            offset_.expand(-1, ph, pw), y1_, x1_, bin_h_, bin_w_, grid_h_, grid_w_, (ph, pw), height, width
+        )
+        summed = _sum_of_pixels(table, pixels, weights, keep).view(-1, ph, pw, c)
+        return summed / count_.view(-1, 1, 1, 1)
+
+    extent = torch.stack([grid_h, grid_w], dim=1)
+    chunks = _roi_chunks(extent, 4 * ph * pw, CHUNK_ENTRIES)
+    return _in_chunks(pool, chunks, pixel_offset, y1, x1, bin_h, bin_w, grid_h, grid_w, count)
+
+
+def _roi_align_point_by_point(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float,
+                              sampling_ratio: int, aligned: bool) -> Tensor:
+    """RoIAlign with torchvision's kernel's arithmetic, operation for operation, so the result is the
+    same to the last bit: each sampling point's bilinear value ``w1 v1 + w2 v2 + w3 v3 + w4 v4`` (in
+    that order), the points of a bin added one after the other (row by row), then divided by their
+    number. A loop over the (at most a few) points of a bin, each step for all RoIs, bins and channels."""
+    n, c, height, width = input.shape
+    batch, y1, x1, bin_h, bin_w, grid_h, grid_w, count = _roi_align_setup(
+        rois, ph, pw, spatial_scale, sampling_ratio, aligned)
+    table = _pixel_table(input.to(rois.dtype))
+
+    def pool(base, y1_, x1_, bin_h_, bin_w_, grid_h_, grid_w_, count_):
+        k = base.shape[0]
+        gy, gx = int(grid_h_.max().clamp(min=1)), int(grid_w_.max().clamp(min=1))
+        row, w_row, in_row = _bilinear_axis(y1_, bin_h_, grid_h_, gy, ph, height)  # [K, PH, gy, 2] ...
+        col, w_col, in_col = _bilinear_axis(x1_, bin_w_, grid_w_, gx, pw, width)  # [K, PW, gx, 2] ...
+        row = base.view(-1, 1, 1, 1) + row * width  # table row of pixel (y, 0)
+        out = table.new_zeros(k, ph, pw, c)
+        for iy in range(gy):
+            y_lo, y_hi = row[:, :, iy, 0, None], row[:, :, iy, 1, None]  # [K, PH, 1]
+            hy, ly = w_row[:, :, iy, 0, None], w_row[:, :, iy, 1, None]
+            for ix in range(gx):
+                x_lo, x_hi = col[:, None, :, ix, 0], col[:, None, :, ix, 1]  # [K, 1, PW]
+                hx, lx = w_col[:, None, :, ix, 0], w_col[:, None, :, ix, 1]
+
+                def weighted(pixel: Tensor, weight: Tensor) -> Tensor:  # [K, PH, PW, C]
+                    return table.index_select(0, pixel.reshape(-1)).view(k, ph, pw, c).mul_(weight[..., None])
+
+                value = weighted(y_lo + x_lo, hy * hx)
+                value += weighted(y_lo + x_hi, hy * lx)
+                value += weighted(y_hi + x_lo, ly * hx)
+                value += weighted(y_hi + x_hi, ly * lx)
+                outside = ~(in_row[:, :, iy, None] & in_col[:, None, :, ix])  # or beyond this RoI's grid
+                out += value.masked_fill_(outside[..., None], 0.0)
+        return out / count_.view(-1, 1, 1, 1)
+
+    extent = torch.stack([grid_h, grid_w], dim=1)
+    chunks = _roi_chunks(extent, ph * pw * c, POINT_CHUNK)
+    return _in_chunks(pool, chunks, batch * height * width, y1, x1, bin_h, bin_w, grid_h, grid_w, count)
+
+
+class _RoIAlign(torch.autograd.Function):
+    """Forward: :func:`_roi_align_point_by_point` (torchvision's values, bit for bit). Backward: the
+    transpose of the same linear map, through the differentiable :func:`_roi_align_sum_of_pixels`
+    (RoIAlign is linear in the features, so its gradient does not depend on their values)."""
+
+    @staticmethod
+    def forward(ctx, table_input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float,
+                sampling_ratio: int, aligned: bool) -> Tensor:
+        ctx.save_for_backward(rois)
+        ctx.args = (ph, pw, spatial_scale, sampling_ratio, aligned)
+        ctx.input_shape, ctx.input_dtype = table_input.shape, table_input.dtype
+        return _roi_align_point_by_point(table_input, rois, *ctx.args)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        (rois,) = ctx.saved_tensors
+        with torch.enable_grad():
+            zeros = grad_output.new_zeros(ctx.input_shape, dtype=ctx.input_dtype).requires_grad_()
+            pooled = _roi_align_sum_of_pixels(zeros, rois, *ctx.args)
+            (grad_input,) = torch.autograd.grad(pooled, zeros, grad_output.to(pooled.dtype))
+        return grad_input, None, None, None, None, None, None
+
+
 def roi_align(
     input: Tensor,
     boxes: Boxes,
@@ -362,6 +468,11 @@ def roi_align(
     feature map bilinearly interpolated at ``sampling_ratio x sampling_ratio`` regularly spaced
     points (adaptive when ``sampling_ratio <= 0``: ``ceil(roi_size / output_size)`` points per
     bin and axis, per RoI).
+
+    The values are torchvision's CPU kernel's to the last bit in float32 and float64 (same
+    operations in the same order, :func:`_roi_align_point_by_point`): RoIs of exactly equal content
+    get exactly equal features in both, so a detector's equal scores -- and the order NMS leaves
+    them in -- are the same as torchvision's.
 
     Args:
         input: ``Tensor[N, C, H, W]`` feature maps.
@@ -385,36 +496,10 @@ def roi_align(
         return torchvision.ops.roi_align(
             input, rois.to(input.dtype), (ph, pw), spatial_scale, sampling_ratio, aligned
         )
-    n, c, height, width = input.shape
+    c = input.shape[1]
     if rois.shape[0] == 0:
         return _no_rois(input, c, ph, pw)
-
-    offset = 0.5 if aligned else 0.0
-    batch = rois[:, 0].to(torch.int64)
-    x1, y1, x2, y2 = (rois[:, 1:] * spatial_scale - offset).unbind(dim=1)
-    roi_w, roi_h = x2 - x1, y2 - y1
-    if not aligned:  # legacy: force malformed RoIs to be 1x1
-        roi_w, roi_h = roi_w.clamp(min=1), roi_h.clamp(min=1)
-    bin_h, bin_w = roi_h / ph, roi_w / pw
-    if sampling_ratio > 0:
-        grid_h = grid_w = torch.full_like(batch, sampling_ratio)
-    else:  # adaptive: about one sampling point per feature pixel
-        grid_h, grid_w = torch.ceil(bin_h).to(torch.int64), torch.ceil(bin_w).to(torch.int64)
-    count = (grid_h * grid_w).clamp(min=1).to(rois.dtype)
-
-    table = _pixel_table(input.to(rois.dtype))
-    pixel_offset = (batch * height * width).view(-1, 1, 1)
-
-    def pool(offset_, y1_, x1_, bin_h_, bin_w_, grid_h_, grid_w_, count_):
-        pixels, weights, keep = _bilinear_entries(
-            offset_.expand(-1, ph, pw), y1_, x1_, bin_h_, bin_w_, grid_h_, grid_w_, (ph, pw), height, width
-        )
-        summed = _sum_of_pixels(table, pixels, weights, keep).view(-1, ph, pw, c)
-        return summed / count_.view(-1, 1, 1, 1)
-
-    extent = torch.stack([grid_h, grid_w], dim=1)
-    chunks = _roi_chunks(extent, 4 * ph * pw, CHUNK_ENTRIES)
-    out = _in_chunks(pool, chunks, pixel_offset, y1, x1, bin_h, bin_w, grid_h, grid_w, count)
+    out = _RoIAlign.apply(input.to(rois.dtype), rois, ph, pw, float(spatial_scale), sampling_ratio, aligned)
     return out.permute(0, 3, 1, 2).contiguous().to(input.dtype)
 
 
