@@ -249,16 +249,12 @@ def test_ablated_detectors_keep_shapes_and_change_outputs(tiny_detectors):
     xy = torch.rand(40, 2, generator=g) * 60
     proposals = [torch.cat([xy, xy + 20 + torch.rand(40, 2, generator=g) * 100], 1)]  # 20-120 px: P2 and P3
 
-    def class_logits(model, feats, sizes):
-        heads = model.roi_heads
-        return heads.box_predictor(heads.box_head(heads.box_roi_pool(feats, proposals, sizes)))[0]
-
     with torch.no_grad():
-        batch, _ = full.transform(images)
-        feats_full = full.backbone(batch.tensors)
-        logits_full = class_logits(full, feats_full, batch.image_sizes)
+        batch, _, _ = full.prepare(images)
+        feats_full = full.features(batch)
+        logits_full, _ = full.roi_heads.predict(feats_full, proposals, batch.image_sizes)
         for name, model in ablated.items():
-            feats = model.backbone(batch.tensors)
+            feats = model.features(batch)
             assert [(k, v.shape) for k, v in feats.items()] == [(k, v.shape) for k, v in feats_full.items()], name
             if name == "(f) P2 only":  # same pyramid, different pooling
                 for k in feats:
@@ -266,7 +262,7 @@ def test_ablated_detectors_keep_shapes_and_change_outputs(tiny_detectors):
             else:  # a different pyramid below P5 (P5 = 3x3(1x1(C5)) in all three)
                 torch.testing.assert_close(feats["3"], feats_full["3"], rtol=0, atol=0)
                 assert not torch.allclose(feats["0"], feats_full["0"]), name
-            logits = class_logits(model, feats, batch.image_sizes)
+            logits, _ = model.roi_heads.predict(feats, proposals, batch.image_sizes)
             assert logits.shape == logits_full.shape == (40, 5)
             assert not torch.allclose(logits, logits_full), f"{name}: the ablation did not change the class scores"
             det = model(images)[0]  # and the whole detector runs end to end
