@@ -20,8 +20,10 @@ We list every bin's (pixel, weight) entries with tensor index arithmetic, lay th
 one row of channels per pixel, and let ``F.embedding_bag`` -- a fused gather-and-reduce
 (sum or max) over such bags -- compute all bins of all RoIs in one call, differentiably.
 
-Rounding, clamping and edge cases follow ``torchvision.ops`` exactly (``tests/ops`` checks
-equality on random inputs). Where a model needs the compiled speed, wrap it in
+RoIAlign's *forward* is instead computed point by point in torchvision's order of operations
+(``_roi_align_point_by_point``), so its values equal torchvision's to the last bit; the
+embedding_bag form gives its gradient. Rounding, clamping and edge cases follow ``torchvision.ops``
+exactly (``tests/ops`` checks equality on random inputs). Where a model needs the compiled speed, wrap it in
 :class:`use_torchvision_kernels` to call torchvision's kernels instead (tested equal).
 """
 from __future__ import annotations
@@ -47,7 +49,7 @@ Boxes = Union[Tensor, Sequence[Tensor]]
 # RoIs are processed in chunks of similar size, each with at most this many (bin, pixel)
 # entries, so that the index tensors stay small (~100 MB) whatever the RoIs.
 CHUNK_ENTRIES = 1 << 22
-# RoIAlign's exact forward works on [RoIs, PH, PW, C] blocks of about this many numbers (x points per bin)
+# RoIAlign's exact forward works on [RoIs, PH, PW, C] blocks of at most this many numbers
 POINT_CHUNK = 1 << 20
 
 # --------------------------------------------------------------------------- speed switch
@@ -426,8 +428,17 @@ def _roi_align_point_by_point(input: Tensor, rois: Tensor, ph: int, pw: int, spa
                 out += value.masked_fill_(outside[..., None], 0.0)
         return out / count_.view(-1, 1, 1, 1)
 
-    extent = torch.stack([grid_h, grid_w], dim=1)
-    chunks = _roi_chunks(extent, ph * pw * c, POINT_CHUNK)
+    # RoIs with similar grids together (the loop runs to a chunk's largest grid), at most
+    # POINT_CHUNK numbers per step; the number of points only adds steps, not memory
+    grid = torch.stack([grid_h, grid_w], dim=1).clamp(min=1)
+    if int(grid.amax()) <= 2:
+        groups = [torch.arange(rois.shape[0], device=rois.device)]
+    else:
+        log_grid = torch.ceil(torch.log2(grid.double())).long()
+        key = log_grid[:, 0] * 64 + log_grid[:, 1]
+        groups = [torch.nonzero(key == g).flatten() for g in torch.unique(key).tolist()]
+    per_chunk = max(1, POINT_CHUNK // (ph * pw * c))
+    chunks = [chunk for group in groups for chunk in group.split(per_chunk)]
     return _in_chunks(pool, chunks, batch * height * width, y1, x1, bin_h, bin_w, grid_h, grid_w, count)
 
 
