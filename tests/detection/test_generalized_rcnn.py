@@ -82,3 +82,24 @@ def test_detection_loss_is_fits_loss_function(tiny):
     history = fit(model, list(zip(images, targets)), detection_loss, torch.optim.SGD(model.parameters(), lr=1e-4),
                   steps=1, batch_size=2, collate_fn=lambda b: tuple(list(c) for c in zip(*b)), progress=False)
     assert {"loss_objectness", "loss_classifier"} <= set(history.last) and torch.isfinite(torch.tensor(history.last["loss"]))
+
+
+def test_builders_have_torchvisions_keyword_only_signature():
+    """(*, weights=None, num_classes=None, weights_backbone=None, trainable_backbone_layers=None, **kwargs);
+    torchvision's `progress` (a download bar) has no counterpart, and weights_backbone defaults to None (torchvision:
+    ImageNet weights): nothing is downloaded here."""
+    import inspect
+
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn as tv_builder
+
+    from course_lib.detection import fasterrcnn_resnet50_c4, fasterrcnn_resnet101_c4, fasterrcnn_resnet101_fpn
+
+    tv_params = {p.name: p for p in inspect.signature(tv_builder).parameters.values()}
+    for builder in (fasterrcnn_resnet50_fpn, fasterrcnn_resnet101_fpn, fasterrcnn_resnet50_c4, fasterrcnn_resnet101_c4):
+        params = inspect.signature(builder).parameters
+        assert list(params)[:4] == ["weights", "num_classes", "weights_backbone", "trainable_backbone_layers"], builder
+        for name in list(params)[:4]:
+            assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, (builder.__name__, name)
+            assert params[name].default is None  # torchvision's weights_backbone defaults to ImageNet (a download)
+            assert tv_params[name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert list(params.values())[-1].kind is inspect.Parameter.VAR_KEYWORD
