@@ -9,7 +9,8 @@
 Each notebook runs in its own Jupyter kernel (nbclient), in the chapters' order, with the profile in
 ``$COURSE_PROFILE``, the data choice in ``$COURSE_DATA`` (read by ``course_lib.data.dataset_dir``) and
 ``$COURSE_RESULTS_DIR`` = ``results/<profile>/<chapter>/``, where ``course_lib.report`` puts the chapter's
-tables, figures and training checkpoints. Written under ``results/<profile>/`` (never over the committed
+tables, figures and training checkpoints, and ``$COURSE_SOLUTIONS=1`` (unless set otherwise): the exercise cells
+check the reference solutions in place of the students' stubs. Written under ``results/<profile>/`` (never over the committed
 notebooks; each file atomically):
 
 * ``<notebook>.ipynb`` -- the executed notebook, outputs included;
@@ -197,7 +198,9 @@ def run(profile: str, chapter_ids: list[str] | None = None, *, data: str = "synt
         if force and out_dir.exists():
             shutil.rmtree(out_dir)
         chapter_data = PAPERS_DATA.get(chapter, "synthetic") if data == "papers" else data
-        env = {"COURSE_PROFILE": profile, "COURSE_DATA": chapter_data, "COURSE_RESULTS_DIR": str(out_dir)}
+        env = {"COURSE_PROFILE": profile, "COURSE_DATA": chapter_data, "COURSE_RESULTS_DIR": str(out_dir),
+               # the exercises' stubs are the students' to fill: the reference solutions stand in for them
+               "COURSE_SOLUTIONS": os.environ.get("COURSE_SOLUTIONS", "1")}
         outer.set_postfix_str(known[chapter].stem)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         result = _run_chapter(chapter, known[chapter], out_dir, env, gpus, timeout, progress)

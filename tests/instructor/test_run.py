@@ -6,6 +6,7 @@ import base64
 import importlib.util
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -83,7 +84,8 @@ def test_two_chapters_end_to_end_on_prepared_voc(tmp_path):
     (data / "ci").symlink_to(data_root() / "ci")  # the synthetic ci sets that make test built (small_objects)
     assert _voc_script().main(["--archive", str(fabricate_voc(tmp_path)), "--out", str(data / "real"),
                                "--skip-checksum"]) == 0
-    env = {**__import__("os").environ, "COURSE_DATA_DIR": str(data), "PYTHONPATH": str(REPO), "COURSE_SOLUTIONS": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "COURSE_SOLUTIONS"}  # the runner sets it for the exercises
+    env.update(COURSE_DATA_DIR=str(data), PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "course_lib.run", "--profile", "ci", "--chapters", "02", "00", "--data", "voc",
            "--results", str(tmp_path / "results"), "--no-progress"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -113,6 +115,8 @@ def test_an_interrupted_chapter_runs_again_and_finished_ones_are_skipped(tmp_pat
 
     def fake_execute(path, out, env, **kw):
         calls.append(path.name.split("_")[0])
+        assert env["COURSE_SOLUTIONS"] == "1" and env["COURSE_PROFILE"] == "ci" and env["COURSE_DATA"] == "synthetic"
+        assert env["COURSE_RESULTS_DIR"] == str(tmp_path / "ci" / calls[-1])
         if path.name.startswith("03_") and calls.count("03") == 1:
             raise KeyboardInterrupt  # Ctrl-C in chapter 3: nothing marks it done
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +124,7 @@ def test_an_interrupted_chapter_runs_again_and_finished_ones_are_skipped(tmp_pat
         return {"status": "done", "wall_s": 1.5, "peak_rss_mib": 300.0}
 
     monkeypatch.setattr(runner, "execute_notebook", fake_execute)
+    monkeypatch.delenv("COURSE_SOLUTIONS", raising=False)
     with pytest.raises(KeyboardInterrupt):
         runner.run("ci", ["02", "03", "04"], results=tmp_path, progress=False)
     assert calls == ["02", "03"] and not (tmp_path / "ci" / "03" / "run.json").exists()
