@@ -75,6 +75,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
     * a ``category_id`` that is not among ``categories`` -> ``ValueError`` naming the annotation id
       and the value;
+    * a ``bbox`` value that is NaN or infinite (JSON's ``NaN`` / ``Infinity``) -> ``ValueError`` naming
+      the file, the annotation id and the box;
     * a box reaching outside its image -> **clipped** to ``[0, W] x [0, H]`` (COCO boxes often
       overshoot by a fraction of a pixel);
     * a box with zero (or negative) width or height, before or after clipping -> **dropped with a
@@ -146,6 +148,13 @@ class CocoDetection(torch.utils.data.Dataset):
                 f"{self.ann_file}: every annotation needs 'id', 'image_id', 'category_id' and a 4-number "
                 f"'bbox' [x, y, w, h] ({exc!r})"
             ) from exc
+        not_finite = ~np.isfinite(xywh).all(axis=1)
+        if not_finite.any():  # JSON allows NaN / Infinity; they would surface much later as NaN losses
+            i = int(np.flatnonzero(not_finite)[0])
+            raise ValueError(
+                f"{self.ann_file}: annotation id {ann_ids[i]} has bbox {anns[i]['bbox']!r} with a value that is not "
+                f"a finite number ({int(not_finite.sum())} such annotations); fix or remove them in the file"
+            )
         iscrowd = np.array([a.get("iscrowd", 0) for a in anns], dtype=np.int64)
         area = np.array([a.get("area", 0.0) for a in anns], dtype=np.float64)
 

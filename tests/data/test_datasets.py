@@ -145,6 +145,14 @@ def test_unknown_category_is_an_error_naming_annotation_and_value(tmp_path):
         CocoDetection(images_dir, path)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_nan_or_infinite_box_is_an_error_naming_annotation_and_value(tmp_path, value):
+    images_dir, path = make_coco(tmp_path, [ann(1, [1, 1, 5, 5]), ann(23, [2, 2, value, 5])])
+    assert str(value).lower().lstrip("-")[:3] in path.read_text().lower()  # json.dumps writes NaN / Infinity
+    with pytest.raises(ValueError, match=rf"ann\.json: annotation id 23 has bbox \[2, 2, {value}, 5\].*not a finite"):
+        CocoDetection(images_dir, path)
+
+
 def test_boxes_outside_the_image_are_clipped(tmp_path):
     images_dir, path = make_coco(tmp_path, [ann(1, [-3, 5, 10, 40]), ann(2, [25, -2.5, 10, 4], category_id=3)])
     ds = CocoDetection(images_dir, path)  # image is 30 wide, 20 high
