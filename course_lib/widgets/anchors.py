@@ -16,7 +16,7 @@ from matplotlib.patches import Rectangle
 
 from course_lib.ops import AnchorGenerator, Matcher, box_iou
 
-from ._figure import FigureView
+from ._figure import ChangeGuard, FigureView
 
 __all__ = ["AnchorState", "anchors_at_location", "label_anchors", "AnchorExplorer"]
 
@@ -70,7 +70,8 @@ class AnchorExplorer:
     """Anchors at one location and level, their IoU with a ground-truth box, and the RPN's labels.
 
     Controls: the location (cell x, y), the stride (the pyramid level: 4, 8, 16, 32, 64), the anchor
-    sizes and aspect ratios, and the two RPN thresholds (0.7 / 0.3).
+    sizes and aspect ratios, and the two RPN thresholds (0.7 / 0.3). Changing the stride keeps the
+    location's position in the image (cell x, y are rescaled), so the anchors stay where they were.
     """
 
     def __init__(self, image=None, gt_box=(150, 170, 330, 290), *, sizes=(128, 256, 512),
@@ -85,24 +86,29 @@ class AnchorExplorer:
         self.gt_box = torch.tensor(gt_box, dtype=torch.float32).reshape(1, 4)
         if location is None:  # the cell nearest the box centre
             cx, cy = (self.gt_box[0, 0] + self.gt_box[0, 2]) / 2, (self.gt_box[0, 1] + self.gt_box[0, 3]) / 2
-            location = (int(cx) // stride, int(cy) // stride)
+            location = (int(round(float(cx) / stride)), int(round(float(cy) / stride)))
         style = {"description_width": "110px"}
         self.controls = {
             "stride": widgets.Dropdown(options=[4, 8, 16, 32, 64], value=stride, description="stride", style=style),
-            "x": widgets.IntSlider(value=location[0], min=0, max=max(width // 4, 1), description="cell x", style=style),
-            "y": widgets.IntSlider(value=location[1], min=0, max=max(height // 4, 1), description="cell y", style=style),
+            "x": widgets.IntSlider(value=0, min=0, max=max((width - 1) // stride, 0), description="cell x", style=style),
+            "y": widgets.IntSlider(value=0, min=0, max=max((height - 1) // stride, 0), description="cell y", style=style),
             "sizes": widgets.Text(value=", ".join(str(s) for s in sizes), description="sizes (px)", style=style),
             "aspect_ratios": widgets.Text(value=", ".join(str(r) for r in aspect_ratios), description="ratios h/w", style=style),
             "fg_iou": widgets.FloatSlider(value=fg_iou, min=0.0, max=1.0, step=0.05, description="positive IoU >", style=style),
             "bg_iou": widgets.FloatSlider(value=bg_iou, min=0.0, max=1.0, step=0.05, description="negative IoU <", style=style),
-            "low_quality": widgets.Checkbox(value=True, description="best anchor is positive (low-quality match)"),
+            "low_quality": widgets.Checkbox(value=True, description="best anchor is positive (low-quality match)",
+                                            indent=False, layout=widgets.Layout(width="auto")),
         }
+        self.controls["x"].value = min(location[0], self.controls["x"].max)
+        self.controls["y"].value = min(location[1], self.controls["y"].max)
+        self._centre = (self.controls["x"].value * stride, self.controls["y"].value * stride)  # pixels, kept across strides
         self.message = widgets.HTML()
         self.view = FigureView(figsize=(9, 4.2))
-        for control in self.controls.values():
-            control.observe(lambda change: self.update(), names="value")
-        self._fit_sliders()
+        self._guard = ChangeGuard()
+        for name, control in self.controls.items():
+            control.observe(lambda change, name=name: self._on_change(name), names="value")
         self.state: AnchorState | None = None
+        self._build_figure()
         self.update()
         self.widget = widgets.VBox([widgets.HBox([widgets.VBox(list(self.controls.values())[:4]),
                                                   widgets.VBox(list(self.controls.values())[4:] + [self.message])]),
@@ -113,11 +119,27 @@ class AnchorExplorer:
 
         display(self.widget)
 
+    def _on_change(self, name: str):
+        if self._guard.busy:
+            return
+        with self._guard:
+            stride = self.controls["stride"].value
+            if name == "stride":
+                self._fit_sliders()
+            elif name in ("x", "y"):
+                self._centre = (self.controls["x"].value * stride, self.controls["y"].value * stride)
+            self.update(relayout=name in ("sizes", "aspect_ratios"))
+
     def _fit_sliders(self):
+        """New stride: the cell nearest the chosen position in the new grid, and sliders that span the image."""
         stride = self.controls["stride"].value
         height, width = self.image.shape[:2]
-        self.controls["x"].max = max((width - 1) // stride, 0)
-        self.controls["y"].max = max((height - 1) // stride, 0)
+        x, y = self.controls["x"], self.controls["y"]
+        for slider, limit, centre in ((x, width, self._centre[0]), (y, height, self._centre[1])):
+            last = max((limit - 1) // stride, 0)
+            slider.max = max(slider.max, last)  # widen first, so the value is never clamped on the way
+            slider.value = min(int(round(centre / stride)), last)
+            slider.max = last
 
     @staticmethod
     def _parse(text: str, name: str) -> list[float]:
@@ -137,8 +159,7 @@ class AnchorExplorer:
         ious, labels = label_anchors(anchors, self.gt_box, c["fg_iou"], min(c["bg_iou"], c["fg_iou"]), c["low_quality"])
         return AnchorState(anchors, ious, labels)
 
-    def update(self):
-        self._fit_sliders()
+    def update(self, relayout: bool = False):
         try:
             self.state = self.compute()
         except ValueError as error:
@@ -147,32 +168,55 @@ class AnchorExplorer:
         counts = self.state.counts()
         self.message.value = (f"{len(self.state.anchors)} anchors: <b style='color:green'>{counts['positive']} positive</b>, "
                               f"<b style='color:#b00'>{counts['negative']} negative</b>, {counts['ignored']} ignored")
-        self.draw()
+        self.draw(relayout=relayout)
 
-    def draw(self):
-        fig = self.view.figure
-        fig.clear()
-        ax_img, ax_bar = fig.subplots(1, 2, width_ratios=[1.6, 1])
-        ax_img.imshow(self.image)
+    def _build_figure(self):
+        """The parts that never change: the axes, the image, the ground truth and the threshold lines."""
+        self.ax_img, self.ax_bar = self.view.figure.subplots(1, 2, width_ratios=[1.6, 1])
+        self.ax_img.imshow(self.image)
         g = self.gt_box[0].tolist()
-        ax_img.add_patch(Rectangle((g[0], g[1]), g[2] - g[0], g[3] - g[1], fill=False, lw=3, ec="gold", label="ground truth"))
+        self.ax_img.add_patch(Rectangle((g[0], g[1]), g[2] - g[0], g[3] - g[1], fill=False, lw=3, ec="gold"))
+        self._fg_line = self.ax_bar.axvline(0, color="tab:green", ls=":")
+        self._bg_line = self.ax_bar.axvline(0, color="tab:red", ls=":")
+        self.ax_bar.set_xlim(-0.02, 1.18)  # a bar of IoU ~0 clear of the axis line; room for the IoU after each bar
+        self.ax_bar.set_xticks(np.linspace(0, 1, 6))
+        self.ax_bar.set_xlabel("IoU with the ground truth")
+        self._artists = []  # what the last draw added: removed by the next one
+
+    def draw(self, relayout: bool = False):
+        for artist in self._artists:
+            artist.remove()
+        self._artists = []
+        ax_img, ax_bar = self.ax_img, self.ax_bar
         stride = self.controls["stride"].value
         cx, cy = self.controls["x"].value * stride, self.controls["y"].value * stride
-        for box, label in zip(self.state.anchors.tolist(), self.state.labels.tolist()):
-            ax_img.add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False, lw=1.5,
-                                       ec=_COLOURS[label], ls="-" if label == POSITIVE else "--"))
-        ax_img.plot([cx], [cy], "o", color="black", ms=5)
+        anchors, labels = self.state.anchors.tolist(), self.state.labels.tolist()
+        for box, label in zip(anchors, labels):
+            self._artists.append(ax_img.add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1],
+                                                            fill=False, lw=1.5, ec=_COLOURS[label],
+                                                            ls="-" if label == POSITIVE else "--")))
+        self._artists += ax_img.plot([cx], [cy], "o", color="black", ms=5)
         height, width = self.image.shape[:2]
         ax_img.set_xlim(min(0, float(self.state.anchors[:, 0].min())) - 10, max(width, float(self.state.anchors[:, 2].max())) + 10)
         ax_img.set_ylim(max(height, float(self.state.anchors[:, 3].max())) + 10, min(0, float(self.state.anchors[:, 1].min())) - 10)
-        ax_img.set_title(f"anchors at cell ({self.controls['x'].value}, {self.controls['y'].value}), stride {stride}")
+        ax_img.set_title(f"anchors at cell ({self.controls['x'].value}, {self.controls['y'].value}), stride {stride}",
+                         fontsize=10)
         ious = self.state.ious.numpy()
-        ax_bar.barh(np.arange(len(ious)), ious, color=[_COLOURS[int(l)] for l in self.state.labels])
-        ax_bar.axvline(self.controls["fg_iou"].value, color="tab:green", ls=":")
-        ax_bar.axvline(self.controls["bg_iou"].value, color="tab:red", ls=":")
-        ax_bar.set_yticks(np.arange(len(ious)), [f"{int(b[2]-b[0])}x{int(b[3]-b[1])}" for b in self.state.anchors.tolist()])
-        ax_bar.set_xlim(0, 1)
-        ax_bar.invert_yaxis()
-        ax_bar.set_xlabel("IoU with the ground truth")
-        ax_bar.set_title("green: positive, red: negative, grey: ignored")
-        self.view.show()
+        colours = [_COLOURS[int(l)] for l in labels]
+        rows = np.arange(len(ious))
+        # the edge keeps a bar of IoU ~0 visible (a low-quality positive can have a tiny IoU)
+        bars = ax_bar.barh(rows, ious, color=colours, edgecolor=colours, linewidth=3)
+        self._artists.append(bars)
+        fg = self.controls["fg_iou"].value
+        for row, (iou, label) in enumerate(zip(ious.tolist(), labels)):
+            note = " best" if label == POSITIVE and iou <= fg else ""  # positive only by the low-quality rule
+            value = f"{iou:.2f}" if iou >= 0.01 or iou == 0 else f"{iou:.3f}"
+            self._artists.append(ax_bar.text(iou + 0.02, row, f"{value}{note}", va="center", fontsize=8,
+                                             color=_COLOURS[label] if note else "black"))
+        best = " or best" if self.controls["low_quality"].value else ""
+        ax_bar.set_title(f"IoU  green: > {fg:.2f}{best}   red: < {self.controls['bg_iou'].value:.2f}", fontsize=10)
+        self._fg_line.set_xdata([fg, fg])
+        self._bg_line.set_xdata([self.controls["bg_iou"].value] * 2)
+        ax_bar.set_yticks(rows, [f"{int(b[2]-b[0])}x{int(b[3]-b[1])}" for b in anchors])
+        ax_bar.set_ylim(len(ious) - 0.5, -0.5)  # first anchor on top
+        self.view.show(relayout=relayout)

@@ -72,6 +72,13 @@ def test_nms_steps_match_greedy_loop(seed, iou_threshold):
         assert int(state.step[i]) == step[i]
 
 
+def test_nms_steps_with_every_box_under_the_score_threshold():
+    boxes, scores = make_box_cluster(seed=3)
+    state = nms_steps(boxes, scores, 0.5, score_threshold=1.0)
+    assert len(state.keep) == 0 and state.below_threshold.all()
+    assert (state.step == -1).all() and (state.suppressed_by == -1).all()
+
+
 def test_nms_steps_score_threshold_drops_boxes_first():
     boxes, scores = make_box_cluster(seed=3)
     state = nms_steps(boxes, scores, 0.5, score_threshold=0.5)
@@ -175,3 +182,150 @@ def test_roi_level_explorer_shows_only_the_levels_there_are():
     assert ticks() == ["P2'", "P2", "P3", "P4", "P5"]
     explorer.controls["width"].value = explorer.controls["height"].value = 100
     assert explorer.state.small and "small-object rule" in explorer.message.value
+
+
+# ------------------------------------------------------------------ what a student sees (issue 13)
+def _explorers():
+    boxes, scores = make_box_cluster(seed=1)
+    return [AnchorExplorer(), NMSExplorer(boxes, scores), RoILevelExplorer()]
+
+
+def _nudge(control):
+    """A new valid value for a control, as one student input would give (one slider step, another option...)."""
+    if hasattr(control, "options"):
+        options = list(control.options)
+        return options[(options.index(control.value) + 1) % len(options)]
+    if isinstance(control.value, bool):
+        return not control.value
+    if isinstance(control.value, str):
+        return None
+    step = control.step
+    return control.value - step if control.value + step > control.max else control.value + step
+
+
+@pytest.mark.parametrize("index", range(3), ids=["anchors", "nms", "roi_levels"])
+def test_one_redraw_per_input(index):
+    explorer = _explorers()[index]
+    for name, control in explorer.controls.items():
+        value = _nudge(control)
+        if value is None:
+            continue
+        before = explorer.view.renders
+        control.value = value
+        assert explorer.view.renders - before == 1, f"{type(explorer).__name__}: changing {name} redrew " \
+                                                    f"{explorer.view.renders - before} times"
+
+
+def test_explorer_png_is_rendered_on_a_fresh_kernel(tmp_path):
+    """Displayed on a kernel where pyplot never ran, every explorer's picture is a PNG (not a Figure's text)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import sys\n"
+        "from course_lib.widgets import AnchorExplorer, NMSExplorer, RoILevelExplorer\n"
+        "explorers = [AnchorExplorer(), NMSExplorer(), RoILevelExplorer()]\n"
+        "assert 'matplotlib.pyplot' not in sys.modules  # nothing set up an inline backend\n"
+        "for explorer in explorers:\n"
+        "    display(explorer)\n")]
+    client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    outputs = nb.cells[0].outputs
+    assert not [o for o in outputs if "<Figure" in str(o.get("data", {}).get("text/plain", ""))]
+    assert len([o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]) == 3
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    images = [m for m in state.values() if m["model_name"] == "ImageModel"]
+    assert len(images) == 3 and all(m["state"]["format"] == "png" for m in images)
+    import base64
+
+    for model in images:
+        (buffer,) = model["buffers"]
+        assert base64.b64decode(buffer["data"])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _text_boxes(explorer):
+    fig = explorer.view.figure
+    renderer = explorer.view.canvas.get_renderer()
+    titles = [ax.title for ax in fig.axes if ax.title.get_text()]
+    return fig.bbox, [(t.get_text(), t.get_window_extent(renderer)) for t in titles]
+
+
+@pytest.mark.parametrize("index", range(2), ids=["anchors", "nms"])
+def test_titles_fit_and_do_not_overlap(index):
+    explorer = _explorers()[index]
+    for value in (0.3, 0.95):  # short and long numbers in the titles
+        name = "iou_threshold" if "iou_threshold" in explorer.controls else "fg_iou"
+        explorer.controls[name].value = value
+        figure_box, boxes = _text_boxes(explorer)
+        for k, (text, box) in enumerate(boxes):
+            assert box.x0 >= figure_box.x0 and box.x1 <= figure_box.x1, f"title {text!r} leaves the figure"
+            for other, other_box in boxes[k + 1:]:
+                assert not box.overlaps(other_box), f"titles {text!r} and {other!r} overlap"
+
+
+def test_nms_show_step_follows_a_new_threshold_to_the_finished_run():
+    explorer = NMSExplorer()
+    step = explorer.controls["step"]
+    assert step.value == step.max == len(explorer.state.keep)  # opens on the finished run
+    step.value = 1
+    explorer.controls["iou_threshold"].value = 0.9  # more boxes kept: more steps
+    assert step.value == step.max == len(explorer.state.keep)
+    explorer.controls["iou_threshold"].value = 0.2  # fewer steps: the slider shrinks, the run is still finished
+    assert step.value == step.max == len(explorer.state.keep)
+
+
+def test_nms_step_axis_has_integer_ticks():
+    explorer = NMSExplorer()
+    explorer.view.canvas.draw()
+    for axis in (explorer.ax_steps.xaxis, explorer.ax_steps.yaxis):
+        ticks = axis.get_ticklocs()
+        assert len(ticks) and np.allclose(ticks, np.round(ticks)), f"fractional ticks {ticks}"
+
+
+def test_nms_score_slider_spans_the_scores_given():
+    """Proposals of an untrained RPN all score about 0.52: the slider must still separate them."""
+    boxes, _ = make_box_cluster(seed=2)
+    scores = 0.515 + 0.015 * torch.rand(len(boxes), generator=torch.Generator().manual_seed(0))
+    explorer = NMSExplorer(boxes, scores, score_threshold=0.05)
+    slider = explorer.controls["score_threshold"]
+    assert slider.min < float(scores.min()) and slider.max >= float(scores.max())
+    assert (slider.max - slider.min) / slider.step >= 10
+    assert not explorer.state.below_threshold.any()  # a threshold below the range keeps every box
+    below = set()
+    for value in np.arange(slider.min, slider.max + slider.step / 2, slider.step):
+        slider.value = float(value)
+        below.add(int(explorer.state.below_threshold.sum()))
+    assert len(below) >= 5 and max(below) == len(boxes), f"the slider separates the boxes poorly: {sorted(below)}"
+
+
+def test_anchor_stride_change_keeps_the_location_in_the_image():
+    explorer = AnchorExplorer(stride=16)
+    x, y = explorer.controls["x"].value, explorer.controls["y"].value
+    for stride in (32, 4, 64, 8):
+        explorer.controls["stride"].value = stride
+        cx, cy = explorer.controls["x"].value * stride, explorer.controls["y"].value * stride
+        assert abs(cx - x * 16) <= stride / 2 and abs(cy - y * 16) <= stride / 2
+        assert explorer.controls["x"].max == (explorer.image.shape[1] - 1) // stride
+    explorer.controls["stride"].value = 16
+    assert (explorer.controls["x"].value, explorer.controls["y"].value) == (x, y)  # back where it was
+
+
+def test_low_quality_positive_bar_is_visible():
+    """A 6 x 6 ground truth: its best anchor is positive (low-quality match) with IoU 0.002; its bar must show."""
+    explorer = AnchorExplorer(gt_box=(264, 190, 270, 196), stride=32, location=(7, 6))
+    ious, labels = explorer.state.ious, explorer.state.labels
+    (best,) = torch.nonzero(labels == 1).flatten().tolist()
+    assert float(ious[best]) < 0.005  # a bar of IoU 0.002: half a pixel wide
+    pixels = explorer.view.pixels()
+    bar = explorer.ax_bar.patches[best].get_window_extent(explorer.view.canvas.get_renderer())
+    height = pixels.shape[0]
+    region = pixels[int(height - bar.y1):int(height - bar.y0) + 1, int(bar.x0) - 1:int(bar.x0) + 6, :3].astype(int)
+    green = (abs(region - np.array([44, 160, 44])).sum(axis=-1) < 60).sum()
+    assert green >= 2 * (bar.y1 - bar.y0), "the low-quality positive's bar is not visible (under 2 px wide)"
+    assert [t.get_text() for t in explorer.ax_bar.texts][best].endswith("best")
+
+
+def test_anchor_checkbox_label_is_not_cut_off():
+    box = AnchorExplorer().controls["low_quality"]
+    assert box.indent is False and box.layout.width == "auto"
