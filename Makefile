@@ -12,11 +12,12 @@ STAMP := $(VENV)/.installed
 # so the course's venv ignores them.
 PIP_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_NO_INDEX PIP_CONFIG_FILE=/dev/null
 PYTEST_ARGS ?=
+LAB_ARGS ?=
 
 .PHONY: lab test venv data bench clean help instructor gpu-check test-fullsize
 
 help:
-	@echo "make lab    - open the course in JupyterLab (sets everything up first)"
+	@echo "make lab    - open the course in JupyterLab (sets everything up first); LAB_ARGS=\"--ip=0.0.0.0 --port=8890\""
 	@echo "make test   - run the whole test suite, notebooks included, in the ci profile"
 	@echo "make bench  - run the benchmark scripts (course_lib vs torchvision, side by side)"
 	@echo "make instructor [PROFILE=gpu] [CHAPTERS=\"05 07\"] [DATA=voc] [GPUS=4] - run the notebooks, write results/<profile>/report.md"
@@ -33,9 +34,11 @@ $(STAMP): pyproject.toml
 	  echo "  rm -rf $(VENV) && make venv"; exit 1; }
 	@touch $@
 
+# make lab LAB_ARGS="--ip=0.0.0.0 --port=8890": extra arguments for JupyterLab (a container, a remote machine).
+# As root, scripts/lab.py adds --allow-root (and says so); it prints the URL to open once the server answers.
 lab: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py --skip-existing
-	$(VENV)/bin/jupyter lab notebooks/
+	$(PY) scripts/lab.py $(LAB_ARGS)
 
 test: export COURSE_PROFILE = ci
 test: export COURSE_SOLUTIONS = 1
