@@ -30,7 +30,6 @@ class FigureView:
         self.figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
         self.canvas = FigureCanvasAgg(self.figure)
         self.output = widgets.Image(format="png")
-        self.output.add_class("course-figure")
         self.renders = 0
         self._laid_out = False
 

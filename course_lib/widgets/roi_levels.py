@@ -109,6 +109,7 @@ class RoILevelExplorer:
 
     def update(self):
         c = {k: w.value for k, w in self.controls.items()}
+        self.controls["efpn_threshold"].disabled = not c["efpn"]  # it does nothing without P2'
         self.state = roi_level(c["width"], c["height"], **self._kwargs())
         s = self.state
         size = math.sqrt(c["width"] * c["height"])

@@ -7,7 +7,7 @@ nbval anyway), then for every explorer:
 * its figure is a real picture: an ``<img>`` that decoded to pixels -- no text-only figure (``<Figure size ...>``), no
   "Error displaying widget", no error output, no error in the browser's console, no control label cut off;
 * each control is moved, by keyboard (arrow keys, space) and by mouse (a click on the slider's track, on the
-  checkbox): each input gives exactly one redraw (one new picture: counted in the page), the picture changes for
+  checkbox; a disabled control is left alone): each input gives exactly one redraw (one new picture: counted in the page), the picture changes for
   every control, and the time from the input event to the new picture being painted is recorded (the table is
   printed at the end of the run, with the median).
 """
@@ -48,7 +48,7 @@ INSTRUMENT = """() => {
   new MutationObserver(mutations => {
     for (const m of mutations) {
       const img = m.target;
-      if (!(img instanceof HTMLImageElement) || !img.classList.contains('course-figure')) continue;
+      if (!(img instanceof HTMLImageElement) || !img.classList.contains('widget-image')) continue;
       const record = {id: img.dataset.courseId, inputAt: course.inputAt, paintedAt: null, hash: null};
       course.pictures.push(record);
       fetch(img.src).then(r => r.arrayBuffer()).then(b => crypto.subtle.digest('SHA-1', b))
@@ -93,11 +93,11 @@ def run_down_to(page, last_cell: int) -> None:
 def figures_of_cell(page, cell: int) -> list[str]:
     """Give each explorer picture in the cell's output an id; return the ids once every picture has decoded."""
     page.wait_for_function(f"""cell => {{
-        const imgs = [...{PANEL}.content.widgets[cell].node.querySelectorAll('img.course-figure')];
+        const imgs = [...{PANEL}.content.widgets[cell].node.querySelectorAll('img.widget-image')];
         return imgs.length > 0 && imgs.every(img => img.complete && img.naturalWidth > 0); }}""", arg=cell,
                            timeout=60_000)
     return page.evaluate(f"""async cell => {{
-        const imgs = [...{PANEL}.content.widgets[cell].node.querySelectorAll('img.course-figure')];
+        const imgs = [...{PANEL}.content.widgets[cell].node.querySelectorAll('img.widget-image')];
         const hex = buffer => Array.from(new Uint8Array(buffer)).map(b => b.toString(16).padStart(2, '0')).join('');
         const ids = [];
         for (const [k, img] of imgs.entries()) {{
@@ -140,11 +140,10 @@ def one_input(page, figure_id: str, action) -> dict:
 
 
 def controls_of(page, cell: int):
-    """The explorer's sliders, dropdowns and checkboxes (locators), in page order."""
+    """The explorer's sliders, dropdowns, checkboxes and toggle-button groups (locators), in page order."""
     output = notebook(page).locator(".jp-Cell").nth(cell).locator(".jp-OutputArea")
-    return (output.locator(".widget-slider, .jupyter-widget-slider").all(),
-            output.locator(".widget-dropdown select, .jupyter-widget-dropdown select").all(),
-            output.locator(".widget-checkbox input[type=checkbox], .jupyter-widget-checkbox input[type=checkbox]").all())
+    return (output.locator(".widget-slider").all(), output.locator(".widget-dropdown select").all(),
+            output.locator(".widget-checkbox input[type=checkbox]").all(), output.locator(".widget-toggle-buttons").all())
 
 
 def notebook(page):
@@ -154,7 +153,8 @@ def notebook(page):
 
 def label_of(control) -> str:
     text = control.locator("xpath=ancestor-or-self::*[contains(@class,'widget-inline-hbox') or "
-                           "contains(@class,'widget-checkbox')][1]").first.inner_text().strip()
+                           "contains(@class,'widget-checkbox') or contains(@class,'widget-toggle-buttons')][1]"
+                           ).first.inner_text().strip()
     lines = [line.strip("\u200b ") for line in text.splitlines()]
     return next((line[:17] for line in lines if line), "?")
 
@@ -184,6 +184,11 @@ def slider_inputs(page, slider):
         page.mouse.click(box["x"] + fraction * box["width"], box["y"] + box["height"] / 2)
 
     return [("keyboard", keyboard), ("mouse", mouse)]
+
+
+def unselected(group):
+    """A button of a ToggleButtons group that is not the selected one."""
+    return group.locator("button:not(.mod-active)").first
 
 
 def select_by_keyboard(page, select) -> None:
@@ -216,22 +221,31 @@ def test_explorers_in_browser(lab, browser_context, path):
 
         for cell, explorer in cells:
             (figure_id,) = figures_of_cell(page, cell)
-            sliders, selects, checkboxes = controls_of(page, cell)
+            sliders, selects, checkboxes, toggles = controls_of(page, cell)
             assert sliders, f"{explorer} in cell {cell}: no sliders found"
-            inputs = []  # (control label, kind, action); checkboxes first by mouse and last by keyboard
+            # (control label, kind, action, locator); a checkbox is clicked, then set back by keyboard, so the
+            # other controls are moved in the explorer's own starting state
+            inputs = []
             for box in checkboxes:
-                inputs.append((label_of(box), "mouse", box.click))
+                inputs.append((label_of(box), "mouse", box.click, box))
+                inputs.append((label_of(box), "keyboard", lambda b=box: (b.focus(), page.keyboard.press(" ")), box))
             for slider in sliders:
-                inputs += [(label_of(slider), kind, action) for kind, action in slider_inputs(page, slider)]
+                inputs += [(label_of(slider), kind, action, slider.locator(".noUi-target"))
+                           for kind, action in slider_inputs(page, slider)]
             for select in selects:
-                inputs.append((label_of(select), "keyboard", lambda s=select: select_by_keyboard(page, s)))
-                inputs.append((label_of(select), "mouse", lambda s=select: s.select_option(index=1)))
-            for box in checkboxes:
-                inputs.append((label_of(box), "keyboard", lambda b=box: (b.focus(), page.keyboard.press(" "))))
+                inputs.append((label_of(select), "keyboard", lambda s=select: select_by_keyboard(page, s), select))
+                inputs.append((label_of(select), "mouse", lambda s=select: s.select_option(index=1), select))
+            for group in toggles:
+                if group.locator("button").count() > 1:
+                    inputs.append((label_of(group), "mouse", lambda g=group: unselected(g).click(), group))
+                    inputs.append((label_of(group), "keyboard", lambda g=group: (unselected(g).focus(),
+                                                                                 page.keyboard.press(" ")), group))
 
             last_hash = page.evaluate("id => window.__course.first[id]", figure_id)
             changed_by = {}
-            for control, kind, action in inputs:
+            for control, kind, action, locator in inputs:
+                if locator.get_attribute("disabled") is not None:  # greyed out: a student cannot move it
+                    continue
                 result = one_input(page, figure_id, action)
                 changed = result["hash"] != last_hash
                 last_hash = result["hash"]
