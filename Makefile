@@ -13,13 +13,15 @@ STAMP := $(VENV)/.installed
 PIP_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_NO_INDEX PIP_CONFIG_FILE=/dev/null
 PYTEST_ARGS ?=
 LAB_ARGS ?=
+TIMINGS_ARGS ?=
 
-.PHONY: lab test venv data bench clean help instructor gpu-check test-fullsize
+.PHONY: lab test venv data bench timings clean help instructor gpu-check test-fullsize
 
 help:
 	@echo "make lab    - open the course in JupyterLab (sets everything up first); LAB_ARGS=\"--ip=0.0.0.0 --port=8890\""
 	@echo "make test   - run the whole test suite, notebooks included, in the ci profile"
 	@echo "make bench  - run the benchmark scripts (course_lib vs torchvision, side by side)"
+	@echo "make timings PROFILE=cpu - time every notebook (Run All) in a profile; writes the README's table"
 	@echo "make instructor [PROFILE=gpu] [CHAPTERS=\"05 07\"] [DATA=voc] [GPUS=4] - run the notebooks, write results/<profile>/report.md"
 	@echo "make gpu-check - CUDA tests, CUDA vs CPU, AMP steps at full scale, benchmarks on CUDA (skips without CUDA)"
 
@@ -45,6 +47,12 @@ test: export COURSE_SOLUTIONS = 1
 test: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py --profile ci --skip-existing
 	$(PY) -m pytest --nbval-lax --nbval-current-env tests notebooks $(PYTEST_ARGS)
+
+# make timings PROFILE=cpu: Run All on every notebook in that profile (default: COURSE_PROFILE, else gpu with
+# CUDA, else cpu); the seconds go to course_lib/timings.json and the README's table. TIMINGS_ARGS: e.g. --notebooks 05
+timings: $(STAMP)
+	$(PY) data_scripts/make_synthetic.py $(if $(PROFILE),--profile $(PROFILE)) --skip-existing
+	$(PY) tests/benchmarks/timings.py $(if $(PROFILE),--profile $(PROFILE)) $(TIMINGS_ARGS)
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_ops.py

@@ -1,0 +1,66 @@
+"""make timings: each notebook's first code cell says how long it takes; the script measures and writes the table."""
+import importlib.util
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_lib.timings import expect, format_seconds, load_timings
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("timings_script", ROOT / "tests" / "benchmarks" / "timings.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_first_code_cell_prints_what_to_expect(path):
+    cells = nbformat.read(path, as_version=4).cells
+    first = next(c for c in cells if c.cell_type == "code")
+    assert f'expect("{path.stem}")' in first.source, (
+        f"{path.name}: the first code cell should call course_lib.timings.expect({path.stem!r})")
+
+
+def test_expect_says_measured_time_or_how_to_measure(tmp_path, capsys):
+    table = tmp_path / "timings.json"
+    table.write_text(json.dumps({"profiles": {"ci": {"machine": "2 CPU cores", "measured": "2026-12-01",
+                                                     "notebooks": {"05_faster_rcnn": 42.0}}}}))
+    assert "expect about 42 s" in expect("05_faster_rcnn", "ci", path=table)
+    assert "not measured yet" in expect("05_faster_rcnn", "cpu", path=table)
+    assert "make timings PROFILE=cpu" in capsys.readouterr().out
+    assert load_timings(tmp_path / "missing.json") == {"profiles": {}}
+    assert [format_seconds(s) for s in (42, 300, 7200)] == ["42 s", "5.0 min", "2.0 h"]
+
+
+def test_timings_script_runs_a_notebook_and_writes_the_table(tmp_path):
+    script = load_script()
+    assert script.README_START in (ROOT / "README.md").read_text()  # the README has a place for the table
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook = tmp_path / "99_tiny.ipynb"
+    nbformat.write(nb, notebook)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{script.README_START}\nold\n{script.README_END}\nend\n")
+    timings = tmp_path / "timings.json"
+    status = script.main(["--profile", "ci", "--notebooks", str(notebook), "--timings-file", str(timings),
+                          "--readme", str(readme)])
+    assert status == 0
+    entry = json.loads(timings.read_text())["profiles"]["ci"]
+    assert 0 < entry["notebooks"]["99_tiny"] < 60 and "CPU cores" in entry["machine"]
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("end\n") and "old" not in text
+    assert "| notebook | `ci` |" in text and "`05_faster_rcnn` | not measured |" in text
+    assert "Not measured yet: `cpu`, `gpu`" in text
+    # a failing notebook is reported, nothing of it is written, and the exit status says so
+    nb.cells[0].source = "raise RuntimeError('boom')"
+    nbformat.write(nb, notebook)
+    before = timings.read_text()
+    assert script.main(["--profile", "ci", "--notebooks", str(notebook), "--timings-file", str(timings),
+                        "--readme", str(readme)]) == 1
+    assert json.loads(timings.read_text()) == json.loads(before)
