@@ -37,10 +37,10 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 # make lab LAB_ARGS="--ip=0.0.0.0 --port=8890": extra arguments for JupyterLab (a container, a remote machine).
-# As root, scripts/lab.py adds --allow-root (and says so); it prints the URL to open once the server answers.
+# As root, course_lib/lab.py adds --allow-root (and says so); it prints the URL to open once the server answers.
 lab: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py --skip-existing
-	$(PY) scripts/lab.py $(LAB_ARGS)
+	$(PY) -m course_lib.lab $(LAB_ARGS)
 
 test: export COURSE_PROFILE = ci
 test: export COURSE_SOLUTIONS = 1

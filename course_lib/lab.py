@@ -1,6 +1,6 @@
 """Start JupyterLab on the course's notebooks: what ``make lab`` runs after setting everything up.
 
-    python scripts/lab.py [JUPYTERLAB ARGUMENTS...]     # make lab LAB_ARGS="--ip=0.0.0.0 --port=8890"
+    python -m course_lib.lab [JUPYTERLAB ARGUMENTS...] # make lab LAB_ARGS="--ip=0.0.0.0 --port=8890"
 
 * As root (common in Docker containers), JupyterLab refuses to start without ``--allow-root``: it is added, and the
   terminal says so.
