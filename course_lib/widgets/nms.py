@@ -169,7 +169,11 @@ class NMSExplorer:
             ax.set_aspect("equal")
         self._rects = [ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False))
                        for x1, y1, x2, y2 in self.boxes.tolist()]
-        self._labels = [ax.text(x1, y1, f"{float(s):.2f}", color="white", fontsize=8, visible=False,
+        # each kept box's score sits just inside its top-left corner, moved into the picture when the corner is
+        # outside it, and clipped to the axes: a label never covers the title or hangs beside the image
+        (left, right), (bottom, top) = ax.get_xlim(), ax.get_ylim()  # y grows downwards (top < bottom)
+        self._labels = [ax.text(min(max(x1, left), right), min(max(y1, top), bottom), f"{float(s):.2f}",
+                                color="white", fontsize=8, visible=False, ha="left", va="top", clip_on=True,
                                 bbox=dict(fc="black", lw=0, pad=1))
                         for (x1, y1, _, _), s in zip(self.boxes.tolist(), self.scores)]
         self.ax_steps.set_xlabel("greedy step (kept box, by score)")

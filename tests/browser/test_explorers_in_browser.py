@@ -10,10 +10,13 @@ nbval anyway), then for every explorer:
   checkbox; a disabled control is left alone): each input gives exactly one redraw (one new picture: counted in the page), the picture changes for
   every control, and the time from the input event to the new picture being painted is recorded (the table is
   printed at the end of the run, with the median).
+
+``COURSE_BROWSER_SCREENSHOTS=<folder>`` also saves a screenshot of every explorer as it first renders.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -221,6 +224,13 @@ def test_explorers_in_browser(lab, browser_context, path):
 
         for cell, explorer in cells:
             (figure_id,) = figures_of_cell(page, cell)
+            if os.environ.get("COURSE_BROWSER_SCREENSHOTS"):  # a folder: see each explorer as the student does
+                shots = Path(os.environ["COURSE_BROWSER_SCREENSHOTS"])
+                shots.mkdir(parents=True, exist_ok=True)
+                node = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").nth(cell)
+                node.scroll_into_view_if_needed()
+                settle(page)
+                node.screenshot(path=str(shots / f"{path.stem}-cell{cell}-{explorer}.png"))
             sliders, selects, checkboxes, toggles = controls_of(page, cell)
             assert sliders, f"{explorer} in cell {cell}: no sliders found"
             # (control label, kind, action, locator); a checkbox is clicked, then set back by keyboard, so the

@@ -329,3 +329,22 @@ def test_low_quality_positive_bar_is_visible():
 def test_anchor_checkbox_label_is_not_cut_off():
     box = AnchorExplorer().controls["low_quality"]
     assert box.indent is False and box.layout.width == "auto"
+
+
+def test_nms_score_labels_stay_inside_the_picture():
+    """Boxes that reach past the image's top or left edge put their score inside the picture, below the title
+    (a label at the raw corner covered the title, or hung beside the image)."""
+    image = np.zeros((120, 160, 3))
+    boxes = torch.tensor([[-30.0, -40, 60, 50], [100, -10, 190, 100], [20, 30, 80, 90]])
+    explorer = NMSExplorer(boxes, torch.tensor([0.9, 0.8, 0.7]), image=image, iou_threshold=0.5)
+    fig = explorer.view.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes_box = explorer.ax.get_window_extent(renderer)
+    title_box = explorer.ax.title.get_window_extent(renderer)
+    shown = [label for label in explorer._labels if label.get_visible()]
+    assert len(shown) == 3
+    for label in shown:
+        box = label.get_window_extent(renderer)
+        assert axes_box.x0 - 1 <= box.x0 and box.y1 <= axes_box.y1 + 1, label.get_text()
+        assert not box.overlaps(title_box), label.get_text()
