@@ -20,15 +20,14 @@ torch's allocations). The three runs alternate ``--rounds`` times in a rotated o
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import statistics
 import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
+from _process import in_fresh_process  # this folder: a script's own folder is on sys.path
 
 RUNS = ("FPN-1x", "FPN-2x", "EFPN-1x")
 NUM_CLASSES = 46  # TT100K's 45 evaluated classes + background
@@ -90,8 +89,7 @@ def _child(run: str, weights: str, images, min_size: int, device: str, repeats: 
 def measure(*args) -> tuple[float, int, float]:
     """``_child(*args)`` in a fresh (spawned) process of its own: (seconds per image, peak memory in bytes, CPU
     seconds per image of the process -- on a shared machine the fairer time: other processes do not inflate it)."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(_child, *args).result()
+    return in_fresh_process(_child, *args)
 
 
 def main() -> None:

@@ -25,14 +25,13 @@ see torch's allocations -- reported as the process's peak and as the growth over
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import resource
 import statistics
 import tempfile
 import time
 
 import torch
+from _process import in_fresh_process, peak_memory, rss_peak  # this folder: a script's own folder is on sys.path
 
 NUM_CLASSES = 91  # torchvision's COCO head
 RUNS = ("torchvision", "course_lib", "course_lib + tv kernels")
@@ -65,7 +64,7 @@ def _build(run: str, weights_path: str, min_size: int):
 
 
 def _measure(run: str, mode: str, weights_path: str, samples, batch: int, min_size: int, device: str,
-             repeats: int, queue) -> None:
+             repeats: int) -> tuple:
     """In a child process: build, warm up, time ``repeats`` passes; report seconds per image and peak memory."""
     from course_lib.ops.pooling import use_torchvision_kernels
 
@@ -74,7 +73,7 @@ def _measure(run: str, mode: str, weights_path: str, samples, batch: int, min_si
     model = _build(run, weights_path, min_size).to(device)
     images = [(image.float() / 255).to(device) for image, _ in samples]
     targets = [{k: v.to(device) for k, v in target.items()} for _, target in samples]
-    rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_built = rss_peak()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -108,24 +107,12 @@ def _measure(run: str, mode: str, weights_path: str, samples, batch: int, min_si
         if device == "cuda":
             torch.cuda.synchronize()
         times.append((time.perf_counter() - start) / per_pass)
-    if device == "cuda":
-        peak, growth = torch.cuda.max_memory_allocated(), None
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        growth = peak - rss_built
-    queue.put((statistics.median(times), peak, growth))
+    peak, growth = peak_memory(device, rss_built)
+    return statistics.median(times), peak, growth
 
 
 def measure(*args):
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_measure, args=(*args, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    if process.exitcode != 0:
-        raise RuntimeError(f"measurement {args[:2]} failed with exit code {process.exitcode}")
-    return result
+    return in_fresh_process(_measure, *args)
 
 
 def main() -> None:

@@ -28,13 +28,12 @@ idle core).
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import resource
 import statistics
 import time
 
 import torch
+from _process import in_fresh_process, peak_memory, rss_peak  # this folder: a script's own folder is on sys.path
 
 NUM_CLASSES = 21  # PASCAL VOC: 20 classes + background, as the paper's Table 3
 
@@ -64,8 +63,7 @@ def _build(name: str, depth: int, min_size: int):
     return {50: rfcn_resnet50, 101: rfcn_resnet101}[depth](num_classes=NUM_CLASSES, **common)
 
 
-def _measure(name: str, what: str, rois: int, depth: int, min_size: int, device: str, repeats: int, warmup: int,
-             queue) -> None:
+def _measure(name: str, what: str, rois: int, depth: int, min_size: int, device: str, repeats: int, warmup: int) -> tuple:
     """In a child process: build, warm up, time; report (seconds, peak bytes, growth bytes)."""
     model = _build(name, depth, min_size).to(device).eval()
     image = make_image().to(device)
@@ -73,7 +71,7 @@ def _measure(name: str, what: str, rois: int, depth: int, min_size: int, device:
         image_list, _, _ = model.prepare([image])
         features = model.features(image_list)
         proposals = [random_proposals(rois, *image_list.image_sizes[0]).to(device)]
-    rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_built = rss_peak()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -101,24 +99,12 @@ def _measure(name: str, what: str, rois: int, depth: int, min_size: int, device:
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(clock() - start)
-    if device == "cuda":
-        peak, growth = torch.cuda.max_memory_allocated(), None
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        growth = peak - rss_built
-    queue.put((statistics.median(times), peak, growth))
+    peak, growth = peak_memory(device, rss_built)
+    return statistics.median(times), peak, growth
 
 
 def measure(*args):
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_measure, args=(*args, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    if process.exitcode != 0:
-        raise RuntimeError(f"measurement {args[:3]} failed with exit code {process.exitcode}")
-    return result
+    return in_fresh_process(_measure, *args)
 
 
 def main() -> None:
