@@ -29,6 +29,8 @@ from torch import Tensor, nn
 
 from course_lib.state_dict import load_state_dict_checked, read_state_dict
 
+from .vgg import scale_channels
+
 __all__ = [
     "FrozenBatchNorm2d",
     "Bottleneck",
@@ -137,11 +139,18 @@ class ResNet(nn.Module):
     the same weights (a dilation has no parameters). As in torchvision, the first block of such a stage keeps
     the *previous* dilation and only the later blocks use the new one (R-FCN's released Caffe model dilates
     every res5 3x3, res5a's included: one convolution differs; we keep torchvision's layout).
+
+    ``width``: channel multiplier (1.0 = the paper's 64, 256, 512, 1024, 2048). A smaller width keeps every
+    layer, stride and block and only narrows them (0.25: 16, 64, 128, 256, 512), so a laptop profile trains the
+    same network in minutes; torchvision's ImageNet weights fit only ``width=1.0``.
     """
 
     def __init__(self, layers: tuple[int, int, int, int], num_classes: int = 1000,
-                 norm_layer: NormLayer = nn.BatchNorm2d, replace_stride_with_dilation: list[bool] | None = None):
+                 norm_layer: NormLayer = nn.BatchNorm2d, replace_stride_with_dilation: list[bool] | None = None,
+                 *, width: float = 1.0):
         super().__init__()
+        planes = [scale_channels(c, width) for c in (64, 128, 256, 512)]
+        self.width = width
         if replace_stride_with_dilation is None:
             replace_stride_with_dilation = [False, False, False]
         if len(replace_stride_with_dilation) != 3 or not all(isinstance(d, bool) for d in replace_stride_with_dilation):
@@ -150,18 +159,18 @@ class ResNet(nn.Module):
         self.replace_stride_with_dilation = list(replace_stride_with_dilation)
         self._norm_layer = norm_layer
         self.dilation = 1
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = norm_layer(64)
+        self.inplanes = planes[0]
+        self.conv1 = nn.Conv2d(3, planes[0], kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(planes[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(64, layers[0])  # conv2_x, stride 4
+        self.layer1 = self._make_layer(planes[0], layers[0])  # conv2_x, stride 4
         dilate = replace_stride_with_dilation
-        self.layer2 = self._make_layer(128, layers[1], stride=2, dilate=dilate[0])  # conv3_x, stride 8
-        self.layer3 = self._make_layer(256, layers[2], stride=2, dilate=dilate[1])  # conv4_x, stride 16
-        self.layer4 = self._make_layer(512, layers[3], stride=2, dilate=dilate[2])  # conv5_x, stride 32
+        self.layer2 = self._make_layer(planes[1], layers[1], stride=2, dilate=dilate[0])  # conv3_x, stride 8
+        self.layer3 = self._make_layer(planes[2], layers[2], stride=2, dilate=dilate[1])  # conv4_x, stride 16
+        self.layer4 = self._make_layer(planes[3], layers[3], stride=2, dilate=dilate[2])  # conv5_x, stride 32
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * Bottleneck.expansion, num_classes)
+        self.fc = nn.Linear(planes[3] * Bottleneck.expansion, num_classes)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -195,19 +204,19 @@ class ResNet(nn.Module):
 
 
 def resnet50(*, norm_layer: NormLayer = nn.BatchNorm2d, num_classes: int = 1000,
-             replace_stride_with_dilation: list[bool] | None = None) -> ResNet:
+             replace_stride_with_dilation: list[bool] | None = None, width: float = 1.0) -> ResNet:
     """ResNet-50: 3, 4, 6 and 3 bottleneck blocks (paper Table 1); ``replace_stride_with_dilation`` as
     torchvision's (``[False, False, True]``: conv5_x a trous, output stride 16)."""
     return ResNet((3, 4, 6, 3), num_classes=num_classes, norm_layer=norm_layer,
-                  replace_stride_with_dilation=replace_stride_with_dilation)
+                  replace_stride_with_dilation=replace_stride_with_dilation, width=width)
 
 
 def resnet101(*, norm_layer: NormLayer = nn.BatchNorm2d, num_classes: int = 1000,
-              replace_stride_with_dilation: list[bool] | None = None) -> ResNet:
+              replace_stride_with_dilation: list[bool] | None = None, width: float = 1.0) -> ResNet:
     """ResNet-101: 3, 4, 23 and 3 bottleneck blocks (paper Table 1); ``replace_stride_with_dilation`` as
     torchvision's (``[False, False, True]``: conv5_x a trous, output stride 16)."""
     return ResNet((3, 4, 23, 3), num_classes=num_classes, norm_layer=norm_layer,
-                  replace_stride_with_dilation=replace_stride_with_dilation)
+                  replace_stride_with_dilation=replace_stride_with_dilation, width=width)
 
 
 class IntermediateLayerGetter(nn.ModuleDict):
@@ -296,6 +305,10 @@ def load_torchvision_resnet(model: nn.Module, path: str | os.PathLike) -> nn.Mod
     from a local file into ``model``: a :class:`ResNet`, or a body made by :func:`resnet_body` /
     :class:`IntermediateLayerGetter` (keys the body does not have, e.g. ``fc.*``, are skipped)."""
     state_dict = read_state_dict(path)
+    width = getattr(model, "width", 1.0)  # a body cut from a narrow ResNet fails below, key by key
+    if width != 1.0:
+        raise ValueError(f"{os.fspath(path)!r} holds a ResNet with the paper's channels, but this ResNet has "
+                         f"width={width}: build it with width=1.0 to load ImageNet weights.")
     own = model.state_dict()
     if not isinstance(model, ResNet):
         # a body keeps a prefix of the stages; drop the stages (and the classifier) it cut off
@@ -308,15 +321,15 @@ def load_torchvision_resnet(model: nn.Module, path: str | os.PathLike) -> nn.Mod
 def resnet_body(depth: int = 50, *, returned_layers: list[int] | None = None,
                 return_layers: dict[str, str] | None = None, trainable_layers: int = 3,
                 norm_layer: NormLayer = FrozenBatchNorm2d, weights: str | os.PathLike | None = None,
-                replace_stride_with_dilation: list[bool] | None = None) -> ResNetBody:
+                replace_stride_with_dilation: list[bool] | None = None, width: float = 1.0) -> ResNetBody:
     """The ResNet-``depth`` feature extractor of a detector (a :class:`ResNetBody`).
 
     ``returned_layers``: the stages to return, as torchvision's ``_resnet_fpn_extractor`` (1 = conv2_x/C2 ...
     4 = conv5_x/C5), named ``"0", "1", ...`` in that order; default ``[1, 2, 3, 4]``: C2..C5 for an FPN.
     ``return_layers``: or explicit names, ``{child: output name}``, e.g. ``{"layer3": "c4", "layer4": "c5"}``.
     Batch norm is frozen and the first ``5 - trainable_layers`` stages too; ``weights``: a local torchvision
-    ResNet state dict file (ImageNet weights), loaded before the cut; ``replace_stride_with_dilation`` as in
-    :class:`ResNet` (R-FCN: ``[False, False, True]``).
+    ResNet state dict file (ImageNet weights), loaded before the cut; ``replace_stride_with_dilation`` and
+    ``width`` (channel multiplier) as in :class:`ResNet` (R-FCN: ``[False, False, True]``).
     """
     builders = {50: resnet50, 101: resnet101}
     if depth not in builders:
@@ -330,7 +343,8 @@ def resnet_body(depth: int = 50, *, returned_layers: list[int] | None = None,
             raise ValueError("returned_layers must be increasing stage numbers in 1..4 (1 = conv2_x/C2, "
                              f"4 = conv5_x/C5), e.g. [2, 3, 4]; got {returned_layers!r}")
         return_layers = {f"layer{k}": str(i) for i, k in enumerate(returned_layers)}
-    model = builders[depth](norm_layer=norm_layer, replace_stride_with_dilation=replace_stride_with_dilation)
+    model = builders[depth](norm_layer=norm_layer, replace_stride_with_dilation=replace_stride_with_dilation,
+                            width=width)
     if weights is not None:
         load_torchvision_resnet(model, weights)
     freeze_layers(model, trainable_layers)

@@ -222,7 +222,7 @@ class EFPNBackbone(nn.Module):
         self.body = body
         self.fpn = fpn
         self.out_channels = out_channels
-        self.extension = EFPNExtension(256, out_channels, ftt=ftt)
+        self.extension = EFPNExtension(body.out_channels_list[0], out_channels, ftt=ftt)  # C2: 256 channels
 
     def c2_prime(self, x: Tensor) -> Tensor:
         """C2' (Table I): conv2_x (``body.layer1``, the same weights as C2) on the stem output, no max-pool."""

@@ -54,13 +54,13 @@ PAPER_C4_CONFIG = dict(
 
 
 class ResNetC4(nn.Module):
-    """The shared trunk: a ResNet up to conv4_x, returning ``{"0": C4}`` (stride 16, 1024 channels)."""
-
-    out_channels = 1024
+    """The shared trunk: a ResNet up to conv4_x, returning ``{"0": C4}`` (stride 16, 1024 channels;
+    ``out_channels`` is read from conv4_x, so a narrower ResNet -- ``width`` -- has fewer)."""
 
     def __init__(self, resnet: ResNet):
         super().__init__()
         self.body = IntermediateLayerGetter(resnet, {"layer3": "0"})
+        self.out_channels = resnet.layer3[-1].conv3.out_channels
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.body(x)
@@ -68,13 +68,12 @@ class ResNetC4(nn.Module):
 
 class ResNetC5Head(nn.Module):
     """conv5_x as the per-RoI box head (He et al. 2016, appendix A): RoI features [R, 1024, 14, 14]
-    -> ``layer4`` (stride 2) -> [R, 2048, 7, 7] -> global average pool -> [R, 2048]."""
-
-    out_channels = 2048
+    -> ``layer4`` (stride 2) -> [R, 2048, 7, 7] -> global average pool -> [R, 2048] (``out_channels``)."""
 
     def __init__(self, layer4: nn.Module):
         super().__init__()
         self.layer4 = layer4
+        self.out_channels = layer4[-1].conv3.out_channels
 
     def forward(self, x: Tensor) -> Tensor:
         return F.adaptive_avg_pool2d(self.layer4(x), 1).flatten(1)
@@ -109,25 +108,29 @@ class SingleLevelRoIPool(nn.Module):
 
 
 def _fasterrcnn_c4(depth: int, *, weights, num_classes, weights_backbone, trainable_backbone_layers,
-                   **kwargs) -> FasterRCNN:
+                   width=1.0, **kwargs) -> FasterRCNN:
     if "box_predictor" in kwargs:
         raise ValueError("fasterrcnn_resnet*_c4 builds its box predictor for num_classes (initialised as in Fast "
                          "R-CNN); to use another one, build the model and replace model.roi_heads.box_predictor.")
 
     def make(num_classes, weights_backbone, trainable_layers, norm_layer):
-        resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer)
+        resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer, width=width)
         if weights_backbone is not None:
             load_torchvision_resnet(resnet, weights_backbone)
         freeze_layers(resnet, trainable_layers)
         config = {**PAPER_C4_CONFIG, **kwargs}
+        anchor_sizes = tuple(config.pop("rpn_anchor_sizes", PAPER_ANCHOR_SIZES))
         # the C4 pieces, unless given: the paper's anchors, 14x14 RoIAlign on C4, conv5_x as the box head
         if config.get("rpn_anchor_generator") is None:
-            config["rpn_anchor_generator"] = AnchorGenerator((PAPER_ANCHOR_SIZES,), (PAPER_ASPECT_RATIOS,))
+            config["rpn_anchor_generator"] = AnchorGenerator((anchor_sizes,), (PAPER_ASPECT_RATIOS,))
+        elif "rpn_anchor_sizes" in kwargs:
+            raise ValueError("Pass rpn_anchor_sizes or rpn_anchor_generator, not both.")
         if config.get("box_roi_pool") is None:
             config["box_roi_pool"] = SingleLevelRoIPool("0", output_size=14, spatial_scale=1 / 16, sampling_ratio=0)
         if config.get("box_head") is None:
             config["box_head"] = ResNetC5Head(resnet.layer4)
-        config["box_predictor"] = init_like_fast_rcnn(FastRCNNPredictor(ResNetC5Head.out_channels, num_classes))
+        config["box_predictor"] = init_like_fast_rcnn(FastRCNNPredictor(resnet.layer4[-1].conv3.out_channels,
+                                                                        num_classes))
         return FasterRCNN(ResNetC4(resnet), None, **config)
 
     return build_detector(make, f"a Faster R-CNN ResNet-{depth}-C4", weights=weights, num_classes=num_classes,
@@ -136,7 +139,8 @@ def _fasterrcnn_c4(depth: int, *, weights, num_classes, weights_backbone, traina
 
 def fasterrcnn_resnet50_c4(*, weights: str | os.PathLike | None = None, num_classes: int | None = None,
                            weights_backbone: str | os.PathLike | None = None,
-                           trainable_backbone_layers: int | None = None, **kwargs) -> FasterRCNN:
+                           trainable_backbone_layers: int | None = None, width: float = 1.0,
+                           **kwargs) -> FasterRCNN:
     """Faster R-CNN, ResNet-50-C4, paper configuration (see the module docstring); torchvision's builder shape.
 
     Args:
@@ -147,18 +151,22 @@ def fasterrcnn_resnet50_c4(*, weights: str | os.PathLike | None = None, num_clas
             With either file the batch norm is frozen and the first ``5 - trainable_backbone_layers``
             stages too (default 3 trainable); without, the model trains from scratch with ordinary
             batch norm and every stage trainable.
+        width: the ResNet's channel multiplier (1.0 = the paper's; the course's laptop profile trains a
+            narrower copy of the same network, ``PROFILE.det_width``).
         **kwargs: any :class:`FasterRCNN` keyword, overriding the paper's values, e.g. ``min_size`` (the course
-            passes ``PROFILE.det_min_size``), ``rpn_post_nms_top_n_test=100`` or
+            passes ``PROFILE.det_min_size``), ``rpn_anchor_sizes=(64, 128, 256)`` (the 3 scales; the paper's
+            128, 256, 512 are for 600-px images), ``rpn_post_nms_top_n_test=100`` or
             ``box_roi_pool=SingleLevelRoIPool(method="pool")``.
     """
     return _fasterrcnn_c4(50, weights=weights, num_classes=num_classes, weights_backbone=weights_backbone,
-                          trainable_backbone_layers=trainable_backbone_layers, **kwargs)
+                          trainable_backbone_layers=trainable_backbone_layers, width=width, **kwargs)
 
 
 def fasterrcnn_resnet101_c4(*, weights: str | os.PathLike | None = None, num_classes: int | None = None,
                             weights_backbone: str | os.PathLike | None = None,
-                            trainable_backbone_layers: int | None = None, **kwargs) -> FasterRCNN:
+                            trainable_backbone_layers: int | None = None, width: float = 1.0,
+                            **kwargs) -> FasterRCNN:
     """Faster R-CNN, ResNet-101-C4 (the model of He et al. 2016's COCO results); as
     :func:`fasterrcnn_resnet50_c4` with a torchvision ResNet-101 state dict for ``weights_backbone``."""
     return _fasterrcnn_c4(101, weights=weights, num_classes=num_classes, weights_backbone=weights_backbone,
-                          trainable_backbone_layers=trainable_backbone_layers, **kwargs)
+                          trainable_backbone_layers=trainable_backbone_layers, width=width, **kwargs)

@@ -28,11 +28,13 @@ import os
 from torch import nn
 
 from course_lib.backbones.resnet import FrozenBatchNorm2d, overwrite_eps, resnet_body
+from course_lib.backbones.vgg import scale_channels
 from course_lib.ops import MultiScaleRoIAlign
 
 from .builder import build_detector
 from .fpn import BackboneWithFPN, FeaturePyramidNetwork, LastLevelMaxPool
 from .generalized_rcnn import FasterRCNN
+from .roi_heads import FastRCNNPredictor, TwoMLPHead
 
 __all__ = ["resnet_fpn_backbone", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet101_fpn"]
 
@@ -41,24 +43,28 @@ PUBLISHED_WEIGHTS_BN_EPS = 0.0
 
 
 def resnet_fpn_backbone(depth: int = 50, *, weights_backbone: str | os.PathLike | None = None,
-                        trainable_layers: int = 3, norm_layer=FrozenBatchNorm2d, out_channels: int = 256,
+                        trainable_layers: int = 3, norm_layer=FrozenBatchNorm2d, out_channels: int | None = None,
                         top_down: bool = True, lateral: bool = True, returned_layers: list[int] | None = None,
-                        extra_blocks: nn.Module | None = None) -> BackboneWithFPN:
-    """ResNet-``depth`` C2..C5 (``body``) followed by an FPN with P6 (``fpn``): every level has ``out_channels``.
+                        extra_blocks: nn.Module | None = None, width: float = 1.0) -> BackboneWithFPN:
+    """ResNet-``depth`` C2..C5 (``body``) followed by an FPN with P6 (``fpn``): every level has ``out_channels``
+    (default d = 256, the paper's, times ``width``).
 
     C_k has 256 * 2^(k-2) channels (ResNet-50/101: 256, 512, 1024, 2048) and stride 2^k; the FPN's
     ``in_channels_list`` is read from the body. ``returned_layers`` (default [1, 2, 3, 4]) and ``extra_blocks``
-    (default ``LastLevelMaxPool()``: P6) as in torchvision's ``_resnet_fpn_extractor``.
+    (default ``LastLevelMaxPool()``: P6) as in torchvision's ``_resnet_fpn_extractor``. ``width``: the channel
+    multiplier of the whole backbone (1.0 = the paper's), for the course's laptop profile.
     """
+    out_channels = scale_channels(256, width) if out_channels is None else out_channels
     body = resnet_body(depth, returned_layers=returned_layers, trainable_layers=trainable_layers,
-                       norm_layer=norm_layer, weights=weights_backbone)
+                       norm_layer=norm_layer, weights=weights_backbone, width=width)
     extra_blocks = LastLevelMaxPool() if extra_blocks is None else extra_blocks
     fpn = FeaturePyramidNetwork(body.out_channels_list, out_channels, extra_blocks, top_down=top_down, lateral=lateral)
     return BackboneWithFPN(body, fpn, out_channels)
 
 
 def _fasterrcnn_resnet_fpn(depth: int, *, weights, num_classes, weights_backbone, trainable_backbone_layers,
-                           fpn_top_down, fpn_lateral, rois_from_p2_only, frozen_bn_eps, **kwargs) -> FasterRCNN:
+                           fpn_top_down, fpn_lateral, rois_from_p2_only, frozen_bn_eps, width=1.0,
+                           **kwargs) -> FasterRCNN:
     if rois_from_p2_only:
         if "box_roi_pool" in kwargs:
             raise ValueError("Pass either rois_from_p2_only=True or box_roi_pool, not both.")
@@ -67,7 +73,15 @@ def _fasterrcnn_resnet_fpn(depth: int, *, weights, num_classes, weights_backbone
 
     def make(num_classes, weights_backbone, trainable_layers, norm_layer):
         backbone = resnet_fpn_backbone(depth, weights_backbone=weights_backbone, trainable_layers=trainable_layers,
-                                       norm_layer=norm_layer, top_down=fpn_top_down, lateral=fpn_lateral)
+                                       norm_layer=norm_layer, top_down=fpn_top_down, lateral=fpn_lateral, width=width)
+        if width != 1.0 and "box_head" not in kwargs and "box_predictor" not in kwargs:
+            # the two fully connected layers (fc6, fc7: 1024-d, sec. 4.2) narrowed like the backbone
+            pool = kwargs.get("box_roi_pool")
+            resolution = 7 if pool is None else pool.output_size[0]
+            representation = scale_channels(1024, width)
+            return FasterRCNN(backbone, None, box_head=TwoMLPHead(backbone.out_channels * resolution ** 2,
+                                                                  representation),
+                              box_predictor=FastRCNNPredictor(representation, num_classes), **kwargs)
         return FasterRCNN(backbone, num_classes=num_classes, **kwargs)
 
     model = build_detector(make, f"a Faster R-CNN ResNet-{depth}-FPN", weights=weights, num_classes=num_classes,
@@ -83,7 +97,7 @@ def fasterrcnn_resnet50_fpn(*, weights: str | os.PathLike | None = None, num_cla
                             weights_backbone: str | os.PathLike | None = None,
                             trainable_backbone_layers: int | None = None,
                             fpn_top_down: bool = True, fpn_lateral: bool = True, rois_from_p2_only: bool = False,
-                            frozen_bn_eps: float | None = None, **kwargs) -> FasterRCNN:
+                            frozen_bn_eps: float | None = None, width: float = 1.0, **kwargs) -> FasterRCNN:
     """Faster R-CNN ResNet-50-FPN with torchvision's module names and defaults (see the module docstring).
 
     Args:
@@ -97,19 +111,21 @@ def fasterrcnn_resnet50_fpn(*, weights: str | os.PathLike | None = None, num_cla
             5 without).
         fpn_top_down / fpn_lateral / rois_from_p2_only: the paper's ablations (d), (e), (f).
         frozen_bn_eps: eps of the frozen batch norms (default: 0.0 with ``weights``, else 1e-5).
+        width: channel multiplier of the backbone, the FPN's d = 256 and the 1024-d box head (1.0 = the paper's);
+            the course's laptop profile trains a narrower copy of the same network (``PROFILE.det_width``).
         **kwargs: any ``FasterRCNN`` keyword (``min_size``, ``rpn_post_nms_top_n_train``, ``box_roi_pool`` ...).
     """
     return _fasterrcnn_resnet_fpn(50, weights=weights, num_classes=num_classes, weights_backbone=weights_backbone,
                                   trainable_backbone_layers=trainable_backbone_layers, fpn_top_down=fpn_top_down,
                                   fpn_lateral=fpn_lateral, rois_from_p2_only=rois_from_p2_only,
-                                  frozen_bn_eps=frozen_bn_eps, **kwargs)
+                                  frozen_bn_eps=frozen_bn_eps, width=width, **kwargs)
 
 
 def fasterrcnn_resnet101_fpn(*, weights: str | os.PathLike | None = None, num_classes: int | None = None,
                              weights_backbone: str | os.PathLike | None = None,
                              trainable_backbone_layers: int | None = None,
                              fpn_top_down: bool = True, fpn_lateral: bool = True, rois_from_p2_only: bool = False,
-                             frozen_bn_eps: float | None = None, **kwargs) -> FasterRCNN:
+                             frozen_bn_eps: float | None = None, width: float = 1.0, **kwargs) -> FasterRCNN:
     """Faster R-CNN ResNet-101-FPN: the same as :func:`fasterrcnn_resnet50_fpn` with 23 blocks in conv4_x.
 
     torchvision has no builder for it; its equivalent is
@@ -118,4 +134,4 @@ def fasterrcnn_resnet101_fpn(*, weights: str | os.PathLike | None = None, num_cl
     return _fasterrcnn_resnet_fpn(101, weights=weights, num_classes=num_classes, weights_backbone=weights_backbone,
                                   trainable_backbone_layers=trainable_backbone_layers, fpn_top_down=fpn_top_down,
                                   fpn_lateral=fpn_lateral, rois_from_p2_only=rois_from_p2_only,
-                                  frozen_bn_eps=frozen_bn_eps, **kwargs)
+                                  frozen_bn_eps=frozen_bn_eps, width=width, **kwargs)

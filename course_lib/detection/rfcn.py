@@ -48,6 +48,7 @@ from course_lib.backbones.resnet import (
     resnet50,
     resnet101,
 )
+from course_lib.backbones.vgg import scale_channels
 from course_lib.ops import AnchorGenerator, ps_roi_pool
 from course_lib.state_dict import read_state_dict
 
@@ -78,14 +79,13 @@ PAPER_RFCN_CONFIG = dict(
 
 class RFCNBackbone(nn.Module):
     """ResNet conv1 .. conv5_x without average pool and fc, returning ``{"c4": C4, "c5": C5}``, both at
-    stride 16 when conv5_x runs a trous (1024 and 2048 channels). The RPN reads ``"c4"`` (conv4_x's
-    last block, ``res4b22`` in ResNet-101), the score maps ``"c5"``."""
-
-    out_channels = 1024  # of "c4", the map the RPN reads
-    c5_channels = 2048
+    stride 16 when conv5_x runs a trous (1024 and 2048 channels, fewer for a narrower ``width``). The RPN reads
+    ``"c4"`` (conv4_x's last block, ``res4b22`` in ResNet-101), the score maps ``"c5"``."""
 
     def __init__(self, resnet: ResNet):
         super().__init__()
+        self.out_channels = resnet.layer3[-1].conv3.out_channels  # of "c4", the map the RPN reads
+        self.c5_channels = resnet.layer4[-1].conv3.out_channels
         if resnet.replace_stride_with_dilation != [False, False, True]:
             raise ValueError("R-FCN's conv5_x runs a trous: build the ResNet with "
                              "replace_stride_with_dilation=[False, False, True] (C5 at stride 16), got "
@@ -211,7 +211,7 @@ def _num_classes_of(state: dict[str, Tensor], k: int, source: str) -> int:
 
 
 def _rfcn(depth: int, *, weights, num_classes, weights_backbone, trainable_backbone_layers, k, box_maps,
-          dilate_first_block, kwargs) -> RFCN:
+          dilate_first_block, width, kwargs) -> RFCN:
     unknown = sorted(set(kwargs) - set(PAPER_RFCN_CONFIG))
     if unknown:
         raise TypeError(f"rfcn_resnet{depth}() got unexpected keyword arguments {unknown}; "
@@ -225,7 +225,7 @@ def _rfcn(depth: int, *, weights, num_classes, weights_backbone, trainable_backb
         num_classes = found
 
     def make(*, num_classes, weights_backbone, trainable_layers, norm_layer):
-        resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer,
+        resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer, width=width,
                                                        replace_stride_with_dilation=[False, False, True])
         if dilate_first_block:
             dilate_res5a(resnet)
@@ -236,14 +236,15 @@ def _rfcn(depth: int, *, weights, num_classes, weights_backbone, trainable_backb
         anchors = AnchorGenerator((tuple(config["rpn_anchor_sizes"]),), (tuple(config["rpn_aspect_ratios"]),))
         rpn = RegionProposalNetwork(
             anchors, RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0],
-                             conv_channels=config["rpn_conv_channels"]),
+                             conv_channels=scale_channels(config["rpn_conv_channels"], width)),
             config["rpn_fg_iou_thresh"], config["rpn_bg_iou_thresh"],
             config["rpn_batch_size_per_image"], config["rpn_positive_fraction"],
             dict(training=config["rpn_pre_nms_top_n_train"], testing=config["rpn_pre_nms_top_n_test"]),
             dict(training=config["rpn_post_nms_top_n_train"], testing=config["rpn_post_nms_top_n_test"]),
             config["rpn_nms_thresh"], featmap_names=["c4"])
         roi_heads = RFCNRoIHeads(
-            PSScoreMaps(backbone.c5_channels, num_classes, k=k, box_maps=box_maps),
+            PSScoreMaps(backbone.c5_channels, num_classes, k=k, box_maps=box_maps,
+                        reduced_channels=scale_channels(1024, width)),
             config["box_fg_iou_thresh"], config["box_bg_iou_thresh"], config["box_batch_size_per_image"],
             config["box_positive_fraction"], config["bbox_reg_weights"], config["box_score_thresh"],
             config["box_nms_thresh"], config["box_detections_per_img"],
@@ -258,7 +259,8 @@ def _rfcn(depth: int, *, weights, num_classes, weights_backbone, trainable_backb
 
 def rfcn_resnet101(*, weights: str | os.PathLike | None = None, num_classes: int | None = None,
                    weights_backbone: str | os.PathLike | None = None, trainable_backbone_layers: int | None = None,
-                   k: int = 7, box_maps: int = 4, dilate_first_block: bool = True, **kwargs) -> RFCN:
+                   k: int = 7, box_maps: int = 4, dilate_first_block: bool = True, width: float = 1.0,
+                   **kwargs) -> RFCN:
     """R-FCN with ResNet-101, the paper's configuration (:data:`PAPER_RFCN_CONFIG`, module docstring).
 
     Args:
@@ -273,18 +275,21 @@ def rfcn_resnet101(*, weights: str | os.PathLike | None = None, num_classes: int
         box_maps: 4 (the paper, 4k^2 box maps) or 8 (the official code, 8k^2; see the module docstring).
         dilate_first_block: True (the paper and the official code): every 3x3 of conv5_x has dilation 2;
             False: torchvision's ``replace_stride_with_dilation`` layout (res5a's 3x3 undilated).
+        width: channel multiplier of the ResNet, the RPN's 512-d conv and the 1024-d ``conv_new_1`` (1.0 = the
+            paper's); the course's laptop profile trains a narrower copy of the same network (``PROFILE.det_width``).
         **kwargs: any key of :data:`PAPER_RFCN_CONFIG`, e.g. ``min_size=300``,
             ``rpn_post_nms_top_n_test=100``, ``ohem_batch_size_per_image=None`` (no OHEM).
     """
     return _rfcn(101, weights=weights, num_classes=num_classes, weights_backbone=weights_backbone,
                  trainable_backbone_layers=trainable_backbone_layers, k=k, box_maps=box_maps,
-                 dilate_first_block=dilate_first_block, kwargs=kwargs)
+                 dilate_first_block=dilate_first_block, width=width, kwargs=kwargs)
 
 
 def rfcn_resnet50(*, weights: str | os.PathLike | None = None, num_classes: int | None = None,
                   weights_backbone: str | os.PathLike | None = None, trainable_backbone_layers: int | None = None,
-                  k: int = 7, box_maps: int = 4, dilate_first_block: bool = True, **kwargs) -> RFCN:
+                  k: int = 7, box_maps: int = 4, dilate_first_block: bool = True, width: float = 1.0,
+                  **kwargs) -> RFCN:
     """R-FCN with ResNet-50; as :func:`rfcn_resnet101` (a torchvision ResNet-50 state dict for ``weights_backbone``)."""
     return _rfcn(50, weights=weights, num_classes=num_classes, weights_backbone=weights_backbone,
                  trainable_backbone_layers=trainable_backbone_layers, k=k, box_maps=box_maps,
-                 dilate_first_block=dilate_first_block, kwargs=kwargs)
+                 dilate_first_block=dilate_first_block, width=width, kwargs=kwargs)
