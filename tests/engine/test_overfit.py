@@ -1,0 +1,74 @@
+"""engine.overfit / loss_fall / check_overfit: the first sanity check of every training chapter."""
+import pytest
+import torch
+from torch import nn
+
+from course_lib.engine import History, check_overfit, loss_fall, overfit
+
+
+def _history(losses):
+    return History([{"step": i, "loss": v} for i, v in enumerate(losses)])
+
+
+def test_loss_fall_is_from_the_first_step_to_the_last_ten():
+    h = _history([2.0] + [1.0] * 5 + [0.1] * 10)
+    assert loss_fall(h) == pytest.approx(0.95)
+    assert loss_fall(_history([1.0, 1.0])) == 0.0
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        loss_fall(_history([1.0]))
+    with pytest.raises(ValueError, match="first loss is 0.0"):
+        loss_fall(_history([0.0, 0.0]))
+
+
+def test_check_overfit_names_what_failed():
+    good = _history([3.0] + [0.2] * 20)
+    assert "down 93 %" in check_overfit(good, 0.95, what="AP50")
+    with pytest.raises(AssertionError, match="loss did not fall far enough"):
+        check_overfit(_history([3.0] + [1.0] * 20), 0.95, what="AP50")
+    with pytest.raises(AssertionError, match="mIoU is too low"):
+        check_overfit(good, 0.5, what="mIoU")
+    with pytest.raises(AssertionError, match="mIoU is too low"):
+        check_overfit(good, float("nan"), what="mIoU")  # a NaN score is not a pass
+
+
+def _mse(model, batch):
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+
+
+def test_overfit_learns_two_samples_and_a_frozen_model_fails():
+    torch.manual_seed(0)
+    samples = [(torch.randn(8), torch.randn(3)) for _ in range(2)]
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    history = overfit(model, samples, _mse, steps=100, lr=1e-2, progress=False)
+    assert len(history) == 100 and loss_fall(history) > 0.99
+    frozen = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    frozen[0].requires_grad_(False)
+    frozen[2].weight.requires_grad_(False)  # only a bias can move: it cannot fit two different targets
+    with pytest.raises(AssertionError, match="did not fall"):
+        check_overfit(overfit(frozen, samples, _mse, steps=100, lr=1e-2, progress=False), 1.0, what="fit")
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        overfit(nn.Linear(2, 2).requires_grad_(False), samples, _mse, steps=5)
+
+
+def test_detector_optimizer_schedules():
+    from course_lib.engine import detector_optimizer
+
+    params = [nn.Parameter(torch.zeros(2))]
+    opt, sched = detector_optimizer(params, kind="sgd", lr=0.1, steps=40, warmup=3)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step(); sched.step()
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+    assert lrs[:3] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1]) and lrs[29] == pytest.approx(0.1)
+    assert lrs[30:] == pytest.approx([0.01] * 10)  # divided by 10 for the last quarter
+    opt, sched = detector_optimizer(params, kind="adamw", lr=0.1, steps=10, warmup=1)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step(); sched.step()
+    assert isinstance(opt, torch.optim.AdamW) and lrs[0] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[5] == pytest.approx(0.05)  # cosine to 0
+    with pytest.raises(ValueError, match="kind='adam'"):
+        detector_optimizer(params, kind="adam", lr=0.1, steps=10)
