@@ -2,6 +2,7 @@
 recall / F1 per object size, and the FCN paper's segmentation metrics."""
 from .detection import (
     SIZE_RANGES,
+    all_objects_findable,
     TT100K_SIZE_RANGES,
     coco_evaluate,
     efpn_metrics,
@@ -15,6 +16,6 @@ from .segmentation import ConfusionMatrix, boundary_mask, evaluate_segmentation,
 
 __all__ = [
     "coco_evaluate", "proposal_recall", "efpn_metrics", "tt100k_metrics", "greedy_match", "iou_greedy_match",
-    "evaluate_detector", "SIZE_RANGES", "TT100K_SIZE_RANGES",
+    "evaluate_detector", "all_objects_findable", "SIZE_RANGES", "TT100K_SIZE_RANGES",
     "ConfusionMatrix", "boundary_mask", "small_region_mask", "evaluate_segmentation",
 ]

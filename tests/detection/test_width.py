@@ -70,3 +70,15 @@ def test_narrow_detectors_train_and_detect(build):
     with torch.no_grad():
         out = model(images)
     assert len(out) == 2 and all(o["boxes"].shape[1:] == (4,) for o in out)
+
+
+def test_c4_anchor_sizes_keyword():
+    from course_lib.ops import AnchorGenerator
+
+    with torch.device("meta"):
+        model = fasterrcnn_resnet50_c4(num_classes=3, rpn_anchor_sizes=(32, 64, 128))
+        assert model.rpn.anchor_generator.sizes == ((32, 64, 128),)
+        assert fasterrcnn_resnet50_c4(num_classes=3).rpn.anchor_generator.sizes == ((128, 256, 512),)  # the paper's
+        with pytest.raises(ValueError, match="rpn_anchor_sizes or rpn_anchor_generator"):
+            fasterrcnn_resnet50_c4(num_classes=3, rpn_anchor_sizes=(32, 64, 128),
+                                   rpn_anchor_generator=AnchorGenerator(((16,),), ((1.0,),)))

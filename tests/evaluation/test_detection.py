@@ -285,3 +285,20 @@ def test_evaluate_detector(coco_file):
     model = Oracle([{k: v for k, v in d.items() if k != "image_id"} for d in gt_as_detections()])
     metrics, _ = evaluate_detector(model, FakeCoco(coco_file), device="cpu", predict=predict, progress=False)
     assert seen == [1, 2, 3] and metrics["AP"] == pytest.approx(1.0)
+
+
+def test_all_objects_findable():
+    from course_lib.evaluation import all_objects_findable
+
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [2.0, 0.0, 12.0, 10.0], [50.0, 50.0, 60.0, 60.0]])  # IoU(0, 1) = 2/3
+    same = {"boxes": boxes, "labels": torch.tensor([1, 1, 2])}
+    other = {"boxes": boxes, "labels": torch.tensor([1, 2, 2])}
+    assert not all_objects_findable(same, nms_thresh=0.5)  # NMS at 0.5 keeps one of the two class-1 boxes
+    assert all_objects_findable(same, nms_thresh=0.7)
+    assert all_objects_findable(other, nms_thresh=0.3)  # class-wise NMS: different classes do not suppress
+    proposals = torch.tensor([[0.0, 0.0, 10.0, 10.0], [2.0, 0.0, 12.0, 10.0], [52.0, 52.0, 70.0, 70.0]])
+    assert not all_objects_findable(other, nms_thresh=0.3, proposals=proposals)  # the third: IoU 0.18 < 0.5
+    assert all_objects_findable(other, nms_thresh=0.3, proposals=proposals, proposal_iou=0.15)
+    assert not all_objects_findable(other, nms_thresh=0.3, proposals=torch.zeros(0, 4))
+    assert not all_objects_findable({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+                                    nms_thresh=0.5)
