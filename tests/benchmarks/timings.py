@@ -44,8 +44,10 @@ def machine() -> str:
     return f"{cores} CPU cores ({platform.machine()}){gpu}" + (f", OMP_NUM_THREADS={threads}" if threads else "")
 
 
-def run_notebook(path: Path, profile: str, timeout: int) -> tuple[float, list[tuple[float, str]]]:
-    """Execute ``path`` in a fresh kernel with ``COURSE_PROFILE=profile``; (seconds, [(seconds, cell id)] per cell)."""
+def run_notebook(path: Path, profile: str, timeout: int,
+                 executed: Path | None = None) -> tuple[float, list[tuple[float, str]]]:
+    """Execute ``path`` in a fresh kernel with ``COURSE_PROFILE=profile``; (seconds, [(seconds, cell id)] per cell).
+    With ``executed`` (a folder), the notebook with its outputs is written there too, also when a cell fails."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -60,6 +62,9 @@ def run_notebook(path: Path, profile: str, timeout: int) -> tuple[float, list[tu
         client.execute(stderr=subprocess.DEVNULL)  # the kernel's own log lines; cell errors still raise
         total = time.perf_counter() - start
     finally:
+        if executed is not None:
+            executed.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, executed / path.name)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -118,6 +123,8 @@ def main(argv=None) -> int:
     parser.add_argument("--timings-file", type=Path, default=TIMINGS_FILE)
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README whose table is rewritten")
     parser.add_argument("--no-write", action="store_true", help="only print the table")
+    parser.add_argument("--executed", type=Path, default=None,
+                        help="also write each executed notebook, with its outputs, into this folder")
     args = parser.parse_args(argv)
     args.profile = args.profile or get_profile().name
 
@@ -143,7 +150,7 @@ def main(argv=None) -> int:
     for path in paths:
         print(f"{path.stem} ...", end=" ", flush=True)
         try:
-            seconds, cells = run_notebook(path, args.profile, args.timeout)
+            seconds, cells = run_notebook(path, args.profile, args.timeout, args.executed)
         except Exception as exc:  # noqa: BLE001 -- report every notebook, then fail
             print(f"FAILED ({type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''})")
             failed.append(path.stem)
