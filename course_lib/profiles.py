@@ -44,7 +44,14 @@ class Profile:
     window_train_steps: int  # chapter 1: optimiser steps of the sliding-window patch classifiers
     window_batch_size: int  # chapter 1: patches per step
 
+    # --- every training chapter: overfit two images first (loss down >= 90 %, then found on those images) ---
+    overfit_steps: int  # Adam steps on two training images (engine.overfit)
+
     # --- chapters 4-8: detectors ---
+    det_width: float  # channel width multiplier of the trained ResNet detectors (1.0 = paper)
+    det_optimizer: str  # "sgd" (the papers' recipe, fine-tuning from ImageNet) or "adamw" (from scratch, few steps)
+    det_lr: float  # its base learning rate (engine.detector_optimizer)
+    c4_anchor_sizes: tuple[int, ...]  # the single-level (C4, R-FCN) RPN's 3 anchor scales (paper: 128-512 at 600 px)
     det_min_size: int  # transform: shorter side (paper: 800)
     det_max_size: int  # transform: longer side cap (paper: 1333)
     det_train_steps: int
@@ -111,6 +118,11 @@ PROFILES: dict[str, Profile] = {
         seg_width=0.125,
         window_train_steps=40,
         window_batch_size=64,
+        overfit_steps=300,
+        det_width=0.125,
+        det_optimizer="adamw",
+        det_lr=2e-3,
+        c4_anchor_sizes=(32, 64, 128),
         det_min_size=256,
         det_max_size=320,
         det_train_steps=2,
@@ -127,7 +139,7 @@ PROFILES: dict[str, Profile] = {
         faster_rcnn_train_steps=2,
         fpn_proposals_train=100,
         fpn_proposals_test=50,
-        fpn_rois_per_image=8,
+        fpn_rois_per_image=32,
         fpn_ablation_steps=1,
         fpn_min_size=128,
         fpn_max_size=160,
@@ -139,8 +151,8 @@ PROFILES: dict[str, Profile] = {
         rfcn_proposals=50,
         rfcn_ohem_rois=16,
         rfcn_timing_rois=(10, 40),
-        efpn_min_size=128,
-        efpn_max_size=128,
+        efpn_min_size=256,
+        efpn_max_size=256,
         efpn_small_roi_size=56.0,
         efpn_fpn_steps=2,
         efpn_distill_steps=2,
@@ -167,9 +179,14 @@ PROFILES: dict[str, Profile] = {
         seg_width=0.25,
         window_train_steps=1500,
         window_batch_size=128,
+        overfit_steps=300,
+        det_width=0.25,
+        det_optimizer="adamw",
+        det_lr=2e-3,
+        c4_anchor_sizes=(64, 128, 256),
         det_min_size=384,
         det_max_size=512,
-        det_train_steps=300,
+        det_train_steps=400,
         det_batch_size=2,
         lineage_num_images=16,
         lineage_ss_mode="fast",
@@ -180,29 +197,29 @@ PROFILES: dict[str, Profile] = {
         lineage_max_size=512,
         lineage_rcnn_steps=20,
         lineage_train_steps=150,
-        faster_rcnn_train_steps=300,
-        fpn_proposals_train=1000,
+        faster_rcnn_train_steps=600,
+        fpn_proposals_train=600,
         fpn_proposals_test=300,
-        fpn_rois_per_image=128,
+        fpn_rois_per_image=64,
         fpn_ablation_steps=100,
         fpn_min_size=384,
         fpn_max_size=512,
         rfcn_depth=50,
         rfcn_min_size=384,
-        rfcn_max_size=640,
-        rfcn_train_steps=300,
-        rfcn_ablation_steps=100,
+        rfcn_max_size=512,
+        rfcn_train_steps=320,
+        rfcn_ablation_steps=60,
         rfcn_proposals=300,
-        rfcn_ohem_rois=128,
+        rfcn_ohem_rois=64,
         rfcn_timing_rois=(300, 2000),
-        efpn_min_size=512,
-        efpn_max_size=512,
+        efpn_min_size=384,
+        efpn_max_size=384,
         efpn_small_roi_size=56.0,
         efpn_fpn_steps=300,
-        efpn_distill_steps=150,
+        efpn_distill_steps=100,
         efpn_head_steps=100,
-        efpn_ohem_rois=64,
-        efpn_ablation_steps=100,
+        efpn_ohem_rois=32,
+        efpn_ablation_steps=40,
         efpn_bench_images=2,
     ),
     "gpu": Profile(
@@ -223,6 +240,11 @@ PROFILES: dict[str, Profile] = {
         seg_width=1.0,
         window_train_steps=4000,
         window_batch_size=256,
+        overfit_steps=300,
+        det_width=1.0,
+        det_optimizer="sgd",
+        det_lr=0.02 * 4 / 16,  # FPN's 0.02 for 16 images, scaled linearly to det_batch_size = 4
+        c4_anchor_sizes=(128, 256, 512),
         det_min_size=800,
         det_max_size=1333,
         det_train_steps=20000,
