@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from course_lib.state_dict import load_state_dict_checked, read_state_dict
 
-from .vgg import scale_channels
+from .width import scale_channels
 
 __all__ = [
     "FrozenBatchNorm2d",

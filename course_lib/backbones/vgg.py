@@ -28,11 +28,12 @@ from torch import Tensor, nn
 
 from course_lib.state_dict import read_state_dict
 
+from .width import scale_channels
+
 __all__ = [
     "VGG16",
     "VGG16_BLOCKS",
     "vgg16_layer_names",
-    "scale_channels",
     "linear_to_conv",
     "convolutionalize_vgg16_state_dict",
 ]
@@ -40,13 +41,6 @@ __all__ = [
 #: output channels of the convolutions of each block (configuration "D" of the paper's Table 1)
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 FC_CHANNELS = 4096
-
-
-def scale_channels(channels: int, width: float) -> int:
-    """``channels`` times the width multiplier (at least 1); ``width=1.0`` is the paper's network."""
-    if not width > 0:
-        raise ValueError(f"width multiplier must be > 0 (1.0 = the paper's channels), got {width!r}")
-    return max(1, int(round(channels * width)))
 
 
 def vgg16_layer_names() -> list[str]:

@@ -28,7 +28,7 @@ import os
 from torch import nn
 
 from course_lib.backbones.resnet import FrozenBatchNorm2d, overwrite_eps, resnet_body
-from course_lib.backbones.vgg import scale_channels
+from course_lib.backbones.width import scale_channels
 from course_lib.ops import MultiScaleRoIAlign
 
 from .builder import build_detector

@@ -48,7 +48,7 @@ from course_lib.backbones.resnet import (
     resnet50,
     resnet101,
 )
-from course_lib.backbones.vgg import scale_channels
+from course_lib.backbones.width import scale_channels
 from course_lib.ops import AnchorGenerator, ps_roi_pool
 from course_lib.state_dict import read_state_dict
 

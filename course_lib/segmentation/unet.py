@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbones.vgg import scale_channels
+from ..backbones.width import scale_channels
 from .common import ClassCountCheck, center_crop, check_images, to_float_images
 
 __all__ = [

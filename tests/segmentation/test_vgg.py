@@ -8,9 +8,9 @@ from course_lib.backbones.vgg import (
     VGG16,
     convolutionalize_vgg16_state_dict,
     linear_to_conv,
-    scale_channels,
     vgg16_layer_names,
 )
+from course_lib.backbones.width import scale_channels
 
 
 def test_feature_indices_and_names_match_torchvision():
