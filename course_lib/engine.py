@@ -42,10 +42,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from course_lib.evaluation import evaluate_detector
 from course_lib.state_dict import check_state_dict, read_file
 
 __all__ = ["seed_everything", "fit", "History", "save_checkpoint", "save_weights", "load_weights", "overfit",
-           "loss_fall", "check_overfit", "detector_optimizer"]
+           "loss_fall", "check_overfit", "overfit_detector", "detector_optimizer"]
 
 
 def seed_everything(seed: int) -> None:
@@ -491,3 +492,30 @@ def check_overfit(history: History, score: float, *, what: str, min_fall: float 
     if problems:
         raise AssertionError(line + "; " + "; ".join(problems) + ".")
     return line
+
+
+def overfit_detector(model: nn.Module, samples, loss_fn, *, steps: int, collate_fn, device=None, eval_set=None,
+                     predict=None, eval_batch_size: int = 2, lr: float = 3e-3, show: bool = True,
+                     title: str = "two images learnt by heart", progress: bool = True):
+    """The detector chapters' (4-8) first check in one call: :func:`overfit` ``model`` on ``samples``, score it with
+    ``course_lib.evaluation.evaluate_detector`` on the same images (``eval_set``, a ``CocoDetection`` subset of
+    them, where ``samples`` are not one themselves -- Fast R-CNN trains on ``(image, proposals, target)`` items),
+    and :func:`check_overfit` its AP50 (which raises if either number is short). With ``show``, prints the verdict
+    and plots the losses under ``title``.
+
+    Returns ``(history, metrics, verdict)``: the :class:`History`, the COCO metrics on those images and the one-line
+    verdict to print.
+    """
+    history = overfit(model, samples, loss_fn, steps=steps, lr=lr, collate_fn=collate_fn, device=device,
+                      progress=progress)
+    eval_set = samples if eval_set is None else eval_set
+    metrics, _ = evaluate_detector(model, eval_set, device=device, batch_size=eval_batch_size, predict=predict,
+                                   progress=False)
+    verdict = check_overfit(history, metrics["AP50"], what="AP50")
+    if show:
+        import matplotlib.pyplot as plt
+
+        print(verdict)
+        history.plot().axes[0].set_title(title)
+        plt.show()
+    return history, metrics, verdict
