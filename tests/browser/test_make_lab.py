@@ -14,6 +14,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def _as_nobody() -> list[str]:
 
 
 @pytest.mark.parametrize("user", ["root", "normal user"])
-def test_make_lab_starts_the_course(user, serve, tmp_path):
+def test_make_lab_starts_the_course(user, serve, request):
     if not VENV_PYTHON.exists():
         pytest.skip(f"make lab needs the project's venv ({VENV_PYTHON}; `make venv` builds it)")
     if not shutil.which("make"):
@@ -50,9 +51,11 @@ def test_make_lab_starts_the_course(user, serve, tmp_path):
         pytest.skip("the tests do not run as root here; the root case (--allow-root) runs where they do")
     prefix = _as_nobody() if user == "normal user" and is_root else []
 
-    home = tmp_path / "home"
-    home.mkdir()
-    home.chmod(0o777)  # nobody's HOME: JupyterLab writes its runtime and settings files there
+    # nobody's HOME, where JupyterLab writes its runtime and settings files: outside pytest's tmp_path, whose
+    # parent (/tmp/pytest-of-root) only root may enter
+    home = Path(tempfile.mkdtemp(prefix="make-lab-home-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    request.addfinalizer(lambda: shutil.rmtree(home, ignore_errors=True))
+    home.chmod(0o777)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
