@@ -17,7 +17,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-__all__ = ["Profile", "PROFILES", "get_profile", "profile_names"]
+__all__ = ["Profile", "PROFILES", "get_profile", "profile_names", "check_targets"]
 
 
 @dataclass(frozen=True)
@@ -319,3 +319,32 @@ def get_profile(name: str | None = None) -> Profile:
 def replace(profile: Profile, **changes) -> Profile:
     """A copy of ``profile`` with some fields changed (for experiments in a notebook)."""
     return dataclasses.replace(profile, **changes)
+
+
+def check_targets(profile: Profile, results: dict[str, tuple[float, float]], *, stated_for: str = "cpu") -> str:
+    """A chapter's stated quality, checked: ``results`` maps a name to ``(measured, target)``, e.g.
+    ``{"FPN AP50": (metrics["AP50"], 0.15)}``.
+
+    The targets are those the chapter states for the ``stated_for`` profile (the laptop's, where they were measured
+    on 2 cores). In that profile a value below its target (or NaN) raises an ``AssertionError`` naming it: the main
+    training did not do what the chapter says it does. In the other profiles (``ci``: a few steps that only prove the
+    cells run; ``gpu``: the papers' scale) the same line is printed beside the values, for information. Returns the
+    text to print.
+    """
+    if not results:
+        raise ValueError("check_targets: no results given (a dict of name -> (measured, target)).")
+    checked = profile.name == stated_for
+    parts, short = [], []
+    for name, (value, target) in results.items():
+        value, target = float(value), float(target)
+        ok = value >= target  # False for NaN
+        parts.append(f"{name} {value:.3f} (target {target:g}{', met' if ok else ', not met' if checked else ''})")
+        if not ok:
+            short.append(f"{name} = {value:.3f} < {target:g}")
+    line = f"{stated_for} targets: " + "; ".join(parts)
+    if not checked:
+        return line + f" -- stated for the {stated_for!r} profile; this is {profile.name!r}, not checked"
+    if short:
+        raise AssertionError(f"{line}. Below the {stated_for!r} profile's stated target: {', '.join(short)}. Did the "
+                             "training above run all its steps, in this profile, from a fresh kernel?")
+    return line

@@ -36,3 +36,20 @@ def test_profiles_grow_from_ci_to_gpu():
         if isinstance(a, (int, float)) and not isinstance(a, bool) and field.name != "num_workers":
             assert a <= b <= c, f"{field.name}: ci={a}, cpu={b}, gpu={c}"
     assert gpu.det_min_size == 800 and gpu.det_max_size == 1333, "the gpu profile uses the papers' 800/1333 px"
+
+
+def test_check_targets_asserts_in_the_profile_they_are_stated_for():
+    from course_lib.profiles import check_targets
+
+    cpu, ci = PROFILES["cpu"], PROFILES["ci"]
+    line = check_targets(cpu, {"FPN AP50": (0.19, 0.15), "C4 AP50": (0.12, 0.08)})
+    assert "FPN AP50 0.190 (target 0.15, met)" in line and "C4 AP50 0.120 (target 0.08, met)" in line
+    with pytest.raises(AssertionError, match=r"C4 AP50 = 0\.050 < 0\.08"):
+        check_targets(cpu, {"FPN AP50": (0.19, 0.15), "C4 AP50": (0.05, 0.08)})
+    with pytest.raises(AssertionError, match="nan"):
+        check_targets(cpu, {"AP": (float("nan"), 0.05)})  # a NaN is not a pass
+    # elsewhere the same line is information only: ci's few steps score about zero
+    line = check_targets(ci, {"FPN AP50": (0.0, 0.15)})
+    assert "FPN AP50 0.000 (target 0.15)" in line and "'ci', not checked" in line
+    with pytest.raises(ValueError):
+        check_targets(cpu, {})

@@ -58,3 +58,19 @@ def test_notebook_opens_with_goals_and_ends_with_self_checking_exercises(path):
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+TRAINING = [p for p in NOTEBOOKS if re.match(r"0[1-8]_", p.name)]  # the chapters that train a model
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=[p.name for p in TRAINING])
+def test_training_chapter_overfits_first_and_checks_its_cpu_target(path):
+    """Every training chapter first overfits two images (engine.overfit / overfit_detector + check_overfit) and then
+    checks the quality its markdown states for the cpu profile (profiles.check_targets), as the README promises."""
+    cells = json.loads(path.read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    markdown = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    assert re.search(r"\boverfit_detector\(|check_overfit\(", code), f"{path.name}: no overfit check"
+    assert any("### First: " in m for m in markdown), f"{path.name}: no '### First: ...' overfit section"
+    assert re.search(r"check_targets\(PROFILE, \{", code), f"{path.name}: no profiles.check_targets of its cpu target"
+    assert any("`cpu`" in m and "target" in m for m in markdown), f"{path.name}: no markdown states its cpu target"
