@@ -280,10 +280,11 @@ for _row, _name, _vals in (("a", "(a) baseline on conv4 (C4)", (31.6, 53.1, 13.2
 PAPERS["rfcn"] = ("Dai, Li, He & Sun, \"R-FCN: Object Detection via Region-based Fully Convolutional Networks\", "
                   "NeurIPS 2016 (arXiv:1605.06409)")
 # Checked with the search tool: the abstract against the paper's text (arXiv v2); Table 3 and Table 4's 83.6 row
-# against a public transcription of those tables with their captions; Table 2's 68.9 / 67.6 / fail / 75.5 / 76.6
-# against a public paper note quoting them. Not reached: Table 2's 61.7 and Table 6 (COCO), which come from the
-# course's reference notes (shared/references/rfcn_efpn.md) and await a check against the PDF.
-_NOT_YET = "from the course's reference notes; to be checked against the PDF"
+# against a public transcription of those tables with their captions; Table 2 (all six rows, 61.7 included) against
+# a public bilingual transcription of the paper's English text, which reproduces the table and sec. 4.1's "the mAP
+# further drops by a large margin to 61.7% (Table 2)"; Table 6's two baselines against sec. 4.2 in the same text:
+# "Our single-scale trained R-FCN baseline has a val result of 48.9%/27.6%. This is comparable to the Faster R-CNN
+# baseline (48.4%/27.2%)" (AP@0.5 / AP@[0.5, 0.95], the columns of Table 6).
 _add("rfcn.abstract.voc07.map", 83.6, "rfcn", "Abstract", "R-FCN, multi-scale training, 07+12+COCO (Table 4)",
      "mAP (%)", _VOC07, "ResNet-101")
 _add("rfcn.abstract.test_s", 0.17, "rfcn", "Abstract", "test-time speed", "s/img", _VOC07, "ResNet-101", " s",
@@ -294,7 +295,7 @@ for _row, _name, _map in (("naive_1x1", "naive Faster R-CNN, RoI output 1 x 1", 
                           ("k1", "R-FCN, k = 1 (no position sensitivity)", "fail"),
                           ("k3", "R-FCN, k = 3", 75.5), ("k7", "R-FCN, k = 7", 76.6)):
     _add(f"rfcn.table2.{_row}.map", _map, "rfcn", "Table 2", _name, "mAP (%)", _VOC07,
-         "ResNet-101, fully convolutional strategies, no OHEM", note=_NOT_YET if _row == "naive_1x1" else "")
+         "ResNet-101, fully convolutional strategies, no OHEM")
 for _row, _name, _train, _test, _map in (
         ("faster_rcnn", "Faster R-CNN (10 per-RoI layers), no OHEM", 1.2, 0.42, 76.4),
         ("rfcn", "R-FCN (0 per-RoI layers), no OHEM", 0.45, 0.17, 76.6),
@@ -310,10 +311,8 @@ for _row, _name, _train, _test, _map in (
         _add(f"rfcn.table3.{_row}.map", _map, "rfcn", "Table 3", _name, "mAP (%)", _VOC07, "ResNet-101")
 for _row, _name, _ap50, _ap in (("faster_rcnn", "Faster R-CNN, trained on COCO train, tested on val", 48.4, 27.2),
                                 ("rfcn", "R-FCN, trained on COCO train, tested on val", 48.9, 27.6)):
-    _add(f"rfcn.table6.{_row}.ap50", _ap50, "rfcn", "Table 6", _name, "AP@0.5 (%)", "MS COCO val", "ResNet-101",
-         note=_NOT_YET)
-    _add(f"rfcn.table6.{_row}.ap", _ap, "rfcn", "Table 6", _name, "AP@[0.5, 0.95] (%)", "MS COCO val", "ResNet-101",
-         note=_NOT_YET)
+    _add(f"rfcn.table6.{_row}.ap50", _ap50, "rfcn", "Table 6", _name, "AP@0.5 (%)", "MS COCO val", "ResNet-101")
+    _add(f"rfcn.table6.{_row}.ap", _ap, "rfcn", "Table 6", _name, "AP@[0.5, 0.95] (%)", "MS COCO val", "ResNet-101")
 
 
 def number(key: str) -> PaperNumber:
