@@ -25,6 +25,8 @@ draws), written to be read next to the paper.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -154,11 +156,38 @@ class RegionProposalNetwork(nn.Module):
         self.score_thresh = score_thresh
         self.min_size = 1e-3
 
-    def pre_nms_top_n(self) -> int:
-        return self._pre_nms_top_n["training" if self.training else "testing"]
+    def _mode(self, mode: str | None) -> str:
+        if mode is None:
+            return "training" if self.training else "testing"
+        if mode not in ("training", "testing"):
+            raise ValueError(f"mode={mode!r}: 'training' or 'testing' (None: the module's current mode).")
+        return mode
 
-    def post_nms_top_n(self) -> int:
-        return self._post_nms_top_n["training" if self.training else "testing"]
+    def pre_nms_top_n(self, mode: str | None = None) -> int:
+        """Top-scoring boxes kept per feature map before NMS (sec. 3.3), in ``mode`` (default: the current one)."""
+        return self._pre_nms_top_n[self._mode(mode)]
+
+    def post_nms_top_n(self, mode: str | None = None) -> int:
+        """Proposals kept per image after NMS (sec. 3.3: 2000 for training, 300 at test time in the paper)."""
+        return self._post_nms_top_n[self._mode(mode)]
+
+    @contextlib.contextmanager
+    def proposal_counts(self, *, pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None,
+                        mode: str = "testing"):
+        """``with rpn.proposal_counts(post_nms_top_n=2000): ...`` -- other proposal counts for ``mode`` inside the
+        block (a recall curve up to 2000 proposals, say), the configured ones again after it, also on an error."""
+        mode = self._mode(mode)
+        for name, value in (("pre_nms_top_n", pre_nms_top_n), ("post_nms_top_n", post_nms_top_n)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name}={value!r}: an integer >= 1 (or None to keep {getattr(self, name)(mode)}).")
+        saved = self._pre_nms_top_n[mode], self._post_nms_top_n[mode]
+        self._pre_nms_top_n = {**self._pre_nms_top_n, mode: pre_nms_top_n or saved[0]}
+        self._post_nms_top_n = {**self._post_nms_top_n, mode: post_nms_top_n or saved[1]}
+        try:
+            yield self
+        finally:
+            self._pre_nms_top_n = {**self._pre_nms_top_n, mode: saved[0]}
+            self._post_nms_top_n = {**self._post_nms_top_n, mode: saved[1]}
 
     # ----------------------------------------------------------------------------- training
     def assign_targets_to_anchors(self, anchors: list[Tensor], targets: list[dict[str, Tensor]]

@@ -221,3 +221,30 @@ def test_featmap_names_runs_on_the_named_maps_only():
     with pytest.raises(ValueError, match="non-empty list"):
         RegionProposalNetwork(AnchorGenerator(sizes, ratios), ours_head, featmap_names="c4", **kwargs)
     assert RegionProposalNetwork(AnchorGenerator(sizes, ratios), ours_head, **kwargs).featmap_names is None
+
+
+def test_proposal_counts_changes_them_inside_the_block_only():
+    """``proposal_counts`` equals a torchvision RPN built with those counts inside the block; the configured counts
+    come back after it, also when the block raises."""
+    ours, _ = make_pair(pre=(300, 200), post=(100, 20))
+    _, ref_2000 = make_pair(pre=(300, 200), post=(100, 80))
+    (il, tv_il), features, _ = make_inputs()
+    ours.eval(), ref_2000.eval()
+    assert (ours.pre_nms_top_n("testing"), ours.post_nms_top_n("testing"), ours.post_nms_top_n("training")) == (200, 20, 100)
+    with torch.no_grad():
+        with ours.proposal_counts(post_nms_top_n=80):
+            assert ours.post_nms_top_n() == 80 and ours.pre_nms_top_n() == 200 and ours.post_nms_top_n("training") == 100
+            inside, _ = ours(il, features)
+        after, _ = ours(il, features)
+        reference, _ = ref_2000(tv_il, features)
+    assert_same_proposals(inside, reference)
+    assert max(len(p) for p in inside) > 20 and all(len(p) <= 20 for p in after)
+    with pytest.raises(RuntimeError):
+        with ours.proposal_counts(pre_nms_top_n=10, post_nms_top_n=5):
+            raise RuntimeError("interrupted")
+    assert (ours.pre_nms_top_n("testing"), ours.post_nms_top_n("testing")) == (200, 20)
+    with pytest.raises(ValueError, match="post_nms_top_n=0"):
+        with ours.proposal_counts(post_nms_top_n=0):
+            pass
+    with pytest.raises(ValueError, match="mode='test'"):
+        ours.post_nms_top_n("test")
