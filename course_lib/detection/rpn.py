@@ -177,17 +177,18 @@ class RegionProposalNetwork(nn.Module):
         """``with rpn.proposal_counts(post_nms_top_n=2000): ...`` -- other proposal counts for ``mode`` inside the
         block (a recall curve up to 2000 proposals, say), the configured ones again after it, also on an error."""
         mode = self._mode(mode)
+        saved = self._pre_nms_top_n, self._post_nms_top_n
         for name, value in (("pre_nms_top_n", pre_nms_top_n), ("post_nms_top_n", post_nms_top_n)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name}={value!r}: an integer >= 1 (or None to keep {getattr(self, name)(mode)}).")
-        saved = self._pre_nms_top_n[mode], self._post_nms_top_n[mode]
-        self._pre_nms_top_n = {**self._pre_nms_top_n, mode: pre_nms_top_n or saved[0]}
-        self._post_nms_top_n = {**self._post_nms_top_n, mode: post_nms_top_n or saved[1]}
+        if pre_nms_top_n is not None:
+            self._pre_nms_top_n = {**saved[0], mode: pre_nms_top_n}
+        if post_nms_top_n is not None:
+            self._post_nms_top_n = {**saved[1], mode: post_nms_top_n}
         try:
             yield self
         finally:
-            self._pre_nms_top_n = {**self._pre_nms_top_n, mode: saved[0]}
-            self._post_nms_top_n = {**self._post_nms_top_n, mode: saved[1]}
+            self._pre_nms_top_n, self._post_nms_top_n = saved
 
     # ----------------------------------------------------------------------------- training
     def assign_targets_to_anchors(self, anchors: list[Tensor], targets: list[dict[str, Tensor]]
