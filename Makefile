@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 LAB_ARGS ?=
 TIMINGS_ARGS ?=
 
-.PHONY: lab test venv data bench timings clean help instructor gpu-check test-fullsize
+.PHONY: lab test venv data bench timings clean help instructor gpu-check test-fullsize weights
 
 help:
 	@echo "make lab    - open the course in JupyterLab (sets everything up first); LAB_ARGS=\"--ip=0.0.0.0 --port=8890\""
@@ -23,6 +23,7 @@ help:
 	@echo "make bench  - run the benchmark scripts (course_lib vs torchvision, side by side)"
 	@echo "make timings PROFILE=cpu - time every notebook (Run All) in a profile; writes the README's table"
 	@echo "make instructor [PROFILE=gpu] [CHAPTERS=\"05 07\"] [DATA=voc] [GPUS=4] - run the notebooks, write results/<profile>/report.md"
+	@echo "make weights - download the ImageNet weights the papers fine-tune (VGG16, ResNet-50/101) into torchvision's cache"
 	@echo "make gpu-check - CUDA tests, CUDA vs CPU, AMP steps at full scale, benchmarks on CUDA (skips without CUDA)"
 
 venv: $(STAMP)
@@ -75,6 +76,11 @@ FORCE ?=
 instructor: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py $(if $(PROFILE),--profile $(PROFILE)) --skip-existing
 	$(PY) -m course_lib.run $(if $(PROFILE),--profile $(PROFILE)) $(if $(CHAPTERS),--chapters $(CHAPTERS)) --data $(DATA) --gpus $(GPUS) $(if $(FORCE),--force)
+
+# For a machine that is online only at setup: torchvision's ImageNet weights into its cache ($$TORCH_HOME/hub/checkpoints),
+# verified, resumable; afterwards weights="IMAGENET1K_V1" loads offline (course_lib/backbones/weights.py).
+weights: $(STAMP)
+	$(PY) data_scripts/download_weights.py
 
 # The GPU check runs on a GPU machine's own Python and torch when there is no .venv (no install needed there).
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))

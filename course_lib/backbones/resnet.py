@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from course_lib.state_dict import load_state_dict_checked, read_state_dict
+from course_lib.state_dict import load_state_dict_checked
+
+from .weights import WeightsEnum, read_weights, resolve_weights
 
 from .width import scale_channels
 
@@ -300,35 +303,49 @@ def overwrite_eps(model: nn.Module, eps: float) -> None:
             module.eps = eps
 
 
-def load_torchvision_resnet(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a torchvision ResNet state dict (``torch.save(torchvision.models.resnet50(...).state_dict(), path)``)
-    from a local file into ``model``: a :class:`ResNet`, or a body made by :func:`resnet_body` /
-    :class:`IntermediateLayerGetter` (keys the body does not have, e.g. ``fc.*``, are skipped)."""
-    state_dict = read_state_dict(path)
+def load_torchvision_resnet(model: nn.Module, weights: "str | os.PathLike | WeightsEnum") -> nn.Module:
+    """Load torchvision ResNet ImageNet weights into ``model``: a :class:`ResNet`, or a body made by
+    :func:`resnet_body` / :class:`IntermediateLayerGetter` (keys the body does not have, e.g. ``fc.*``, are skipped).
+
+    ``weights``: a local file (``torch.save(torchvision.models.resnet50(...).state_dict(), path)``), a torchvision
+    weights name (``"IMAGENET1K_V1"``, ``"DEFAULT"``) or enum member (``ResNet50_Weights.IMAGENET1K_V1``), read from
+    torchvision's cache and verified (:mod:`course_lib.backbones.weights`). Only ``width=1.0`` fits them."""
     width = getattr(model, "width", 1.0)  # a body cut from a narrow ResNet fails below, key by key
     if width != 1.0:
-        raise ValueError(f"{os.fspath(path)!r} holds a ResNet with the paper's channels, but this ResNet has "
+        raise ValueError(f"{_describe(weights)} holds a ResNet with the paper's channels, but this ResNet has "
                          f"width={width}: build it with width=1.0 to load ImageNet weights.")
+    # ResNet-50 and -101 differ in conv4_x's depth (paper Table 1: 6 or 23 blocks)
+    arch = {6: "resnet50", 23: "resnet101"}.get(len(model.layer3)) if hasattr(model, "layer3") else None
+    resolved = resolve_weights(weights, arch or "resnet50")
+    if arch is None and not isinstance(resolved, Path):
+        raise ValueError(f"{weights!r}: weights by name need to know the depth, and this body has no conv4_x "
+                         "(layer3); load them before cutting the network (resnet_body(weights=...)), or pass a file.")
+    state_dict, source = read_weights(resolved, arch or "resnet50")
     own = model.state_dict()
     if not isinstance(model, ResNet):
         # a body keeps a prefix of the stages; drop the stages (and the classifier) it cut off
         kept_stages = {k.split(".")[0] for k in own}
         state_dict = {k: v for k, v in state_dict.items() if k.split(".")[0] in kept_stages}
-    load_state_dict_checked(model, state_dict, repr(os.fspath(path)))
+    load_state_dict_checked(model, state_dict, source)
     return model
+
+
+def _describe(weights) -> str:
+    return repr(os.fspath(weights)) if isinstance(weights, (str, os.PathLike)) else repr(weights)
 
 
 def resnet_body(depth: int = 50, *, returned_layers: list[int] | None = None,
                 return_layers: dict[str, str] | None = None, trainable_layers: int = 3,
-                norm_layer: NormLayer = FrozenBatchNorm2d, weights: str | os.PathLike | None = None,
+                norm_layer: NormLayer = FrozenBatchNorm2d, weights: "str | os.PathLike | WeightsEnum | None" = None,
                 replace_stride_with_dilation: list[bool] | None = None, width: float = 1.0) -> ResNetBody:
     """The ResNet-``depth`` feature extractor of a detector (a :class:`ResNetBody`).
 
     ``returned_layers``: the stages to return, as torchvision's ``_resnet_fpn_extractor`` (1 = conv2_x/C2 ...
     4 = conv5_x/C5), named ``"0", "1", ...`` in that order; default ``[1, 2, 3, 4]``: C2..C5 for an FPN.
     ``return_layers``: or explicit names, ``{child: output name}``, e.g. ``{"layer3": "c4", "layer4": "c5"}``.
-    Batch norm is frozen and the first ``5 - trainable_layers`` stages too; ``weights``: a local torchvision
-    ResNet state dict file (ImageNet weights), loaded before the cut; ``replace_stride_with_dilation`` and
+    Batch norm is frozen and the first ``5 - trainable_layers`` stages too; ``weights``: torchvision's ResNet
+    ImageNet weights (a local state dict file, or a weights name / enum as :func:`load_torchvision_resnet` takes),
+    loaded before the cut; ``replace_stride_with_dilation`` and
     ``width`` (channel multiplier) as in :class:`ResNet` (R-FCN: ``[False, False, True]``).
     """
     builders = {50: resnet50, 101: resnet101}

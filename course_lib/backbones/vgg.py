@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from course_lib.state_dict import read_state_dict
 
+from .weights import WeightsEnum, read_weights, resolve_weights
 from .width import scale_channels
 
 __all__ = [
@@ -174,8 +177,10 @@ class VGG16(nn.Module):
             out["fc8"] = self.fc8(x)
         return out
 
-    def load_torchvision_state_dict(self, state_dict: "dict[str, Tensor] | str | os.PathLike") -> list[str]:
-        """Load a torchvision ``vgg16`` state dict (or the file it was saved to), with net surgery.
+    def load_torchvision_state_dict(self, state_dict: "dict[str, Tensor] | str | os.PathLike | WeightsEnum") -> list[str]:
+        """Load a torchvision ``vgg16`` state dict, with net surgery: the dict itself, the file it was saved to, or
+        torchvision's ImageNet weights by name (``"IMAGENET1K_V1"``) or enum (``VGG16_Weights.IMAGENET1K_V1``), read
+        from torchvision's cache and verified (:mod:`course_lib.backbones.weights`).
 
         ``features.*`` load as they are; ``classifier.0`` (fc6), ``classifier.3`` (fc7) and, if this
         network has fc8 with 1000 classes, ``classifier.6`` are reshaped into convolutions. Returns
@@ -187,8 +192,8 @@ class VGG16(nn.Module):
                 f"torchvision's VGG16 weights have the paper's channels; this VGG16 has width={self.width}. "
                 "Build it with width=1.0 to load them."
             )
-        if isinstance(state_dict, (str, os.PathLike)):
-            state_dict = _load_file(state_dict)
+        if not isinstance(state_dict, Mapping):
+            state_dict = _load(state_dict)
         converted = convolutionalize_vgg16_state_dict(state_dict)
         own = self.state_dict()
         dropped = [k for k in converted if k not in own]
@@ -237,7 +242,10 @@ def convolutionalize_vgg16_state_dict(state_dict: dict[str, Tensor]) -> "Ordered
     return out
 
 
-def _load_file(path: "str | os.PathLike") -> dict[str, Tensor]:
-    return read_state_dict(path, missing=(
-        f"no VGG16 weights at {os.fspath(path)!r}: save torchvision's with "
-        "torch.save(torchvision.models.vgg16(weights='IMAGENET1K_V1').state_dict(), path)"))
+def _load(weights: "str | os.PathLike | WeightsEnum") -> dict[str, Tensor]:
+    resolved = resolve_weights(weights, "vgg16")
+    if isinstance(resolved, Path):
+        return read_state_dict(resolved, missing=(
+            f"no VGG16 weights at {os.fspath(resolved)!r}: pass weights='IMAGENET1K_V1' (torchvision's, from its "
+            "cache), or save them with torch.save(torchvision.models.vgg16(weights='IMAGENET1K_V1').state_dict(), path)"))
+    return read_weights(resolved, "vgg16")[0]

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones.vgg import VGG16
+from ..backbones.weights import WeightsEnum
 from .common import IMAGENET_MEAN, IMAGENET_STD, ClassCountCheck, Normalize, check_images, crop
 
 __all__ = ["bilinear_kernel", "bilinear_upsampling", "FCN32s", "FCN16s", "FCN8s"]
@@ -103,9 +104,10 @@ class _FCN(ClassCountCheck, nn.Module):
     def _score_parameters(self) -> tuple[str, ...]:
         return tuple(k for k, _ in self.named_parameters() if k.startswith(("score", "upscore")))
 
-    def load_imagenet_vgg16(self, state_dict: "dict[str, Tensor] | str | os.PathLike") -> list[str]:
-        """Initialise the backbone from a torchvision ``vgg16`` ImageNet state dict (or its file),
-        fc6/fc7 convolutionalized; fc8 is dropped. Returns the dropped keys."""
+    def load_imagenet_vgg16(self, state_dict: "dict[str, Tensor] | str | os.PathLike | WeightsEnum") -> list[str]:
+        """Initialise the backbone from a torchvision ``vgg16`` ImageNet state dict, its file, or torchvision's
+        weights by name (``"IMAGENET1K_V1"``, from its cache, verified), fc6/fc7 convolutionalized; fc8 is
+        dropped. Returns the dropped keys."""
         return self.backbone.load_torchvision_state_dict(state_dict)
 
     def _features(self, images: Tensor) -> dict[str, Tensor]:
