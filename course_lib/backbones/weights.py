@@ -31,7 +31,7 @@ from torchvision.models import WeightsEnum, get_model_weights
 from course_lib.state_dict import read_state_dict, unwrap_state_dict
 
 __all__ = ["WeightsEnum", "ARCHITECTURES", "IMAGENET", "WeightsSpec", "weights_enum", "resolve_weights", "cache_path", "verify_cached",
-           "CorruptWeightsError", "WeightsUnavailableError", "read_weights", "expected_prefix"]
+           "CorruptWeightsError", "WeightsUnavailableError", "read_weights", "expected_prefix", "is_weights_file"]
 
 # The torchvision classifiers whose ImageNet weights the course's backbones load (full width only), and the
 # weights the papers fine-tune: the original (V1) ImageNet training of each, the one the papers' era used.
@@ -76,13 +76,21 @@ def resolve_weights(weights: WeightsSpec, arch: str) -> WeightsEnum | Path:
     if not isinstance(weights, str):
         raise TypeError(f"weights must be a file path, a torchvision weights name or a {enum.__name__} member; "
                         f"got {type(weights).__name__} {weights!r}")
-    if os.path.exists(weights) or "/" in weights or os.sep in weights or weights.endswith((".pth", ".pt")):
+    if is_weights_file(weights):
         return Path(weights)
     name = weights.removeprefix(enum.__name__ + ".")
     if name not in enum.__members__:
         raise ValueError(f"{weights!r} is neither a file nor a name of {enum.__name__}: use one of "
                          f"{', '.join(repr(n) for n in enum.__members__)}, or the path of a state dict file.")
     return enum[name]
+
+
+def is_weights_file(weights: WeightsSpec) -> bool:
+    """Whether ``weights`` names a local file (not torchvision's weights by name or enum); see :func:`resolve_weights`."""
+    if isinstance(weights, WeightsEnum):
+        return False
+    return isinstance(weights, os.PathLike) or os.path.exists(weights) or "/" in weights or os.sep in weights \
+        or weights.endswith((".pth", ".pt"))
 
 
 def cache_path(weights: WeightsEnum) -> Path:

@@ -25,6 +25,7 @@ from typing import Callable
 from torch import nn
 
 from course_lib.backbones.resnet import backbone_training_setup
+from course_lib.backbones.weights import WeightsEnum, is_weights_file
 from course_lib.state_dict import load_state_dict_checked, read_state_dict
 
 __all__ = ["build_detector", "COCO_NUM_CLASSES"]
@@ -47,17 +48,19 @@ def build_detector(make: Callable[..., nn.Module], name: str, *, weights: str | 
 
     ``name`` describes the model in errors ("a Faster R-CNN ResNet-50-FPN").
     """
-    for arg, value in (("weights", weights), ("weights_backbone", weights_backbone)):
-        if value is not None and not isinstance(value, (str, os.PathLike)):
-            raise TypeError(f"{arg} must be the path of a local state dict file (nothing is downloaded in this "
-                            f"course), got {type(value).__name__}: save one with torch.save(model.state_dict(), path).")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(f"weights must be the path of a local state dict file, got {type(weights).__name__}: save "
+                        "one with torch.save(model.state_dict(), path).")
+    if weights_backbone is not None and not isinstance(weights_backbone, (str, os.PathLike, WeightsEnum)):
+        raise TypeError(f"weights_backbone must be a local state dict file or torchvision's ImageNet weights by name "
+                        f"('IMAGENET1K_V1') or enum, got {type(weights_backbone).__name__}.")
     state_dict = None
     if weights is not None:
         state_dict = read_state_dict(weights)
         weights_backbone = None
         if num_classes is None and num_classes_key in state_dict:
             num_classes = int(state_dict[num_classes_key].shape[0])
-    elif weights_backbone is not None:
+    elif weights_backbone is not None and is_weights_file(weights_backbone):
         read_state_dict(weights_backbone)  # read again by the backbone; here only to fail before building
     if num_classes is None:
         num_classes = COCO_NUM_CLASSES

@@ -221,3 +221,12 @@ def test_make_weights_fetches_verifies_and_then_loads_offline(registry, server, 
     path.write_bytes(path.read_bytes()[:1000])
     assert script.main(["--quiet", "--arch", "vgg16"]) == 1
     assert "Delete it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("builder", ["fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_c4"])
+def test_detectors_take_weights_backbone_by_name(registry, published, builder):
+    import course_lib.detection as detection
+    state, _ = published["resnet50"]
+    model = getattr(detection, builder)(num_classes=3, weights_backbone="IMAGENET1K_V1")
+    conv1 = next(v for k, v in model.state_dict().items() if k.endswith("conv1.weight"))
+    assert torch.equal(conv1, state["conv1.weight"])
