@@ -85,7 +85,8 @@ def check_label_anchors(fn):
     hints = [
         Hint("Each object's best anchor is positive too, whatever its IoU (sec. 3.1.2: 'so that every object has "
              "one').", when=like(low_quality=False)),
-        Hint("Positive means IoU >= 0.7 (not > 0.7); negative means IoU < 0.3 with every object.",
+        Hint("Positive means IoU >= 0.7: the paper writes 'higher than 0.7', but its released code, torchvision's "
+             "Matcher and this course count exactly 0.7 as positive; negative means IoU < 0.3 with every object.",
              when=lambda out, exp, case: case.label.startswith("IoU exactly")),
         Hint("When several anchors tie for an object's best IoU, all of them are positive (compare with the max, not "
              "argmax).", when=like(ties=False)),
