@@ -276,7 +276,8 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, progress: 
     """Extract ``archive`` into ``dest`` after :func:`check_archive` accepted every member.
 
     Extraction goes to a temporary directory inside ``dest``; its top-level entries are then moved
-    into ``dest`` (replacing older ones), so an interrupted extraction leaves no partial tree.
+    into ``dest`` (replacing older ones), so an interrupted extraction leaves no partial tree; the
+    temporary directories of killed extractions are removed first.
     """
     archive, dest = Path(archive), Path(dest)
     needed = check_archive(archive)
@@ -284,6 +285,9 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, progress: 
     free = shutil.disk_usage(dest).free
     if needed > free:
         raise OSError(f"Extracting {archive} needs {human_bytes(needed)} but {dest} has {human_bytes(free)} free")
+    from .atomic import remove_stale_temporaries
+
+    remove_stale_temporaries(dest)  # extractions that were killed
     tmp = dest / f".extract-{archive.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
