@@ -31,7 +31,7 @@ def load_coco(ann_file: str | os.PathLike):
 
     A missing file, invalid JSON or a file without ``images`` / ``annotations`` / ``categories``
     is an error that names the file (pycocotools itself would fail with a bare ``KeyError``). So is
-    an image, annotation or category id (or an annotation's ``image_id``) that is missing, not an
+    an image, annotation or category id (or an annotation's ``image_id`` / ``category_id``) that is missing, not an
     integer (``"12"``) or used twice: pycocotools would silently keep only the last entry of an id.
     """
     from pycocotools.coco import COCO
@@ -53,7 +53,8 @@ def load_coco(ann_file: str | os.PathLike):
                 f"than once in {key!r}; {_REPEATED_ID[key]}. Give every {what} its own id (fix the file, or rebuild "
                 "it with the script that made it)"
             )
-    _integer_ids(ann_file, data["annotations"], "image_id", "annotation")
+    for key in ("image_id", "category_id"):  # pycocotools' lookups would miss a "12" without a word
+        _integer_ids(ann_file, data["annotations"], key, "annotation")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "creating index..."

@@ -178,17 +178,20 @@ def test_repeated_annotation_ids_are_an_error_naming_file_and_ids(tmp_path):
         coco_evaluate(str(path), [])
 
 
-@pytest.mark.parametrize("where", ["image", "annotation"])
+@pytest.mark.parametrize("where", ["image", "annotation", "category"])
 def test_string_image_id_is_an_error_naming_file_entry_and_value(tmp_path, where):
-    """Before: a bare int() ValueError (or, for "1", an image without its boxes in evaluation)."""
+    """Before: a bare int() ValueError (or, for "1", an image whose boxes evaluation never saw)."""
     images_dir, path = make_coco(tmp_path, [ann(9, [1, 1, 5, 5])])
     data = json.loads(path.read_text())
     if where == "image":
         data["images"][0]["id"] = "0001.png"
         message = r"ann\.json: image #1 \(file_name '0\.png'\) has id '0001\.png' \(a str\); every image needs an integer"
-    else:
+    elif where == "annotation":
         data["annotations"][0]["image_id"] = "1"
         message = r"ann\.json: annotation #1 \(id 9\) has image_id '1' \(a str\); .*\(12, not \"12\"\)"
+    else:
+        data["annotations"][0]["category_id"] = "1"
+        message = r"ann\.json: annotation #1 \(id 9\) has category_id '1' \(a str\); every annotation needs"
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=message):
         CocoDetection(images_dir, path)
