@@ -21,7 +21,7 @@ try:
     import course_lib  # noqa: F401
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from course_lib.data.atomic import AtomicDirectory
+from course_lib.data.atomic import TEMPORARY_PATTERNS, AtomicDirectory, remove_stale_temporaries
 from course_lib.data.download import RemoteFile, fetch, safe_extract
 from course_lib.data.image_io import read_json
 from course_lib.data.paths import data_root
@@ -79,8 +79,9 @@ def main(argv=None) -> int:
     download_dir = args.download_dir or data_root() / "downloads"
 
     files = [FILES[s] for s in args.splits] + [FILES["annotations"]]
+    remove_stale_temporaries(out, (*TEMPORARY_PATTERNS, r"\.extracted-coco"))  # the latter: older versions' name
     archives = fetch(files, download_dir, local=args.archive, assume_yes=args.yes, verify=not args.skip_checksum)
-    work = out / ".extracted-coco"
+    work = out / f".extracted-coco.tmp-{os.getpid()}"
     try:
         for f in files:
             safe_extract(archives[f.name], work)

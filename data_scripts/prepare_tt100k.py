@@ -34,7 +34,7 @@ try:
     import course_lib  # noqa: F401
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from course_lib.data.atomic import AtomicDirectory
+from course_lib.data.atomic import TEMPORARY_PATTERNS, AtomicDirectory, remove_stale_temporaries
 from course_lib.data.download import RemoteFile, fetch, safe_extract
 from course_lib.data.image_io import read_json, write_json
 from course_lib.data.paths import data_root
@@ -133,8 +133,9 @@ def main(argv=None) -> int:
     out = args.out or data_root() / "real"
     download_dir = args.download_dir or data_root() / "downloads"
 
+    remove_stale_temporaries(out, (*TEMPORARY_PATTERNS, r"\.extracted-tt100k"))  # the latter: older versions' name
     archives = fetch(FILES, download_dir, local=args.archive, assume_yes=args.yes, verify=not args.skip_checksum)
-    work = out / ".extracted-tt100k"
+    work = out / f".extracted-tt100k.tmp-{os.getpid()}"
     try:
         safe_extract(archives[FILES[0].name], work)
         if not (work / "data" / "annotations.json").is_file():

@@ -19,7 +19,8 @@ Writes, under ``--out`` (default ``data/real``):
   ``difficult`` flag.
 
 Images are hard-linked from the extracted archive (copied where links are impossible), so the
-extracted tree can be deleted afterwards (it is, unless ``--keep-extracted``).
+extracted tree can be deleted afterwards (it is, unless ``--keep-extracted``, which keeps it as
+``--out``/VOCdevkit). What an interrupted run left under ``--out`` is removed first.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ try:
     import course_lib  # noqa: F401
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from course_lib.data.atomic import AtomicDirectory
+from course_lib.data.atomic import TEMPORARY_PATTERNS, AtomicDirectory, remove_stale_temporaries
 from course_lib.data.download import RemoteFile, fetch, safe_extract
 from course_lib.data.image_io import read_label_png, write_json, write_png
 from course_lib.data.paths import data_root
@@ -185,26 +186,30 @@ def main(argv=None) -> int:
     parser.add_argument("--archive", action="append", default=[], help="use this already downloaded archive")
     parser.add_argument("--yes", action="store_true", help="download without asking")
     parser.add_argument("--skip-checksum", action="store_true", help="do not verify the archive's checksum")
-    parser.add_argument("--keep-extracted", action="store_true", help="keep the extracted VOCdevkit tree")
+    parser.add_argument("--keep-extracted", action="store_true", help="keep the extracted tree as OUT/VOCdevkit")
     parser.add_argument("--only", choices=("seg", "det"), default=None, help="prepare only one of the two")
     args = parser.parse_args(argv)
     out = args.out or data_root() / "real"
     download_dir = args.download_dir or data_root() / "downloads"
 
+    remove_stale_temporaries(out, (*TEMPORARY_PATTERNS, r"\.extracted-voc"))  # the latter: older versions' name
     archives = fetch(FILES, download_dir, local=args.archive, assume_yes=args.yes, verify=not args.skip_checksum)
-    work = out / ".extracted-voc"
-    safe_extract(archives[FILES[0].name], work)
-    devkit = work / "VOCdevkit" / "VOC2012"
-    if not devkit.is_dir():
-        raise FileNotFoundError(f"{archives[FILES[0].name]} has no VOCdevkit/VOC2012 directory")
+    work = out / f".extracted-voc.tmp-{os.getpid()}"
     try:
+        safe_extract(archives[FILES[0].name], work)
+        devkit = work / "VOCdevkit" / "VOC2012"
+        if not devkit.is_dir():
+            raise FileNotFoundError(f"{archives[FILES[0].name]} has no VOCdevkit/VOC2012 directory")
         if args.only in (None, "seg"):
             print(f"Prepared {prepare_segmentation(devkit, out)}")
         if args.only in (None, "det"):
             print(f"Prepared {prepare_detection(devkit, out)}")
+        if args.keep_extracted:
+            shutil.rmtree(out / "VOCdevkit", ignore_errors=True)
+            os.replace(work / "VOCdevkit", out / "VOCdevkit")
+            print(f"Kept the extracted archive in {out / 'VOCdevkit'}")
     finally:
-        if not args.keep_extracted:
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -30,7 +30,9 @@ def load_coco(ann_file: str | os.PathLike):
     """A ``pycocotools.coco.COCO`` object for ``ann_file``, with clear errors.
 
     A missing file, invalid JSON or a file without ``images`` / ``annotations`` / ``categories``
-    is an error that names the file (pycocotools itself would fail with a bare ``KeyError``).
+    is an error that names the file (pycocotools itself would fail with a bare ``KeyError``). So is
+    an image, annotation or category id (or an annotation's ``image_id`` / ``category_id``) that is missing, not an
+    integer (``"12"``) or used twice: pycocotools would silently keep only the last entry of an id.
     """
     from pycocotools.coco import COCO
 
@@ -38,14 +40,51 @@ def load_coco(ann_file: str | os.PathLike):
     data = read_json(ann_file, what="COCO annotation file")
     if not isinstance(data, dict):
         raise ValueError(f"COCO annotation file {ann_file}: expected a JSON object, got {type(data).__name__}")
-    missing = [k for k in ("images", "annotations", "categories") if k not in data]
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
     if missing:
         raise ValueError(f"COCO annotation file {ann_file} has no {', '.join(repr(k) for k in missing)} list")
+    for key, what in (("images", "image"), ("annotations", "annotation"), ("categories", "category")):
+        ids = _integer_ids(ann_file, data[key], "id", what)
+        values, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            repeated = values[counts > 1]
+            raise ValueError(
+                f"{ann_file}: {what} id(s) {repeated[:10].tolist()}{' ...' if len(repeated) > 10 else ''} appear more "
+                f"than once in {key!r}; {_REPEATED_ID[key]}. Give every {what} its own id (fix the file, or rebuild "
+                "it with the script that made it)"
+            )
+    for key in ("image_id", "category_id"):  # pycocotools' lookups would miss a "12" without a word
+        _integer_ids(ann_file, data["annotations"], key, "annotation")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "creating index..."
         coco.createIndex()
     return coco
+
+
+# what a repeated id would silently do (pycocotools indexes each list by id: the last entry wins)
+_REPEATED_ID = {
+    "images": "the boxes of one image would become the targets of another file",
+    "annotations": "evaluation would count one of those boxes twice and lose the other",
+    "categories": "one category's name would replace another's",
+}
+
+
+def _integer_ids(ann_file: Path, entries: list, key: str, what: str) -> np.ndarray:
+    """``entry[key]`` of every entry as an int64 array, in one pass; an entry without it, or with
+    a value that is not a JSON integer (``"12"``, ``12.0``, ``null``), is an error naming the entry."""
+    values = [e.get(key) if isinstance(e, dict) else None for e in entries]
+    ids = np.array(values)
+    if (ids.dtype.kind in "iu" and ids.ndim == 1) or not values:
+        return ids.astype(np.int64)
+    i = next((i for i, v in enumerate(values) if type(v) is not int), 0)
+    entry = entries[i] if isinstance(entries[i], dict) else {}
+    name = f"{what} #{i + 1}" + "".join(f" ({k} {entry[k]!r})" for k in ("id", "file_name") if k in entry and k != key)
+    value = f"{key} {values[i]!r} (a {type(values[i]).__name__})" if key in entry else f"no {key!r}"
+    raise ValueError(
+        f"{ann_file}: {name} has {value}; every {what} needs an integer {key!r}, written without quotes "
+        '(12, not "12"). Fix the file, or rebuild it with the script that made it'
+    )
 
 
 class CocoDetection(torch.utils.data.Dataset):

@@ -3,8 +3,9 @@
 * :func:`download` resumes a partial download (HTTP ``Range`` requests; bytes go to
   ``<file>.part``, renamed to ``<file>`` only when complete and its checksum verified).
 * :func:`safe_extract` checks every member of a tar or zip archive *before* extracting anything:
-  absolute paths, ``..`` components, links pointing outside the destination and device files are
-  refused (the "tar slip" / "zip slip" attacks).
+  absolute paths, ``..`` components, links leading outside the destination (followed through the
+  links that earlier members make, on any Python version) and device files are refused (the "tar
+  slip" / "zip slip" attacks). Python's tar ``data`` filter, where it exists, is a second line.
 * :func:`confirm` asks before a long download, and never blocks a non-interactive run.
 """
 from __future__ import annotations
@@ -189,17 +190,41 @@ def _is_safe_name(name: str) -> bool:
     return ".." not in PurePosixPath(name.replace("\\", "/")).parts
 
 
-def _inside(base: PurePosixPath, relative: str) -> bool:
-    """Whether ``base/relative`` stays inside the extraction root, resolving ``..`` lexically."""
-    parts: list[str] = []
-    for part in (base / relative).parts:
-        if part == "..":
-            if not parts:
-                return False
-            parts.pop()
-        elif part not in ("", "."):
-            parts.append(part)
-    return True
+class _ArchiveTree:
+    """The tree an archive builds, as far as links go: where a path leads once the symbolic links
+    defined by earlier members are followed, as the file system will follow them on extraction.
+
+    A target that is lexically inside can still leave the root through a link (``a -> .`` then
+    ``b -> a/..``); so can a link whose target passes through a path that a later member turns
+    into a link, which :meth:`escaping_links` finds once all members are known.
+    """
+
+    def __init__(self):
+        self.links: dict[tuple[str, ...], tuple[tuple[str, ...], str]] = {}  # where -> (its folder, target)
+
+    def resolve(self, base: tuple[str, ...], path: str, follow_last: bool = True, depth: int = 0):
+        """``base/path`` as parts under the root, links followed; ``None`` if it leaves the root."""
+        if path.startswith("/") or depth > 40:  # absolute, or a loop of links
+            return None
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        current = list(base)
+        for i, part in enumerate(parts):
+            if part == "..":
+                if not current:
+                    return None
+                current.pop()
+                continue
+            current.append(part)
+            link = self.links.get(tuple(current))
+            if link is not None and (follow_last or i < len(parts) - 1):
+                resolved = self.resolve(*link, depth=depth + 1)
+                if resolved is None:
+                    return None
+                current = list(resolved)
+        return tuple(current)
+
+    def escaping_links(self) -> list[str]:
+        return ["/".join(where) for where, (folder, target) in self.links.items() if self.resolve(folder, target) is None]
 
 
 def check_archive(archive: str | os.PathLike) -> int:
@@ -223,22 +248,33 @@ def check_archive(archive: str | os.PathLike) -> int:
                     refuse(info.filename, "symbolic link")
                 total += info.file_size
         return total
+    tree = _ArchiveTree()  # links are followed member by member, as extraction will (any Python version)
     try:
         with tarfile.open(archive) as tf:
             for m in tf.getmembers():
                 if not _is_safe_name(m.name):
                     refuse(m.name, "absolute path or '..' component")
+                where = tree.resolve((), m.name, follow_last=False)
+                if where is None:
+                    refuse(m.name, "its folder is a symbolic link that leads outside the destination")
+                if where in tree.links:
+                    refuse(m.name, "it replaces a symbolic link that an earlier member of the archive made")
                 if m.issym():
-                    if m.linkname.startswith("/") or not _inside(PurePosixPath(m.name).parent, m.linkname):
-                        refuse(m.name, f"symbolic link to {m.linkname!r} outside the destination")
+                    tree.links[where] = (where[:-1], m.linkname)
+                    if tree.resolve(where[:-1], m.linkname) is None:
+                        refuse(m.name, f"symbolic link to {m.linkname!r}, which leads outside the destination "
+                                       "(following the archive's own links) or round in a loop")
                 elif m.islnk():
-                    if not _is_safe_name(m.linkname):
+                    if not _is_safe_name(m.linkname) or tree.resolve((), m.linkname) is None:
                         refuse(m.name, f"hard link to {m.linkname!r} outside the destination")
                 elif not (m.isfile() or m.isdir()):
                     refuse(m.name, "device, FIFO or other special file")
                 total += m.size
     except tarfile.TarError as exc:
         raise ValueError(f"{archive} is neither a zip nor a readable tar archive ({exc})") from exc
+    escaping = tree.escaping_links()
+    if escaping:  # a later member turned a folder on an earlier link's way into a link
+        refuse(escaping[0], "symbolic link that leads outside the destination once the archive's later links exist")
     return total
 
 
@@ -246,7 +282,8 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, progress: 
     """Extract ``archive`` into ``dest`` after :func:`check_archive` accepted every member.
 
     Extraction goes to a temporary directory inside ``dest``; its top-level entries are then moved
-    into ``dest`` (replacing older ones), so an interrupted extraction leaves no partial tree.
+    into ``dest`` (replacing older ones), so an interrupted extraction leaves no partial tree; the
+    temporary directories of killed extractions are removed first.
     """
     archive, dest = Path(archive), Path(dest)
     needed = check_archive(archive)
@@ -254,6 +291,9 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, progress: 
     free = shutil.disk_usage(dest).free
     if needed > free:
         raise OSError(f"Extracting {archive} needs {human_bytes(needed)} but {dest} has {human_bytes(free)} free")
+    from .atomic import remove_stale_temporaries
+
+    remove_stale_temporaries(dest)  # extractions that were killed
     tmp = dest / f".extract-{archive.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -22,6 +22,7 @@ from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from course_lib.data.coco import load_coco
 from course_lib.ops import box_convert, box_iou
 
 __all__ = ["coco_evaluate", "proposal_recall", "efpn_metrics", "tt100k_metrics", "greedy_match", "iou_greedy_match",
@@ -46,8 +47,7 @@ def _as_coco(gt) -> COCO:
         if not Path(gt).is_file():
             raise FileNotFoundError(f"No COCO annotation file at {gt}. Build the data with "
                                     "`python data_scripts/make_synthetic.py` (or `make lab`).")
-        with _quiet(False):
-            return COCO(str(gt))
+        return load_coco(gt)  # not COCO(gt): it keeps only the last of repeated ids, without a word
     raise TypeError(f"Expected a pycocotools COCO object or the path of a COCO JSON file, got {type(gt).__name__}.")
 
 

@@ -21,6 +21,7 @@ from course_lib.data import (
     show_segmentation,
 )
 from course_lib.data.image_io import write_png
+from course_lib.evaluation.detection import coco_evaluate
 
 
 def coco_split(root, split="train"):
@@ -150,6 +151,59 @@ def test_nan_or_infinite_box_is_an_error_naming_annotation_and_value(tmp_path, v
     images_dir, path = make_coco(tmp_path, [ann(1, [1, 1, 5, 5]), ann(23, [2, 2, value, 5])])
     assert str(value).lower().lstrip("-")[:3] in path.read_text().lower()  # json.dumps writes NaN / Infinity
     with pytest.raises(ValueError, match=rf"ann\.json: annotation id 23 has bbox \[2, 2, {value}, 5\].*not a finite"):
+        CocoDetection(images_dir, path)
+
+
+def test_repeated_image_ids_are_an_error_naming_file_and_ids(tmp_path):
+    """Before: no error; image 2.png's box became 0.png's target (pycocotools keeps the last entry)."""
+    images_dir, path = make_coco(tmp_path, [ann(1, [1, 1, 5, 5], image_id=1), ann(2, [2, 2, 5, 5], image_id=7)],
+                                 sizes=((20, 30),) * 3)
+    data = json.loads(path.read_text())
+    data["images"][1]["id"] = data["images"][2]["id"] = 7
+    path.write_text(json.dumps(data))
+    message = r"ann\.json: image id\(s\) \[7\] appear more than once in 'images'.*Give every image its own id"
+    with pytest.raises(ValueError, match=message):
+        CocoDetection(images_dir, path)
+    with pytest.raises(ValueError, match=message):  # evaluation's ground truth reads the file the same way
+        coco_evaluate(path, [])
+
+
+def test_repeated_annotation_ids_are_an_error_naming_file_and_ids(tmp_path):
+    """Before: training kept both boxes, evaluation's ground truth had the second one twice."""
+    images_dir, path = make_coco(tmp_path, [ann(4, [1, 1, 5, 5]), ann(4, [10, 10, 5, 5]), ann(5, [2, 2, 3, 3])])
+    message = r"ann\.json: annotation id\(s\) \[4\] appear more than once in 'annotations'; evaluation would"
+    with pytest.raises(ValueError, match=message):
+        CocoDetection(images_dir, path)
+    with pytest.raises(ValueError, match=message):
+        coco_evaluate(str(path), [])
+
+
+@pytest.mark.parametrize("where", ["image", "annotation", "category"])
+def test_string_image_id_is_an_error_naming_file_entry_and_value(tmp_path, where):
+    """Before: a bare int() ValueError (or, for "1", an image whose boxes evaluation never saw)."""
+    images_dir, path = make_coco(tmp_path, [ann(9, [1, 1, 5, 5])])
+    data = json.loads(path.read_text())
+    if where == "image":
+        data["images"][0]["id"] = "0001.png"
+        message = r"ann\.json: image #1 \(file_name '0\.png'\) has id '0001\.png' \(a str\); every image needs an integer"
+    elif where == "annotation":
+        data["annotations"][0]["image_id"] = "1"
+        message = r"ann\.json: annotation #1 \(id 9\) has image_id '1' \(a str\); .*\(12, not \"12\"\)"
+    else:
+        data["annotations"][0]["category_id"] = "1"
+        message = r"ann\.json: annotation #1 \(id 9\) has category_id '1' \(a str\); every annotation needs"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message):
+        CocoDetection(images_dir, path)
+    with pytest.raises(ValueError, match=message):
+        coco_evaluate(path, [])
+
+
+
+def test_missing_image_id_is_an_error_naming_the_annotation(tmp_path):
+    """Before: pycocotools' bare KeyError: 'image_id'."""
+    images_dir, path = make_coco(tmp_path, [{"id": 9, "category_id": 1, "bbox": [1, 1, 5, 5]}])
+    with pytest.raises(ValueError, match=r"ann\.json: annotation #1 \(id 9\) has no 'image_id'; every annotation"):
         CocoDetection(images_dir, path)
 
 

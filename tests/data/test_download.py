@@ -182,6 +182,66 @@ def test_symlinks_outside_are_refused_inside_allowed(tmp_path):
     assert (out / "d" / "b.txt").read_bytes() == b"a"
 
 
+def tar_of(path, *entries):
+    """A tar of ``(name, bytes)`` files, ``(name, "->", target)`` symbolic links and ``(name, "=>", target)``
+    hard links, in this order."""
+    with tarfile.open(path, "w") as tf:
+        for name, *rest in entries:
+            info = tarfile.TarInfo(name)
+            if len(rest) == 2:
+                info.type = tarfile.SYMTYPE if rest[0] == "->" else tarfile.LNKTYPE
+                info.linkname = rest[1]
+                tf.addfile(info)
+            else:
+                info.size = len(rest[0])
+                tf.addfile(info, io.BytesIO(rest[0]))
+    return path
+
+
+def test_a_chain_of_links_leading_outside_is_refused_without_the_data_filter(tmp_path, monkeypatch):
+    """Before: each target was checked lexically (``a/..`` stays inside), so only Python's tar ``data``
+    filter (3.10.12 / 3.11.4 and later) stood between this archive and the parent folders."""
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)  # as on Python 3.10.0 - 3.10.11
+    archive = tar_of(tmp_path / "chain.tar", ("a", "->", "."), ("b", "->", "a/.."), ("c", "->", "b/../.."),
+                     ("c/escaped.txt", b"evil"))
+    dest = tmp_path / "deep" / "er" / "out"
+    with pytest.raises(UnsafeArchiveError, match=r"chain\.tar: refusing to extract member 'b': symbolic link "
+                                                  r"to 'a/\.\.', which leads outside the destination"):
+        safe_extract(archive, dest)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["chain.tar"], "nothing may be extracted"
+
+
+@pytest.mark.parametrize("entries, member, why", [
+    # y/x is no link when a is checked (a stays inside); once y/x -> . exists, a leads out of the root
+    ([("a", "->", "y/x/../.."), ("y/x", "->", ".")], "a", "once the archive's later links exist"),
+    ([("a", "->", "y/x/../.."), ("y/x", "->", "."), ("a/evil.txt", b"evil")], "a/evil.txt", "its folder is"),
+    ([("a", "->", "y/x/../.."), ("y/x", "->", "."), ("h", "=>", "a/etc/passwd")], "h", "hard link to 'a/etc/passwd'"),
+    ([("d/a.txt", b"a"), ("d/l", "->", "a.txt"), ("d/l", "->", "../..")], "d/l", "replaces a symbolic link"),
+    ([("loop", "->", "loop/x")], "loop", "round in a loop"),
+])
+def test_links_are_followed_member_by_member(tmp_path, entries, member, why):
+    archive = tar_of(tmp_path / "x.tar", *entries)
+    with pytest.raises(UnsafeArchiveError, match=rf"refusing to extract member '{member}': .*{why}"):
+        check_archive(archive)
+
+
+def test_links_that_stay_inside_are_extracted(tmp_path):
+    archive = tar_of(tmp_path / "ok.tar", ("d/a.txt", b"a"), ("a", "->", "."), ("b", "->", "a/d"), ("h", "=>", "b/a.txt"))
+    out = safe_extract(archive, tmp_path / "out", progress=False)
+    assert (out / "b" / "a.txt").read_bytes() == b"a" and (out / "h").read_bytes() == b"a"
+
+
+def test_symlinks_in_a_zip_are_refused(tmp_path):
+    info = zipfile.ZipInfo("d/link")
+    info.external_attr = (0o120777 << 16)  # S_IFLNK: how zip marks a symbolic link
+    with zipfile.ZipFile(tmp_path / "l.zip", "w") as zf:
+        zf.writestr("d/a.txt", b"a")
+        zf.writestr(info, "../../etc/passwd")
+    with pytest.raises(UnsafeArchiveError, match=r"l\.zip: refusing to extract member 'd/link': symbolic link"):
+        safe_extract(tmp_path / "l.zip", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_safe_extract_merges_archives_and_leaves_no_temp(tmp_path):
     first = zip_with(tmp_path / "a.zip", {"one/x.txt": b"1"})
     second = tar_with(tmp_path / "b.tar", {"two/y.txt": b"2"})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -16,7 +17,7 @@ from pycocotools.coco import COCO
 from course_lib.data import CocoDetection, SegmentationDataset
 from course_lib.data.download import ChecksumError, UnsafeArchiveError
 
-from .conftest import load_script
+from .conftest import dead_pid, load_script
 
 voc = load_script("prepare_voc")
 coco_script = load_script("prepare_coco")
@@ -137,6 +138,37 @@ def test_prepare_voc_refuses_a_malicious_archive(tmp_path):
         voc.main(["--archive", str(archive), "--out", str(out), "--skip-checksum"])
     assert not (tmp_path / "evil.txt").exists() and not (out / "voc_seg").exists()
     assert not any(out.rglob("ok.txt")), "nothing may be extracted from a refused archive"
+
+
+def test_prepare_voc_removes_what_an_interrupted_run_left(tmp_path, capsys, live_pid):
+    """Before: a killed run's .extracted-voc and .voc_seg.tmp-<pid> (hard links to the same images, so
+    the space stayed taken) were left for good, and a later run left them too."""
+    archive = fabricate_voc(tmp_path)
+    out = tmp_path / "real"
+    dead = dead_pid()
+    for name in (".extracted-voc/VOCdevkit", f".extracted-voc.tmp-{dead}", f".voc_seg.tmp-{dead}/images"):
+        (out / name).mkdir(parents=True)
+    (out / f".extracted-voc.tmp-{dead}" / "a.jpg").write_bytes(bytes(2000))
+    os.link(out / f".extracted-voc.tmp-{dead}" / "a.jpg", out / f".voc_seg.tmp-{dead}" / "images" / "a.jpg")
+    live = out / f".voc_det.tmp-{live_pid}"  # another process's build, still running
+    live.mkdir()
+    assert voc.main(["--archive", str(archive), "--out", str(out), "--skip-checksum"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [live.name, "voc_det", "voc_seg"]
+    assert (f"Removed what interrupted runs left in {out}: .extracted-voc, .extracted-voc.tmp-{dead}, "
+            f".voc_seg.tmp-{dead} (2.0 KB freed)\n") in capsys.readouterr().out
+
+
+def test_prepare_voc_leaves_nothing_behind_when_it_fails_or_keeps_the_tree_when_asked(tmp_path):
+    """Before: an archive without VOCdevkit/VOC2012 left the extracted tree in the hidden .extracted-voc."""
+    archive = write_tar(tmp_path / "VOCtrainval_11-May-2012.tar", {"other/x.txt": b"x"})
+    out = tmp_path / "real"
+    with pytest.raises(FileNotFoundError, match="has no VOCdevkit/VOC2012 directory"):
+        voc.main(["--archive", str(archive), "--out", str(out), "--skip-checksum"])
+    assert list(out.iterdir()) == []
+    archive = fabricate_voc(tmp_path)
+    voc.main(["--archive", str(archive), "--out", str(out), "--skip-checksum", "--keep-extracted", "--only", "seg"])
+    assert sorted(p.name for p in out.iterdir()) == ["VOCdevkit", "voc_seg"]
+    assert (out / "VOCdevkit" / "VOC2012" / "JPEGImages" / "2007_000027.jpg").is_file()
 
 
 # ------------------------------------------------------------------ MS COCO 2017

@@ -17,7 +17,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from ..atomic import AtomicDirectory
+from ..atomic import AtomicDirectory, remove_stale_temporaries
 from ..image_io import write_jpeg, write_json, write_png
 from ..paths import SYNTHETIC_DATASETS
 from . import multiscale, segmentation_scenes, traffic_signs
@@ -122,6 +122,7 @@ def build_dataset(
     """
     params = dataset_params(name, profile, seed)
     dest = Path(out_root) / name
+    remove_stale_temporaries(dest.parent)  # also when the complete dataset is kept below
     if skip_existing and is_complete(dest, params):
         return dest, False
     build = _build_segmentation if name == "segmentation" else _build_detection
