@@ -49,6 +49,7 @@ def check_psroi_vote(fn):
         Case("a RoI on half cells (x / 16 ends in .5)", (maps3, torch.tensor([8.0, 24, 104, 200]), 3, 1 / 16)),
         Case("a RoI crossing the map's border", (maps3, torch.tensor([-60.0, 200, 500, 420]), 3, 1 / 16)),
         Case("a RoI smaller than one cell", (maps3, torch.tensor([100.0, 100, 104, 106]), 3, 1 / 16)),
+        Case("a RoI smaller than one cell, rounding to zero cells", (maps3, torch.tensor([98.0, 98, 102, 101]), 3, 1 / 16)),
         Case("k = 7, 4 classes", (maps7, torch.tensor([50.0, 70, 600, 500]), 7, 1 / 16)),
         Case("k = 1: plain RoI average pooling", (maps3[:3], torch.tensor([0.0, 0, 320, 320]), 1, 1 / 16)),
     ]

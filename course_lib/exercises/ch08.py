@@ -1,6 +1,7 @@
 """Chapter 08's exercises: the pixel shuffle of eq. 4, written from the formula, and the foreground-background-balanced
 loss of eq. 6-8. Each checker compares the student's function with the library's (``course_lib.detection.efpn``)
-on hidden, seeded cases: several upscaling factors and channel counts; an image without objects, a full mask, lambda.
+on hidden, seeded cases: several upscaling factors and channel counts; an image without objects, a full mask, images
+with unequal numbers of positive pixels, lambda.
 """
 from __future__ import annotations
 
@@ -67,6 +68,10 @@ def _fbb_cases() -> list[Case]:
     mask[1, 4:, :2] = True
     cases.append(Case("two images, a few positive pixels", (s, t, mask)))
     cases.append(Case("lambda = 0.5", (s, t, mask), {"lam": 0.5}))
+    uneven = mask.clone()
+    uneven[1] = False
+    uneven[1, 5, 0] = True  # one positive pixel in the second image, four in the first
+    cases.append(Case("two images with unequal numbers of positive pixels (4 and 1)", (s, t, uneven)))
     cases.append(Case("an image without objects (no positive pixel)", (s[:1], t[:1], torch.zeros(1, 6, 5, dtype=torch.bool))))
     cases.append(Case("every pixel positive", (s, t, torch.ones(2, 6, 5, dtype=torch.bool))))
     s, t = maps(1, 256, 12, 10)
@@ -75,13 +80,15 @@ def _fbb_cases() -> list[Case]:
     return cases
 
 
-def _fbb_variant(case, *, by_all_pixels=False, no_lam=False, sum_channels=False):
+def _fbb_variant(case, *, by_all_pixels=False, no_lam=False, sum_channels=False, per_image=False):
     """What a plausible mistake computes on ``case`` (to aim the hint at it)."""
     student, target, mask = case.args
     lam = 1.0 if no_lam else case.kwargs.get("lam", 1.0)
     diff = (student - target).abs()
     per_pixel = diff.sum(1) if sum_channels else diff.mean(1)
     m = mask.to(diff.dtype)
+    if per_image:
+        return diff.mean() + lam * ((per_pixel * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)).mean()
     n = torch.tensor(float(m.numel())) if by_all_pixels else m.sum().clamp(min=1)
     return diff.mean() + lam * (per_pixel * m).sum() / n
 
@@ -99,6 +106,9 @@ def check_fbb_loss(fbb):
         Hint("L_pos divides by N, the number of positive pixels, not by all H x W pixels (that is what makes the loss "
              "balanced: small objects weigh as much as the background).",
              when=lambda out, exp, case: _matches(out, _fbb_variant(case, by_all_pixels=True))),
+        Hint("N counts the positive pixels of the whole batch: L_pos is one sum over every image's positive pixels "
+             "divided by that N, not a mean of per-image means (they differ when the images have unequal numbers "
+             "of positives).", when=lambda out, exp, case: _matches(out, _fbb_variant(case, per_image=True))),
         Hint("Did you use lam? The loss is L_glob + lam * L_pos.",
              when=lambda out, exp, case: _matches(out, _fbb_variant(case, no_lam=True))),
         Hint("As the library (and the authors' code): L_glob is the mean |F^t - F| over every element, and L_pos the "

@@ -52,3 +52,17 @@ def test_ohem_keep_rejects_unsorted_indices_and_unstable_ties():
 
     with pytest.raises(ExerciseFailed):  # the lowest losses instead of the highest
         ch06.check_ohem_keep(lambda losses, b: torch.sort(losses, stable=True).indices[:b].sort().values)
+
+
+def test_psroi_vote_rejects_a_roi_of_zero_cells():
+    """A RoI inside one cell rounds to zero width and height: torchvision makes it one cell wide (max(., 1)); an
+    answer without that clamp votes 0 for every class there, and agreed with torchvision on every other case."""
+    import math
+
+    def no_clamp(maps, roi, k, scale):
+        x1, y1, x2, y2 = (math.floor(float(v) * scale + 0.5) for v in roi)
+        if x2 - x1 >= 1 and y2 - y1 >= 1:
+            return sol("psroi_vote")(maps, roi, k, scale)
+        return maps.new_zeros(maps.shape[0] // (k * k))  # every bin empty
+    with pytest.raises(ExerciseFailed, match="at least 1 x 1 cell"):
+        ch06.check_psroi_vote(no_clamp)

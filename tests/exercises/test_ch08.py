@@ -55,3 +55,15 @@ def test_fbb_loss_rejects_plausible_mistakes(mistake, hint):
 def test_fbb_loss_rejects_a_detached_answer():
     with pytest.raises(ExerciseFailed, match="gradient"):
         ch08.check_fbb_loss(lambda s, t, m, lam=1.0: _fbb(s, t, m, lam).detach())
+
+
+def test_fbb_loss_rejects_a_per_image_positive_mean():
+    """N counts the positive pixels of the whole batch (eq. 7, the library, the authors' code). Averaging L_pos per
+    image and then over the images gives the same number only when every image has as many positive pixels."""
+    def per_image(s, t, m, lam=1.0):
+        diff = (s - t).abs()
+        mask = m.to(diff.dtype)
+        l_pos = ((diff.mean(1) * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)).mean()
+        return diff.mean() + lam * l_pos
+    with pytest.raises(ExerciseFailed, match="whole batch"):
+        ch08.check_fbb_loss(per_image)
