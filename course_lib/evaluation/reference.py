@@ -121,11 +121,14 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
     args = parser.parse_args(argv)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)  # a bad --json path fails now, not after the evaluation
     result = evaluate_reference(args.data or data_root() / "real" / "coco", split=args.split, limit=args.limit,
                                 device=args.device, batch_size=args.batch_size)
     print(summary(result))
-    if args.json:
-        atomic_write_bytes(args.json, (json.dumps(result, indent=1) + "\n").encode())
+    if args.json:  # COCO's "no ground truth of this size" (NaN here) as null: strict JSON
+        metrics = {k: None if math.isnan(v) else v for k, v in result["metrics"].items()}
+        atomic_write_bytes(args.json, (json.dumps({**result, "metrics": metrics}, indent=1) + "\n").encode())
     return 0
 
 

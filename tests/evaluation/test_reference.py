@@ -26,6 +26,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from course_lib.backbones.weights import CorruptWeightsError, cache_path
+from course_lib.evaluation import reference
 from course_lib.evaluation.reference import evaluate_reference, summary
 
 CATEGORIES = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]  # index = COCO category id
@@ -143,3 +144,17 @@ def test_a_damaged_cached_file_and_foreign_categories_are_refused_before_evaluat
     ann.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"instances_val.json: categories 1 'aeroplane' \(COCO: 'person'\)"):
         evaluate_reference(tmp_path / "coco", weights, progress=False)
+
+
+def test_the_command_line_prints_both_numbers_and_writes_strict_json(tmp_path, monkeypatch, capsys):
+    with pytest.raises(FileNotFoundError, match=r"instances_val.json does not exist: prepare COCO val2017 with .*prepare_coco.py"):
+        reference.main(["--data", str(tmp_path)])
+    result = {"metrics": {"AP": 0.36951, "APs": math.nan}, "published_box_map": 37.0, "num_images": 5000,
+              "weights": "FasterRCNN_ResNet50_FPN_Weights.COCO_V1", "annotations": "coco/annotations/instances_val.json"}
+    calls = []
+    monkeypatch.setattr(reference, "evaluate_reference", lambda data, **kw: calls.append((data, kw)) or result)
+    assert reference.main(["--data", str(tmp_path), "--limit", "10", "--json", str(tmp_path / "out" / "ap.json")]) == 0
+    assert calls[0][0] == tmp_path and calls[0][1]["limit"] == 10
+    assert capsys.readouterr().out == ("box AP (IoU 0.50:0.95) on coco/annotations/instances_val.json (5000 images): ours 37.0, "
+                                       "torchvision's published 37.0 (FasterRCNN_ResNet50_FPN_Weights.COCO_V1, meta['_metrics'])\n")
+    assert json.loads((tmp_path / "out" / "ap.json").read_text(), parse_constant=pytest.fail)["metrics"] == {"AP": 0.36951, "APs": None}
