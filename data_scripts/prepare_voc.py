@@ -195,8 +195,8 @@ def parse_voc_xml(path: Path, cat_ids: dict[str, int]) -> tuple[dict, list[dict]
 def prepare_detection(name: str, splits: dict[str, list[tuple[Path, list[str]]]], out: Path) -> Path:
     """``out/name`` in COCO format from ``{split: [(VOCdevkit/VOC20xx, image names), ...]}`` (see the module
     docstring): ``voc_det`` keeps 2012's flat names, the papers' sets put each release's images in its folder."""
-    cat_ids = {name: i for i, name in enumerate(CLASSES) if i > 0}
-    categories = [{"id": i, "name": name, "supercategory": "voc"} for name, i in cat_ids.items()]
+    cat_ids = {cls: i for i, cls in enumerate(CLASSES) if i > 0}
+    categories = [{"id": i, "name": cls, "supercategory": "voc"} for cls, i in cat_ids.items()]
     nested = name != "voc_det"
     sources = sorted({devkit.parents[1].name for parts in splits.values() for devkit, _ in parts})  # <archive>/VOCdevkit/..
     with AtomicDirectory(out / name, {"dataset": name, "source": ", ".join(sources),
