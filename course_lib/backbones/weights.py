@@ -31,7 +31,7 @@ from torchvision.models import WeightsEnum, get_model_weights
 from course_lib.state_dict import read_state_dict, unwrap_state_dict
 
 __all__ = ["WeightsEnum", "ARCHITECTURES", "IMAGENET", "WeightsSpec", "weights_enum", "resolve_weights", "cache_path", "verify_cached",
-           "CorruptWeightsError", "WeightsUnavailableError", "read_weights", "expected_prefix", "is_weights_file"]
+           "CorruptWeightsError", "WeightsUnavailableError", "read_weights", "read_published", "expected_prefix", "is_weights_file"]
 
 # The torchvision classifiers whose ImageNet weights the course's backbones load (full width only), and the
 # weights the papers fine-tune: the original (V1) ImageNet training of each, the one the papers' era used.
@@ -132,20 +132,26 @@ def read_weights(weights: WeightsSpec, arch: str, *, progress: bool = True) -> t
     resolved = resolve_weights(weights, arch)
     if isinstance(resolved, Path):
         return read_state_dict(resolved), repr(os.fspath(resolved))
-    path = cache_path(resolved)
+    return read_published(resolved, progress=progress)
+
+
+def read_published(weights: WeightsEnum, *, progress: bool = True) -> tuple[dict[str, Tensor], str]:
+    """The state dict of any torchvision weights enum member (a classifier's, a detector's) and a name for it: a
+    cached file verified first, a missing one downloaded by torchvision's ``get_state_dict(check_hash=True)``."""
+    path = cache_path(weights)
     if path.exists():
         verify_cached(path)
     try:
-        state = resolved.get_state_dict(progress=progress, check_hash=True)  # torchvision's own download and load
+        state = weights.get_state_dict(progress=progress, check_hash=True)  # torchvision's own download and load
     except (URLError, ConnectionError, TimeoutError) as e:
         reason = getattr(e, "reason", e)
         raise WeightsUnavailableError(
-            f"{resolved!r} ({path.name}) is not in torchvision's cache {path.parent} and could not be downloaded "
-            f"from {resolved.url} ({reason}). On a machine that is online, run `make weights` (or load them once), "
+            f"{weights!r} ({path.name}) is not in torchvision's cache {path.parent} and could not be downloaded "
+            f"from {weights.url} ({reason}). On a machine that is online, run `make weights` (or load them once), "
             f"or copy {path.name} into {path.parent}.") from None
     except RuntimeError as e:
         if "invalid hash value" in str(e):
-            raise CorruptWeightsError(f"the download of {resolved.url} is not the published file ({e}); nothing "
+            raise CorruptWeightsError(f"the download of {weights.url} is not the published file ({e}); nothing "
                                       f"was saved to {path}. Try again later.") from None
         raise
-    return unwrap_state_dict(state, f"{resolved!r} ({path})"), f"{resolved!r} ({path})"
+    return unwrap_state_dict(state, f"{weights!r} ({path})"), f"{weights!r} ({path})"

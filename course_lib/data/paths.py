@@ -7,13 +7,15 @@
   ``multiscale``. A dataset directory is complete when its ``DONE.json`` marker exists (the
   generator writes it last and moves the directory into place atomically).
 * ``real/<name>/`` -- real datasets prepared by ``data_scripts/prepare_*.py``: ``voc_seg``,
-  ``voc_det``, ``coco``, ``tt100k``.
+  ``voc_det``, ``voc07_det``, ``voc0712_det``, ``coco``, ``tt100k``.
 
 **Which data the notebooks read** is ``$COURSE_DATA`` (``make instructor DATA=...`` sets it): ``synthetic``
 (default) or a comma-separated choice of real datasets that replace synthetic ones in ``dataset_dir``:
 
 =========  =====================================================================
 ``voc``    ``segmentation`` -> ``voc_seg`` (chapters 1-3), ``multiscale`` -> ``voc_det`` (chapters 4-6)
+``voc07``  ``multiscale`` -> ``voc07_det`` (VOC 2007 trainval; its test split is read as ``val``)
+``voc0712`` ``multiscale`` -> ``voc0712_det`` (VOC 2007+2012 trainval; VOC 2007 test read as ``val``)
 ``coco``   ``multiscale`` -> ``coco`` (chapter 7)
 ``tt100k`` ``small_objects`` -> ``tt100k`` (chapter 8; its test split is read as ``val``)
 =========  =====================================================================
@@ -42,6 +44,8 @@ SYNTHETIC_DATASETS = ("segmentation", "small_objects", "multiscale")
 REAL_DATASETS = {
     "voc_seg": "data_scripts/prepare_voc.py",
     "voc_det": "data_scripts/prepare_voc.py",
+    "voc07_det": "data_scripts/prepare_voc.py",
+    "voc0712_det": "data_scripts/prepare_voc.py",
     "coco": "data_scripts/prepare_coco.py",
     "tt100k": "data_scripts/prepare_tt100k.py",
 }
@@ -50,6 +54,8 @@ MARKER = "DONE.json"
 DATA_CHOICES = {
     "synthetic": {},
     "voc": {"segmentation": "voc_seg", "multiscale": "voc_det"},
+    "voc07": {"multiscale": "voc07_det"},
+    "voc0712": {"multiscale": "voc0712_det"},
     "coco": {"multiscale": "coco"},
     "tt100k": {"small_objects": "tt100k"},
 }
@@ -57,6 +63,8 @@ DATA_CHOICES = {
 _NEEDED = {
     "voc_seg": ["splits/train.txt", "splits/val.txt", "classes.json"],
     "voc_det": ["annotations/instances_train.json", "annotations/instances_val.json"],
+    "voc07_det": ["annotations/instances_train.json", "annotations/instances_val.json"],
+    "voc0712_det": ["annotations/instances_train.json", "annotations/instances_val.json"],
     "coco": ["annotations/instances_train.json", "annotations/instances_val.json"],
     "tt100k": ["annotations/instances_train.json", "annotations/instances_val.json"],
 }
@@ -94,7 +102,7 @@ def dataset_dir(name: str, profile=None) -> Path:
 
     ``name`` is a synthetic dataset (``"segmentation"``, ``"small_objects"``, ``"multiscale"``),
     found under ``data_root()/<profile.name>/``, or a prepared real one (``"voc_seg"``,
-    ``"voc_det"``, ``"coco"``, ``"tt100k"``), found under ``data_root()/real/``.
+    ``"voc_det"``, ``"voc07_det"``, ``"voc0712_det"``, ``"coco"``, ``"tt100k"``), found under ``data_root()/real/``.
     ``profile`` is a :class:`~course_lib.profiles.Profile`, a profile name, or ``None`` for
     :func:`~course_lib.profiles.get_profile`'s choice.
 

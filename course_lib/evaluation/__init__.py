@@ -1,5 +1,6 @@
 """Evaluation: COCO AP/AR and proposal recall (pycocotools), the EFPN paper's accuracy /
-recall / F1 per object size, and the FCN paper's segmentation metrics."""
+recall / F1 per object size, the FCN paper's segmentation metrics, and torchvision's published
+COCO detector scored by this pipeline (``reference``)."""
 from .detection import (
     SIZE_RANGES,
     all_objects_findable,
@@ -18,4 +19,15 @@ __all__ = [
     "coco_evaluate", "proposal_recall", "efpn_metrics", "tt100k_metrics", "greedy_match", "iou_greedy_match",
     "evaluate_detector", "all_objects_findable", "SIZE_RANGES", "TT100K_SIZE_RANGES",
     "ConfusionMatrix", "boundary_mask", "small_region_mask", "evaluate_segmentation",
+    "evaluate_reference", "reference_model",
 ]
+
+
+def __getattr__(name: str):
+    """``evaluate_reference`` / ``reference_model`` load the detectors: imported when first asked for (so this
+    package stays light, and ``python -m course_lib.evaluation.reference`` runs without runpy's double import)."""
+    if name in ("evaluate_reference", "reference_model"):
+        from . import reference
+
+        return getattr(reference, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

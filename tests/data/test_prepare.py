@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from course_lib.data import CocoDetection, SegmentationDataset
+from course_lib.data import CocoDetection, SegmentationDataset, dataset_dir
 from course_lib.data.download import ChecksumError, UnsafeArchiveError
 
 from .conftest import dead_pid, load_script
@@ -90,7 +90,29 @@ def fabricate_voc(tmp_path: Path) -> Path:
     members[f"{base}ImageSets/Segmentation/val.txt"] = b"2011_001000\n"
     members[f"{base}ImageSets/Main/train.txt"] = b"2007_000027\n2011_001000\n"
     members[f"{base}ImageSets/Main/val.txt"] = b"2008_000123\n"
+    members[f"{base}ImageSets/Main/trainval.txt"] = b"2007_000027\n2008_000123\n2011_001000\n"
     return write_tar(tmp_path / "VOCtrainval_11-May-2012.tar", members)
+
+
+def fabricate_voc2007(tmp_path: Path, test_list: bool = True) -> list[Path]:
+    """VOC 2007's two archives: trainval (000005, 000007 | 000009) and test (000001, 000002), both VOCdevkit/VOC2007."""
+    archives = []
+    for name, lists in (("VOCtrainval_06-Nov-2007.tar", {"train": ["000005", "000007"], "val": ["000009"]}),
+                        ("VOCtest_06-Nov-2007.tar", {"test": ["000001", "000002"]} if test_list else {})):
+        stems = ["000005", "000007", "000009"] if "train" in lists else ["000001", "000002"]
+        if "train" in lists:
+            lists["trainval"] = lists["train"] + lists["val"]
+        members = {f"VOCdevkit/VOC2007/ImageSets/Main/{split}.txt": "".join(f"{s}\n" for s in v).encode()
+                   for split, v in lists.items()}
+        for i, stem in enumerate(stems):
+            objects = VOC_OBJECT.format(name="car", trunc=0, diff=0, b=(1 + i, 2, 20, 12 + i))
+            if stem == "000001":
+                objects += VOC_OBJECT.format(name="bottle", trunc=0, diff=1, b=(30, 5, 35, 25))
+            members[f"VOCdevkit/VOC2007/Annotations/{stem}.xml"] = VOC_XML.format(stem=stem, w=40, h=30,
+                                                                                  objects=objects).encode()
+            members[f"VOCdevkit/VOC2007/JPEGImages/{stem}.jpg"] = jpeg_bytes(40, 30)
+        archives.append(write_tar(tmp_path / name, members))
+    return archives
 
 
 def test_voc_colormap_is_the_devkits():
@@ -169,6 +191,54 @@ def test_prepare_voc_leaves_nothing_behind_when_it_fails_or_keeps_the_tree_when_
     voc.main(["--archive", str(archive), "--out", str(out), "--skip-checksum", "--keep-extracted", "--only", "seg"])
     assert sorted(p.name for p in out.iterdir()) == ["VOCdevkit", "voc_seg"]
     assert (out / "VOCdevkit" / "VOC2012" / "JPEGImages" / "2007_000027.jpg").is_file()
+
+
+def test_prepare_voc_builds_the_detection_papers_07_and_07_plus_12_sets(tmp_path, monkeypatch):
+    archives = [*fabricate_voc2007(tmp_path), fabricate_voc(tmp_path)]
+    out = tmp_path / "real"
+    args = ["--out", str(out), "--release", "2007", "--release", "07+12"] + [a for p in archives for a in ("--archive", str(p))]
+    with pytest.raises(ChecksumError, match="VOCtrainval_06-Nov-2007.tar: MD5"):
+        voc.main(args)
+    assert voc.main(args + ["--skip-checksum"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["voc0712_det", "voc07_det"], "nothing else, nothing extracted"
+
+    def load(name, split, **kwargs):
+        return CocoDetection(out / name / "images", out / name / "annotations" / f"instances_{split}.json", **kwargs)
+
+    trainval07, test07 = load("voc07_det", "trainval"), load("voc07_det", "test")
+    assert trainval07.ids == [5, 7, 9] and test07.ids == [1, 2] and trainval07.class_names[7] == "car"
+    image, target = test07[0]
+    assert image.shape == (3, 30, 40) and target["boxes"].tolist() == [[0, 1, 20, 12]] and target["labels"].tolist() == [7]
+    assert load("voc07_det", "test", skip_crowd=False)[0][1]["iscrowd"].tolist() == [0, 1], "difficult -> crowd"
+    assert test07.coco.imgs[1]["file_name"] == "VOC2007/000001.jpg"
+
+    trainval0712 = load("voc0712_det", "trainval")
+    assert trainval0712.ids == [5, 7, 9, 2007000027, 2008000123, 2011001000]
+    assert [trainval0712.coco.imgs[i]["file_name"] for i in (9, 2007000027)] == ["VOC2007/000009.jpg",
+                                                                               "VOC2012/2007_000027.jpg"]
+    assert [len(trainval0712.coco.getAnnIds(imgIds=[i])) for i in trainval0712.ids] == [1, 1, 1, 2, 1, 1]
+    assert trainval0712[4][1]["boxes"].tolist() == [[10, 20, 30, 28]] and trainval0712[4][1]["labels"].tolist() == [8]
+    test0712 = load("voc0712_det", "test")
+    assert test0712.coco.dataset["images"] == test07.coco.dataset["images"]
+    assert test0712.coco.dataset["annotations"] == test07.coco.dataset["annotations"]
+    for name in ("voc07_det", "voc0712_det"):  # the notebooks read train / val: the same files
+        ann = out / name / "annotations"
+        assert (ann / "instances_train.json").read_bytes() == (ann / "instances_trainval.json").read_bytes()
+        assert (ann / "instances_val.json").read_bytes() == (ann / "instances_test.json").read_bytes()
+    assert json.loads((out / "voc0712_det" / "DONE.json").read_text())["num_trainval"] == 6
+    assert json.loads((out / "voc07_det" / "DONE.json").read_text())["num_test"] == 2
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))  # what COURSE_DATA=voc0712 (make instructor DATA=...) reads
+    monkeypatch.setenv("COURSE_DATA", "voc0712")
+    assert dataset_dir("multiscale") == out / "voc0712_det"
+
+
+def test_prepare_voc_names_a_test_archive_without_its_test_list_and_writes_nothing(tmp_path):
+    archives = [*fabricate_voc2007(tmp_path, test_list=False), fabricate_voc(tmp_path)]
+    out = tmp_path / "real"
+    args = ["--out", str(out), "--skip-checksum", "--release", "2012", "--release", "07+12"]
+    with pytest.raises(FileNotFoundError, match=r"VOCtest_06-Nov-2007.tar has no VOCdevkit/VOC2007/ImageSets/Main/test.txt"):
+        voc.main(args + [a for p in archives for a in ("--archive", str(p))])
+    assert list(out.iterdir()) == [], "2012's sets, asked for first, are not built either"
 
 
 # ------------------------------------------------------------------ MS COCO 2017
