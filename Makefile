@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 LAB_ARGS ?=
 TIMINGS_ARGS ?=
 
-.PHONY: lab test venv data bench timings clean help instructor gpu-check test-fullsize weights
+.PHONY: lab test venv data bench timings clean help instructor gpu-check test-fullsize weights reference
 
 help:
 	@echo "make lab    - open the course in JupyterLab (sets everything up first); LAB_ARGS=\"--ip=0.0.0.0 --port=8890\""
@@ -23,7 +23,8 @@ help:
 	@echo "make bench  - run the benchmark scripts (course_lib vs torchvision, side by side)"
 	@echo "make timings PROFILE=cpu - time every notebook (Run All) in a profile; writes the README's table"
 	@echo "make instructor [PROFILE=gpu] [CHAPTERS=\"05 07\"] [DATA=voc] [GPUS=4] - run the notebooks, write results/<profile>/report.md"
-	@echo "make weights - download the ImageNet weights the papers fine-tune (VGG16, ResNet-50/101) into torchvision's cache"
+	@echo "make weights - download the ImageNet weights the papers fine-tune (VGG16, ResNet-50/101) and the COCO R50-FPN into torchvision's cache"
+	@echo "make reference [COCO=data/real/coco] - torchvision's COCO Faster R-CNN weights scored by the course's pipeline (AP beside the published 37.0)"
 	@echo "make gpu-check - CUDA tests, CUDA vs CPU, AMP steps at full scale, benchmarks on CUDA (skips without CUDA)"
 
 venv: $(STAMP)
@@ -67,20 +68,28 @@ clean:
 # Instructors: run the chapters' notebooks headless and write results/$(PROFILE)/report.md (course_lib/run.py).
 # PROFILE: ci, cpu, gpu (default: gpu with CUDA, else cpu); CHAPTERS: ids, e.g. "02 05 07" (default: all);
 # DATA: synthetic, voc, coco, tt100k, papers; GPUS > 1: each chapter runs under torchrun --nproc_per_node $(GPUS);
-# FORCE=1: run finished chapters again.
+# FORCE=1: run finished chapters again; REFERENCE=1: then `make reference` (torchvision's COCO weights, our pipeline).
 PROFILE ?=
 CHAPTERS ?=
 DATA ?= synthetic
 GPUS ?= 1
 FORCE ?=
+REFERENCE ?=
 instructor: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py $(if $(PROFILE),--profile $(PROFILE)) --skip-existing
 	$(PY) -m course_lib.run $(if $(PROFILE),--profile $(PROFILE)) $(if $(CHAPTERS),--chapters $(CHAPTERS)) --data $(DATA) --gpus $(GPUS) $(if $(FORCE),--force)
+	$(if $(REFERENCE),$(MAKE) reference)
 
-# For a machine that is online only at setup: torchvision's ImageNet weights into its cache ($$TORCH_HOME/hub/checkpoints),
+# For a machine that is online only at setup: torchvision's ImageNet weights (and the COCO detector of `make reference`) into its cache ($$TORCH_HOME/hub/checkpoints),
 # verified, resumable; afterwards weights="IMAGENET1K_V1" loads offline (course_lib/backbones/weights.py).
 weights: $(STAMP)
 	$(PY) data_scripts/download_weights.py
+
+# torchvision's published COCO Faster R-CNN R50-FPN (box AP 37.0) through the course's loader, loop and COCOeval:
+# needs val2017 prepared by data_scripts/prepare_coco.py --splits val (course_lib/evaluation/reference.py).
+COCO ?= data/real/coco
+reference: $(STAMP)
+	$(PY) -m course_lib.evaluation.reference --data $(COCO) --json results/reference.json
 
 # The GPU check runs on a GPU machine's own Python and torch when there is no .venv (no install needed there).
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Download the ImageNet weights the papers fine-tune into torchvision's cache, ahead of time.
+"""Download the ImageNet weights the papers fine-tune, and torchvision's COCO Faster R-CNN R50-FPN that
+``make reference`` evaluates, into torchvision's cache, ahead of time.
 
-    python data_scripts/download_weights.py                 # VGG16, ResNet-50, ResNet-101 (about 800 MB)
+    python data_scripts/download_weights.py                 # VGG16, ResNet-50, ResNet-101, the COCO R50-FPN (about 960 MB)
     python data_scripts/download_weights.py --arch resnet50
 
 For a machine that is online only at setup (``make weights``): afterwards ``resnet_body(50,
@@ -24,14 +25,24 @@ from course_lib.backbones.weights import (IMAGENET, CorruptWeightsError, cache_p
                                           verify_cached, weights_enum)
 from course_lib.data.download import ChecksumError, download, human_bytes
 
+REFERENCE = "fasterrcnn_resnet50_fpn"  # torchvision's COCO_V1 detector (course_lib.evaluation.reference)
+
+
+def published(name: str):
+    """The torchvision weights enum member that ``name`` stands for."""
+    if name == REFERENCE:
+        from course_lib.evaluation.reference import REFERENCE_WEIGHTS
+        return REFERENCE_WEIGHTS
+    return weights_enum(name)[IMAGENET[name]]
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", action="append", choices=sorted(IMAGENET),
+    parser.add_argument("--arch", action="append", choices=[*sorted(IMAGENET), REFERENCE],
                         help="only these networks (repeat the flag); default: all of them")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    wanted = [weights_enum(arch)[IMAGENET[arch]] for arch in (args.arch or IMAGENET)]
+    wanted = [published(name) for name in (args.arch or [*IMAGENET, REFERENCE])]
     missing = [w for w in wanted if not cache_path(w).exists()]
     total = sum(w.meta.get("_file_size", 0) * 1e6 for w in missing)
     where = cache_path(wanted[0]).parent
