@@ -132,5 +132,5 @@ def bootstrap_ap(coco_gt, detections, *, resamples: int = 200, seed: int = 0, la
     for name, values in samples.items():
         point, resampled = float(values[0]), values[1:]
         out[name] = point
-        out[f"{name}_se"] = float(np.std(resampled[~np.isnan(resampled)], ddof=1)) if not math.isnan(point) else math.nan
+        out[f"{name}_se"] = math.nan if math.isnan(point) else float(np.std(resampled[~np.isnan(resampled)], ddof=1))
     return out
