@@ -92,6 +92,8 @@ def test_seeded_and_the_point_estimate_is_coco_evaluate():
     a, b = bootstrap_ap(coco, detections, seed=5, resamples=30), bootstrap_ap(coco, detections, seed=5, resamples=30)
     assert a == b and a != bootstrap_ap(coco, detections, seed=6, resamples=30)
     assert a["AP"] == pytest.approx(coco_evaluate(coco, detections)["AP"], abs=1e-12) and a["AP_se"] > 0
+    some = bootstrap_ap(coco, detections, img_ids=[3, 1, 5, 1], resamples=30)  # as evaluate_detector passes them
+    assert some["AP50"] == pytest.approx(coco_evaluate(coco, detections, img_ids=[1, 3, 5])["AP50"], abs=1e-12)
 
 
 def test_no_detections_give_zero_and_bad_arguments_say_what_to_pass():
