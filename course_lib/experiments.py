@@ -92,8 +92,9 @@ def check_fair(arms: Mapping[str, Mapping], *, variable: str, follows=()) -> str
 class Claim:
     """A paper's claim about two arms, from two ``papers.NUMBERS`` keys (arm name -> key of that arm's number).
 
-    Without ``within``: the arm whose paper number is larger is claimed better. With ``within`` (in the units of
-    the metric measured here, e.g. 0.02 of AP50): the two are claimed comparable, |difference| <= within.
+    Without ``within``: the arm whose paper number is larger is claimed to measure larger here too (better for an
+    AP, slower for a time). With ``within`` (in the units of the metric measured here, e.g. 0.02 of AP50): the two
+    are claimed comparable, |difference| <= within.
     """
 
     keys: Mapping[str, str]
