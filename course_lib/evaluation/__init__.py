@@ -1,6 +1,7 @@
 """Evaluation: COCO AP/AR and proposal recall (pycocotools), the EFPN paper's accuracy /
 recall / F1 per object size, the FCN paper's segmentation metrics, and torchvision's published
-COCO detector scored by this pipeline (``reference``)."""
+COCO detector scored by this pipeline (``reference``), and the bootstrap standard error of AP over images
+(``bootstrap``)."""
 from .detection import (
     SIZE_RANGES,
     all_objects_findable,
@@ -13,12 +14,13 @@ from .detection import (
     proposal_recall,
     tt100k_metrics,
 )
+from .bootstrap import bootstrap_ap
 from .segmentation import ConfusionMatrix, boundary_mask, evaluate_segmentation, small_region_mask
 
 __all__ = [
     "coco_evaluate", "proposal_recall", "efpn_metrics", "tt100k_metrics", "greedy_match", "iou_greedy_match",
     "evaluate_detector", "all_objects_findable", "SIZE_RANGES", "TT100K_SIZE_RANGES",
-    "ConfusionMatrix", "boundary_mask", "small_region_mask", "evaluate_segmentation",
+    "bootstrap_ap", "ConfusionMatrix", "boundary_mask", "small_region_mask", "evaluate_segmentation",
     "evaluate_reference", "reference_model",
 ]
 

@@ -1,0 +1,136 @@
+"""How much a COCO AP would move on another validation set of the same size: its bootstrap standard error.
+
+An AP measured on a few dozen images is itself a noisy number. The bootstrap estimates that noise from the images
+we have: draw as many images as the set holds, with replacement, recompute the AP, repeat ``resamples`` times; the
+standard deviation of those APs is the standard error (SE) of the AP over images. A difference between two detectors
+smaller than about twice it could be the luck of which images were drawn.
+
+How it is computed (cheaply): pycocotools matches detections to ground truth image by image (``COCOeval.evaluate``,
+the expensive part) and only then pools the images into precision/recall curves (``accumulate``). A resample changes
+only the pooling -- an image drawn k times counts k times -- so the matching runs once and each resample re-pools
+the per-image results ``evalImgs`` with per-image weights, all resamples at once as [resamples, detections] arrays.
+This gives the same numbers as calling pycocotools on every resampled set (``tests/evaluation/test_bootstrap.py``
+checks it against that brute force), as long as no two detections of one image share a score (COCO itself orders
+such ties arbitrarily). The other way, remapping image ids and re-running pycocotools per resample, repeats the
+matching ``resamples`` times and costs ~100x more.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pycocotools.cocoeval import COCOeval
+
+from .detection import _as_coco, _quiet, _results_array
+
+__all__ = ["BOOTSTRAP_METRICS", "resample_counts", "bootstrap_ap_samples", "bootstrap_ap"]
+
+# metric -> (index of COCO's area range: 0 all, 1 small; IoU thresholds used: all ten or 0.5 only)
+BOOTSTRAP_METRICS = {"AP": (0, slice(None)), "AP50": (0, slice(0, 1)), "APs": (1, slice(None))}
+
+
+def resample_counts(num_images: int, resamples: int = 200, seed: int = 0) -> np.ndarray:
+    """[resamples, num_images] ints: how often each image is drawn in each resample (each row sums to num_images)."""
+    if num_images < 1 or resamples < 2:
+        raise ValueError(f"resample_counts(num_images={num_images}, resamples={resamples}): need at least one image "
+                         "and two resamples (a standard deviation needs two values); 200 is the usual choice.")
+    draws = np.random.default_rng(seed).integers(0, num_images, size=(resamples, num_images))
+    counts = np.zeros((resamples, num_images), dtype=np.int64)
+    np.add.at(counts, (np.arange(resamples)[:, None], draws), 1)
+    return counts
+
+
+def _matched_per_image(coco_gt, detections, label_to_cat_id=None, img_ids=None) -> COCOeval:
+    """``COCOeval`` after ``evaluate()``: the per-image matching, done once, as ``coco_evaluate`` sets it up."""
+    coco = _as_coco(coco_gt)
+    with _quiet(False):
+        evaluator = COCOeval(coco, coco.loadRes(_results_array(coco, detections, label_to_cat_id)), "bbox")
+        if img_ids is not None:
+            evaluator.params.imgIds = sorted(int(i) for i in img_ids)
+        evaluator.evaluate()
+    return evaluator
+
+
+def _pooled_precision(entries, image_index, counts, iou_rows, rec_thrs) -> np.ndarray:
+    """COCO's interpolated precision [resamples, IoUs, recall thresholds] of one category and area range, the
+    images weighted by ``counts``; NaN where a resample holds no (non-ignored) ground truth."""
+    scores = np.concatenate([e["dtScores"] for e in entries])
+    order = np.argsort(-scores, kind="mergesort")  # pycocotools' order
+    weights = counts[:, np.repeat(image_index, [len(e["dtScores"]) for e in entries])[order]]  # [B, D]
+    matched = np.concatenate([e["dtMatches"] for e in entries], axis=1)[:, order] > 0  # [T, D]
+    ignored = np.concatenate([e["dtIgnore"] for e in entries], axis=1)[:, order] > 0
+    num_gt = counts[:, image_index] @ np.array([np.count_nonzero(e["gtIgnore"] == 0) for e in entries])  # [B]
+    precision = np.stack([_interpolated(weights, matched[t], ignored[t], num_gt, rec_thrs) for t in iou_rows], 1)
+    precision[num_gt == 0] = np.nan
+    return precision
+
+
+def _interpolated(weights, matched, ignored, num_gt, rec_thrs) -> np.ndarray:
+    """pycocotools' accumulate for one IoU threshold, every resample (row of ``weights``) at once: [B, R]."""
+    B, D = weights.shape
+    if D == 0:
+        return np.zeros((B, len(rec_thrs)))
+    tp = np.cumsum(weights * (matched & ~ignored), axis=1).astype(float)
+    fp = np.cumsum(weights * (~matched & ~ignored), axis=1).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.nan_to_num(tp / num_gt[:, None])
+    pr = tp / (fp + tp + np.spacing(1))
+    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # the precision envelope
+    # np.searchsorted(recall[b], rec_thrs, side="left") for every row b at once: the first point whose recall reaches
+    # a threshold = how many points stay below it. A point with `below` thresholds <= its recall stays below every
+    # threshold from index `below` on, so a cumulative histogram of `below` counts them (exact: no float offsets).
+    R = len(rec_thrs)
+    below = np.searchsorted(rec_thrs, recall, side="right")  # [B, D] in 0..R
+    hist = np.bincount((below + np.arange(B)[:, None] * (R + 1)).ravel(), minlength=B * (R + 1)).reshape(B, R + 1)
+    first = np.cumsum(hist, axis=1)[:, :R]
+    return np.where(first < D, np.take_along_axis(pr, np.minimum(first, D - 1), axis=1), 0.0)
+
+
+def bootstrap_ap_samples(coco_gt, detections, counts: np.ndarray, *, label_to_cat_id=None,
+                         img_ids=None) -> dict[str, np.ndarray]:
+    """AP, AP50 and APs (COCO's, at 100 detections per image) of each resample: ``counts`` [B, I] weights the
+    evaluated images in the order of their sorted ids (``img_ids``, default every annotated image). A row of ones
+    gives ``coco_evaluate``'s numbers. NaN where a resample has no ground truth of that size."""
+    evaluator = _matched_per_image(coco_gt, detections, label_to_cat_id, img_ids)
+    p = evaluator.params
+    K, A, I = len(p.catIds), len(p.areaRng), len(p.imgIds)
+    counts = np.asarray(counts)
+    if counts.ndim != 2 or counts.shape[1] != I:
+        raise ValueError(f"counts has shape {counts.shape}; expected [resamples, {I}]: one column per evaluated image "
+                         "(resample_counts(num_images) makes it).")
+    per_image = np.array(evaluator.evalImgs, dtype=object).reshape(K, A, I)
+    out = {}
+    for name, (area, ious) in BOOTSTRAP_METRICS.items():
+        iou_rows = np.arange(len(p.iouThrs))[ious]
+        precision = np.full((len(counts), len(iou_rows), len(p.recThrs), K), np.nan)  # pycocotools' [T, R, K] layout
+        for k in range(K):
+            present = np.flatnonzero(per_image[k, area] != None)  # noqa: E711 (elementwise on an object array)
+            if len(present):
+                precision[..., k] = _pooled_precision(per_image[k, area, present], present, counts, iou_rows,
+                                                      p.recThrs)
+        valid = ~np.isnan(precision)
+        with np.errstate(invalid="ignore"):
+            out[name] = np.nansum(precision, axis=(1, 2, 3)) / valid.sum(axis=(1, 2, 3))
+    return out
+
+
+def bootstrap_ap(coco_gt, detections, *, resamples: int = 200, seed: int = 0, label_to_cat_id=None,
+                 img_ids=None) -> dict[str, float]:
+    """COCO AP, AP50, APs and their bootstrap standard errors over images, as ``{"AP": .., "AP_se": .., ...}``.
+
+    ``detections`` and ``label_to_cat_id`` as for ``coco_evaluate``; ``img_ids`` the evaluated images (default every
+    annotated image; ``evaluate_detector`` evaluates the images it saw). The SE is the standard deviation over
+    ``resamples`` seeded resamples of the images (NaN for APs when the set has no small objects).
+    """
+    evaluator_ids = img_ids if img_ids is not None else _as_coco(coco_gt).getImgIds()
+    num_images = len(set(int(i) for i in evaluator_ids))
+    if sum(len(d["boxes"]) for d in detections) == 0:  # COCO gives 0 without detections; so does every resample
+        return {key: v for name in BOOTSTRAP_METRICS for key, v in ((name, 0.0), (f"{name}_se", 0.0))}
+    counts = np.vstack([np.ones(num_images, dtype=np.int64), resample_counts(num_images, resamples, seed)])
+    samples = bootstrap_ap_samples(coco_gt, detections, counts, label_to_cat_id=label_to_cat_id, img_ids=img_ids)
+    out = {}
+    for name, values in samples.items():
+        point, resampled = float(values[0]), values[1:]
+        out[name] = point
+        out[f"{name}_se"] = math.nan if math.isnan(point) else float(np.std(resampled[~np.isnan(resampled)], ddof=1))
+    return out

@@ -1,0 +1,238 @@
+"""Fair comparisons: arms that differ only in the variable under test, run over seeds, judged against the paper.
+
+Why this exists (issue 19): every comparison in the course so far ran once, from scratch, on a handful of
+validation images -- so no difference between two detectors could be told from noise. A fair comparison
+
+1. changes one thing: the arms share data, image size, budget (steps, batch), optimiser, sampler, proposal counts
+   and trainable parameters; ``compare`` refuses any other difference, unless the caller declares that a key
+   *follows* from the variable (the trainable parameters when the architecture is the variable) -- and then shows it;
+2. runs every arm over several seeds, and reports the spread over seeds beside each AP's bootstrap standard error
+   over images (``course_lib.evaluation.bootstrap_ap``): two sources of noise, training and validation set;
+3. says whether the paper's claim *holds*, is *reversed*, or the difference is *within noise*, by a stated rule.
+
+::
+
+    result = compare({"rfcn": {**common, "head": "rfcn"}, "c4": {**common, "head": "c4"}}, variable="head",
+                     run=train_and_evaluate, seeds=(0, 1, 2), metric="AP50", follows=("trainable_parameters",),
+                     claim=Claim({"rfcn": "rfcn.table6.rfcn.ap50", "c4": "rfcn.table6.faster_rcnn.ap50"}, within=0.02))
+    print(check_verdict(result, expected="holds"))
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from course_lib import papers
+from course_lib.profiles import Profile, check_targets, get_profile
+
+__all__ = ["TrainableSignature", "trainable_signature", "Claim", "Comparison", "check_fair", "compare",
+           "check_verdict", "VERDICTS"]
+
+VERDICTS = ("holds", "reversed", "within noise")
+_MISSING = "<missing>"
+
+
+@dataclass(frozen=True, repr=False)
+class TrainableSignature:
+    """What an optimiser trains: how many numbers, in which named tensors. Equal only if both are."""
+
+    count: int
+    names: frozenset[str]
+
+    def __repr__(self) -> str:
+        digest = hashlib.sha1("\n".join(sorted(self.names)).encode()).hexdigest()[:6]
+        return f"{self.count:,} in {len(self.names)} tensors (names #{digest})"
+
+
+def trainable_signature(model) -> TrainableSignature:
+    """The ``trainable_parameters`` setting of an arm: the parameters of ``model`` with ``requires_grad``."""
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    return TrainableSignature(sum(p.numel() for p in trainable.values()), frozenset(trainable))
+
+
+def _per_arm(values) -> str:
+    return "  ".join(f"{arm}={value!r}" for arm, value in values.items())
+
+
+def check_fair(arms: Mapping[str, Mapping], *, variable: str, follows=()) -> str:
+    """The settings of ``arms`` (arm name -> flat mapping of settings) as text, if they differ only in ``variable``
+    and the keys in ``follows``; else a ValueError listing every other differing key with its value per arm."""
+    if len(arms) < 2:
+        raise ValueError(f"compare needs two or more arms, got {list(arms)}: e.g. {{'rfcn': {{...}}, 'c4': {{...}}}}.")
+    if variable in follows:
+        raise ValueError(f"follows={tuple(follows)} names the variable {variable!r} itself: list only keys that "
+                         "change because the variable does (e.g. 'trainable_parameters').")
+    keys = list(dict.fromkeys(key for settings in arms.values() for key in settings))
+    values = {key: {arm: settings.get(key, _MISSING) for arm, settings in arms.items()} for key in keys}
+    differ = {key: v for key, v in values.items() if any(x != next(iter(v.values())) for x in v.values())}
+    if variable not in differ:
+        raise ValueError(f"The arms do not differ in the variable {variable!r} ({_per_arm(values.get(variable, {}))}): "
+                         "give each arm its own value of it, or name the setting that does differ.")
+    unfair = {key: v for key, v in differ.items() if key != variable and key not in follows}
+    lines = [f"{variable} (the variable): {_per_arm(differ[variable])}"]
+    lines += [f"{key} (follows from {variable}): {_per_arm(differ[key])}" for key in follows if key in differ]
+    same = ", ".join(f"{key}={v[next(iter(arms))]!r}" for key, v in values.items() if key not in differ)
+    lines.append(f"same in every arm: {same or '--'}")
+    if unfair:
+        raise ValueError(
+            f"Not a fair comparison: the arms differ in more than the variable {variable!r}:\n"
+            + "\n".join(f"  {key}: {_per_arm(v)}" for key, v in unfair.items())
+            + f"\nGive each of these the same value in every arm, or, only if it changes because {variable!r} "
+            f"does (as trainable_parameters when the architecture is the variable), pass "
+            f"follows={tuple(follows) + tuple(unfair)}.\nThe settings:\n" + "\n".join(lines))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim about two arms, from two ``papers.NUMBERS`` keys (arm name -> key of that arm's number).
+
+    Without ``within``: the arm whose paper number is larger is claimed to measure larger here too (better for an
+    AP, slower for a time). With ``within`` (in the units of the metric measured here, e.g. 0.02 of AP50): the two
+    are claimed comparable, |difference| <= within.
+    """
+
+    keys: Mapping[str, str]
+    within: float | None = None
+
+    def __post_init__(self):
+        values = [papers.value(key) for key in self.keys.values()]  # an unknown key fails here, with a suggestion
+        if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values):
+            raise ValueError(f"Claim({dict(self.keys)}): give two arms, each with a numeric papers.NUMBERS key.")
+        if self.within is None and values[0] == values[1]:
+            raise ValueError(f"Claim({dict(self.keys)}): the paper's numbers are equal ({values[0]}); for a "
+                             "'comparable accuracy' claim pass within= (the tolerated difference).")
+
+    @property
+    def arms(self) -> tuple[str, str]:
+        """(a, b): the difference a - b is claimed positive (or, with ``within``, small)."""
+        a, b = self.keys
+        return (a, b) if self.within is not None or papers.value(self.keys[a]) > papers.value(self.keys[b]) else (b, a)
+
+    def __str__(self) -> str:
+        a, b = self.arms
+        said = f"{a} ≈ {b}, |difference| <= {self.within:g}" if self.within is not None else f"{a} > {b}"
+        return f"the paper: {said}\n" + "\n".join(
+            f"  {arm}: {papers.number(key).formatted()} -- {papers.cite(key)}" for arm, key in self.keys.items())
+
+
+def _verdict(differences: np.ndarray, se: float, within: float | None) -> str:
+    """The rule (see ``RULE``): ``differences`` a - b per seed, ``se`` the standard error of their mean."""
+    mean, one_sign = differences.mean(), bool(np.all(differences > 0) or np.all(differences < 0))
+    if within is None:
+        if np.all(differences > 0) and mean > 2 * se:
+            return "holds"
+        return "reversed" if np.all(differences < 0) and mean < -2 * se else "within noise"
+    if abs(mean) + 2 * se <= within:
+        return "holds"
+    return "reversed" if one_sign and abs(mean) - 2 * se > within else "within noise"
+
+
+RULE = ("d = a - b per seed; SE(mean d)^2 = var(d) / seeds + mean over seeds of (SE_a^2 + SE_b^2), the bootstrap "
+        "SEs over images (not divided by the seeds: every seed is scored on the same images). 'a > b' holds if every "
+        "d > 0 and mean d > 2 SE; reversed if every d < 0 and mean d < -2 SE. 'a ≈ b within w' holds if |mean d| + "
+        "2 SE <= w; reversed (clearly not comparable) if every d has one sign and |mean d| - 2 SE > w. Else within "
+        "noise.")
+
+
+@dataclass
+class Comparison:
+    """What ``compare`` measured: per arm the metric and its bootstrap SE on each seed (NaN if not returned)."""
+
+    variable: str
+    metric: str
+    seeds: tuple
+    values: dict[str, list[float]]
+    se: dict[str, list[float]]
+    claim: Claim | None
+    verdict: str | None  # one of VERDICTS, None without a claim
+    table: str
+
+    def __repr__(self) -> str:
+        return self.table
+
+
+def _cell(x: float) -> str:
+    return "--" if math.isnan(x) else f"{x:.3f}"
+
+
+def _arm_rows(values: dict[str, list[float]], se: dict[str, list[float]]) -> list[str]:
+    """One line per arm: the metric (+- its SE) on each seed | mean +- std over seeds | min..max."""
+    width, rows = max(map(len, values)), []
+    for arm, v in values.items():
+        v = np.array(v)
+        per_seed = "  ".join(_cell(x) + ("" if math.isnan(e) else f" +-{e:.3f}") for x, e in zip(v, se[arm]))
+        std = v.std(ddof=1) if len(v) > 1 else math.nan
+        rows.append(f"  {arm:<{width}}  {per_seed} | {v.mean():.3f} +- {_cell(std)} | {v.min():.3f}..{v.max():.3f}")
+    return rows
+
+
+def _judge(values: dict[str, list[float]], se: dict[str, list[float]], claim: Claim) -> tuple[str, list[str]]:
+    """The verdict on ``claim`` by ``RULE``, and the lines that show how it was reached."""
+    a, b = claim.arms
+    d = np.array(values[a]) - np.array(values[b])
+    seed_var = d.var(ddof=1) / len(d) if len(d) > 1 else math.nan  # NaN (one seed): never more than noise
+    eval_var = sum(np.nan_to_num(np.mean(np.square(se[arm]))) for arm in (a, b))  # no SE returned: 0
+    total = math.sqrt(seed_var + eval_var)
+    verdict = _verdict(d, total, claim.within)
+    return verdict, [f"{a} - {b} per seed: {'  '.join(f'{x:+.3f}' for x in d)}; mean {d.mean():+.3f}, "
+                     f"SE {_cell(total)} (seeds {_cell(math.sqrt(seed_var))}, images {math.sqrt(eval_var):.3f})",
+                     str(claim), f"verdict: {verdict.upper()}", f"rule: {RULE}"]
+
+
+def compare(arms: Mapping[str, Mapping], *, variable: str, run: Callable[[dict, int], Mapping[str, float]],
+            seeds=(0, 1, 2), metric: str = "AP50", claim: Claim | None = None, follows=(),
+            progress: bool = True) -> Comparison:
+    """Run ``run(settings, seed) -> metrics`` for every arm and seed, print the table and return a ``Comparison``.
+
+    ``arms`` maps a name to its settings; they must differ only in ``variable`` (and the keys in ``follows``, see
+    ``check_fair``). ``metrics[metric]`` is the number compared; ``metrics[metric + "_se"]``, if there, its bootstrap
+    standard error over images (``bootstrap_ap`` returns both). With a ``claim``, the verdict follows ``RULE``.
+    """
+    settings, seeds = check_fair(arms, variable=variable, follows=follows), tuple(seeds)
+    if claim is not None and set(claim.keys) - set(arms):
+        raise ValueError(f"The claim is about arms {list(claim.keys)}, the comparison has {list(arms)}: name the "
+                         "claim's arms as the comparison does.")
+    values = {arm: [] for arm in arms}
+    se = {arm: [] for arm in arms}
+    with tqdm(total=len(arms) * len(seeds), desc=f"compare {variable}", disable=not progress) as bar:
+        for seed in seeds:
+            for arm, arm_settings in arms.items():
+                bar.set_postfix_str(f"{arm}, seed {seed}")
+                metrics = run(dict(arm_settings), seed)
+                if metric not in metrics:
+                    raise KeyError(f"run({arm!r} settings, seed={seed}) returned no {metric!r}; it returned "
+                                   f"{sorted(metrics)}: pass metric= one of them.")
+                values[arm].append(float(metrics[metric]))
+                se[arm].append(float(metrics.get(f"{metric}_se", math.nan)))
+                bar.update()
+    lines = [f"{variable}: {' vs '.join(arms)} -- {metric} on seeds {', '.join(map(str, seeds))} (+- its bootstrap SE "
+             "over images) | mean +- std over seeds | min..max", *_arm_rows(values, se), settings]
+    verdict = None
+    if claim is not None:
+        verdict, judged = _judge(values, se, claim)
+        lines += judged
+    result = Comparison(variable, metric, seeds, values, se, claim, verdict, "\n".join(lines))
+    print(result.table)
+    return result
+
+
+def check_verdict(result: Comparison, expected: str = "holds", profile: Profile | None = None, *,
+                  stated_for: str = "cpu") -> str:
+    """Assert ``result.verdict == expected`` in the ``stated_for`` profile, report it in the others: the profile
+    logic of ``profiles.check_targets``, to which it hands the verdict as a 1 (as expected) or 0. Returns the line."""
+    if expected not in VERDICTS:
+        raise ValueError(f"expected={expected!r}: one of {VERDICTS}.")
+    if result.verdict is None:
+        raise ValueError("This comparison has no verdict: pass claim=Claim({...}) to compare.")
+    name = f"verdict {result.verdict!r} as expected ({expected!r}; 1 = yes)"
+    try:
+        return check_targets(profile or get_profile(), {name: (float(result.verdict == expected), 1.0)},
+                             stated_for=stated_for)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{result.table}") from None

@@ -1,0 +1,146 @@
+"""The fair-comparison helper: it refuses unfair arms, and its verdict follows the stated rule."""
+import pytest
+import torch
+
+from course_lib.experiments import Claim, check_fair, check_verdict, compare, trainable_signature
+from course_lib.profiles import get_profile
+
+COMMON = {"data": "multi", "image_size": 384, "steps": 100, "batch_size": 2, "lr": 2e-3, "rpn_post_nms_total": 300}
+ARMS = {"fpn": {**COMMON, "head": "fpn"}, "c4": {**COMMON, "head": "c4"}}
+FPN_OVER_C4 = Claim({"fpn": "fpn.table3.c.ap50", "c4": "fpn.table3.a.ap50"})  # 56.9 > 53.1
+RFCN_LIKE_C4 = Claim({"fpn": "rfcn.table6.rfcn.ap50", "c4": "rfcn.table6.faster_rcnn.ap50"}, within=0.02)
+
+
+def synthetic(mean: dict, per_seed: dict, se: float | None = 0.005):
+    """A run whose AP50 is mean[head] + per_seed[head][seed], with a bootstrap SE of se."""
+    def run(settings, seed):
+        out = {"AP50": mean[settings["head"]] + per_seed.get(settings["head"], [0] * 5)[seed]}
+        return out if se is None else {**out, "AP50_se": se}
+    return run
+
+
+def test_refuses_arms_that_differ_in_more_than_the_variable():
+    arms = {"fpn": {**ARMS["fpn"], "steps": 100}, "c4": {**ARMS["c4"], "steps": 200, "lr": 1e-2}}
+    with pytest.raises(ValueError, match=r"steps: fpn=100  c4=200\n  lr: fpn=0.002  c4=0.01\n.*follows=\('steps', "
+                                         r"'lr'\)") as error:
+        compare(arms, variable="head", run=synthetic({"fpn": 0.5, "c4": 0.4}, {}), progress=False)
+    assert "\n  head:" not in str(error.value)  # the variable itself is not blamed
+
+
+def test_a_key_missing_from_one_arm_is_a_difference():
+    arms = {"fpn": {**ARMS["fpn"], "roi_sampler": "random"}, "c4": ARMS["c4"]}
+    with pytest.raises(ValueError, match="roi_sampler: fpn='random'  c4='<missing>'"):
+        check_fair(arms, variable="head")
+
+
+def test_accepts_arms_that_differ_only_in_the_variable_and_says_what_they_share():
+    text = check_fair(ARMS, variable="head")
+    assert "head (the variable): fpn='fpn'  c4='c4'" in text
+    assert "same in every arm: data='multi', image_size=384, steps=100" in text
+
+
+def test_the_arms_must_differ_in_the_variable():
+    with pytest.raises(ValueError, match="do not differ in the variable 'head'"):
+        check_fair({"a": ARMS["c4"], "b": dict(ARMS["c4"])}, variable="head")
+
+
+def test_trainable_signature_counts_and_names_what_trains():
+    def model(freeze_first: bool):
+        net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+        net[0].requires_grad_(not freeze_first)
+        return net
+    full, frozen = trainable_signature(model(False)), trainable_signature(model(True))
+    assert (full.count, frozen.count) == (26, 10) and frozen.names == {"1.weight", "1.bias"}
+    assert trainable_signature(model(True)) == frozen != full
+    assert repr(frozen).startswith("10 in 2 tensors (names #")
+
+
+def test_a_key_that_follows_from_the_variable_is_accepted_and_shown(capsys):
+    arms = {name: {**a, "trainable_parameters": trainable_signature(torch.nn.Linear(3, n))}
+            for (name, a), n in zip(ARMS.items(), (4, 5))}
+    with pytest.raises(ValueError, match="trainable_parameters: fpn=16 in 2 tensors"):
+        check_fair(arms, variable="head")
+    compare(arms, variable="head", follows=("trainable_parameters",), run=synthetic({"fpn": 0.5, "c4": 0.4}, {}),
+            progress=False)
+    assert "trainable_parameters (follows from head): fpn=16 in 2 tensors" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("means, noise, claim, expected", [
+    ({"fpn": 0.50, "c4": 0.40}, {"fpn": [0.01, -0.01, 0.0]}, FPN_OVER_C4, "holds"),  # a clear win on 3 of 3 seeds
+    ({"fpn": 0.40, "c4": 0.50}, {"fpn": [0.01, -0.01, 0.0]}, FPN_OVER_C4, "reversed"),  # a clear loss
+    ({"fpn": 0.45, "c4": 0.45}, {"fpn": [0.05, -0.04, 0.03]}, FPN_OVER_C4, "within noise"),  # signs disagree
+    ({"fpn": 0.45, "c4": 0.45}, {"fpn": [0.003, -0.002, 0.001]}, RFCN_LIKE_C4, "holds"),  # comparable
+    ({"fpn": 0.55, "c4": 0.45}, {"fpn": [0.01, -0.01, 0.0]}, RFCN_LIKE_C4, "reversed"),  # clearly not comparable
+    ({"fpn": 0.45, "c4": 0.45}, {"fpn": [0.03, 0.02, 0.025]}, RFCN_LIKE_C4, "within noise"),  # can't tell
+    ({"fpn": 0.46, "c4": 0.45}, {"fpn": [0.001, -0.001, 0]}, RFCN_LIKE_C4, "within noise"),  # 0.01 + 2 SE > 0.02
+])
+def test_verdict_follows_the_rule(means, noise, claim, expected):
+    result = compare(ARMS, variable="head", run=synthetic(means, noise), claim=claim, progress=False)
+    assert result.verdict == expected
+    assert result.values["fpn"] == pytest.approx([means["fpn"] + n for n in noise["fpn"]])
+
+
+def test_the_bootstrap_se_over_images_can_make_a_consistent_win_noise():
+    run = synthetic({"fpn": 0.45, "c4": 0.43}, {}, se=None)  # +0.02 on every seed, no spread at all
+    assert compare(ARMS, variable="head", run=run, claim=FPN_OVER_C4, progress=False).verdict == "holds"
+    run = synthetic({"fpn": 0.45, "c4": 0.43}, {}, se=0.02)  # but each AP is +-0.02 on these few images
+    assert compare(ARMS, variable="head", run=run, claim=FPN_OVER_C4, progress=False).verdict == "within noise"
+
+
+def test_one_seed_against_the_claim_withholds_holds_however_large_the_mean():
+    run = synthetic({"fpn": 0.5, "c4": 0.4}, {"fpn": [0, 0, 0, 0, -0.101]}, se=None)  # +0.1 four times, -0.001 once
+    result = compare(ARMS, variable="head", run=run, seeds=range(5), claim=FPN_OVER_C4, progress=False)
+    assert result.verdict == "within noise" and "mean +0.080, SE 0.020" in result.table  # although mean > 2 SE
+    run = synthetic({"fpn": 0.6, "c4": 0.4}, {"fpn": [0, 0, 0, 0, -0.201]}, se=None)  # the same against "comparable"
+    result = compare(ARMS, variable="head", run=run, seeds=range(5), claim=RFCN_LIKE_C4, progress=False)
+    assert result.verdict == "within noise" and "mean +0.160, SE 0.040" in result.table  # |mean| - 2 SE > 0.02
+
+
+def test_one_seed_is_never_more_than_noise():
+    run = synthetic({"fpn": 0.6, "c4": 0.3}, {})
+    assert compare(ARMS, variable="head", run=run, seeds=(0,), claim=FPN_OVER_C4, progress=False).verdict == \
+        "within noise"
+
+
+def test_the_printed_table_shows_seeds_spread_se_claim_and_verdict(capsys):
+    result = compare(ARMS, variable="head", run=synthetic({"fpn": 0.5, "c4": 0.4}, {"c4": [0.01, 0.03, 0.02]}),
+                     claim=FPN_OVER_C4, progress=False)
+    out = capsys.readouterr().out
+    assert out.strip() == result.table
+    for line in ("head: fpn vs c4 -- AP50 on seeds 0, 1, 2 (+- its bootstrap SE over images) | mean +- std over seeds "
+                 "| min..max",
+                 "  fpn  0.500 +-0.005  0.500 +-0.005  0.500 +-0.005 | 0.500 +- 0.000 | 0.500..0.500",
+                 "  c4   0.410 +-0.005  0.430 +-0.005  0.420 +-0.005 | 0.420 +- 0.010 | 0.410..0.430",
+                 "fpn - c4 per seed: +0.090  +0.070  +0.080; mean +0.080, SE 0.009 (seeds 0.006, images 0.007)",
+                 "the paper: fpn > c4",
+                 "  fpn: 56.9 -- Lin, Dollar, Girshick, He, Hariharan & Belongie, Feature Pyramid Networks for Object "
+                 "Detection (CVPR 2017) -- Table 3, (c) FPN, AP@0.5 (COCO minival, ResNet-50, Faster R-CNN: RPN and "
+                 "Fast R-CNN on the same backbone, features not shared (sec. 5.2.2))"):
+        assert line in out.splitlines(), line
+    assert "verdict: HOLDS" in out.splitlines() and "rule: d = a - b per seed" in out
+
+
+def test_check_verdict_asserts_in_the_cpu_profile_and_reports_elsewhere():
+    result = compare(ARMS, variable="head", run=synthetic({"fpn": 0.4, "c4": 0.5}, {}), claim=FPN_OVER_C4,
+                     progress=False)
+    assert "met" in check_verdict(result, "reversed", get_profile("cpu"))
+    with pytest.raises(AssertionError, match=r"verdict 'reversed' as expected \('holds'.*\n(.*\n)*verdict: REVERSED"):
+        check_verdict(result, "holds", get_profile("cpu"))
+    assert "not checked" in check_verdict(result, "holds", get_profile("ci"))
+
+
+def test_clear_errors_for_a_wrong_claim_metric_or_expectation():
+    with pytest.raises(KeyError, match="Did you mean"):
+        Claim({"fpn": "fpn.table3.c.ap5", "c4": "fpn.table3.a.ap50"})
+    with pytest.raises(ValueError, match="equal.*within="):
+        Claim({"fpn": "fpn.table2.c.ap", "c4": "fpn.table3.c.ap"})  # 33.9 and 33.9
+    with pytest.raises(ValueError, match=r"claim is about arms \['rfcn', 'c4'\]"):
+        compare(ARMS, variable="head", run=synthetic({"fpn": 0.5, "c4": 0.4}, {}), progress=False,
+                claim=Claim({"rfcn": "rfcn.table6.rfcn.ap50", "c4": "rfcn.table6.faster_rcnn.ap50"}, within=0.02))
+    with pytest.raises(KeyError, match=r"returned no 'AP'; it returned \['AP50', 'AP50_se'\]"):
+        compare(ARMS, variable="head", run=synthetic({"fpn": 0.5, "c4": 0.4}, {}), metric="AP", progress=False)
+    result = compare(ARMS, variable="head", run=synthetic({"fpn": 0.5, "c4": 0.4}, {}), progress=False)
+    with pytest.raises(ValueError, match="no verdict"):
+        check_verdict(result, "holds", get_profile("cpu"))
+    with pytest.raises(ValueError, match="expected='hold'"):
+        check_verdict(result, "hold", get_profile("cpu"))
