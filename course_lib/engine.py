@@ -139,19 +139,19 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return stale
 
 
-def check_writable(path: str | os.PathLike) -> None:
-    """Raise a clear error now, not at the first checkpoint, when the file ``path`` cannot be written: a regular
-    file on its way, or a folder that this user cannot write to."""
+def check_writable(path: str | os.PathLike, what: str = "checkpoint", option: str = "checkpoint_path") -> None:
+    """Raise a clear error now, not at the first write, when the file ``path`` cannot be written: a regular file on
+    its way, or a folder that this user cannot write to. ``what`` names the file, ``option`` the setting to change."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"checkpoint_path {path} is a folder: pass a file path, e.g. {path / 'run.pt'}.")
+        raise IsADirectoryError(f"{option} {path} is a folder: pass a file path, e.g. {path / 'run.pt'}.")
     folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
     if not folder.is_dir():
-        raise NotADirectoryError(f"Cannot write checkpoint {path}: {folder} is a file, not a folder. "
-                                 "Pass a checkpoint path in a folder, or move that file away.")
+        raise NotADirectoryError(f"Cannot write {what} {path}: {folder} is a file, not a folder. "
+                                 f"Pass another {option}, or move that file away.")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"Cannot write checkpoint {path}: the folder {folder} is read-only for this user. "
-                              "Pass a checkpoint path in a writable folder, or make it writable (chmod u+w).")
+        raise PermissionError(f"Cannot write {what} {path}: the folder {folder} is read-only for this user. "
+                              f"Pass another {option} (in a writable folder), or make it writable (chmod u+w).")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
