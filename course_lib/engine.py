@@ -47,7 +47,8 @@ from tqdm.auto import tqdm
 from course_lib.evaluation import evaluate_detector
 from course_lib.state_dict import check_state_dict, read_file
 
-__all__ = ["seed_everything", "fit", "History", "save_checkpoint", "save_weights", "load_weights", "overfit",
+__all__ = ["seed_everything", "fit", "History", "save_checkpoint", "save_weights", "load_weights", "check_writable",
+           "remove_stale_temporaries", "overfit",
            "loss_fall", "check_overfit", "overfit_detector", "detector_optimizer"]
 
 
@@ -343,9 +344,15 @@ def _param_group_differences(saved: dict, optimizer: torch.optim.Optimizer) -> l
 def _resume_differences(state: dict, optimizer, lr_scheduler, steps: int) -> list[str]:
     """Everything that keeps ``state`` from resuming with these settings, each as 'X saved, Y now'."""
     out = []
-    saved_type = state.get("optimizer_type")  # not in checkpoints written before it was saved
+    saved_type = state.get("optimizer_type")
+    # checkpoints written before the type was saved: the names of the settings tell, when each side has some that
+    # the other lacks (another class; a newer torch only adds names)
+    old = set(state["optimizer"]["param_groups"][0]) - _NOT_SETTINGS
+    new = set(optimizer.param_groups[0]) - _NOT_SETTINGS
     if saved_type is not None and saved_type != type(optimizer).__name__:
         out.append(f"optimizer {saved_type} saved, {type(optimizer).__name__} now")
+    elif saved_type is None and old - new and new - old:
+        out.append(f"another optimizer: settings {sorted(old)} saved, {sorted(new)} now ({type(optimizer).__name__})")
     else:
         out += _param_group_differences(state["optimizer"], optimizer)
     saved_scheduler = state.get("lr_scheduler_type", "")

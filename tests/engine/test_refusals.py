@@ -63,6 +63,17 @@ def test_a_finished_checkpoint_with_another_lr_is_refused_not_returned(tmp_path)
     assert_refused(path, run, r"lr=0.1 saved, lr=1.0 now", model, before)
 
 
+def test_another_optimiser_is_refused_also_for_a_checkpoint_without_its_type(tmp_path):
+    path = tmp_path / "run.pt"
+    train(4, path)
+    state = torch.load(path, weights_only=True)
+    del state["optimizer_type"], state["lr_scheduler_type"]  # as written before they were saved
+    save_checkpoint(path, state)
+    model, before, run = resume(path, lambda m: torch.optim.Adam(m.parameters(), lr=0.1, weight_decay=1e-4))
+    assert_refused(path, run, r"another optimizer: settings \[.*'momentum'.*\] saved, \[.*'betas'.*\] now \(Adam\)",
+                   model, before)
+
+
 def test_fewer_steps_than_saved_is_refused(tmp_path):
     path = tmp_path / "run.pt"
     train(6, path)
