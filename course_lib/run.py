@@ -188,9 +188,13 @@ def _put_back(aside: Path, *paths: Path) -> None:
     if not aside.exists():
         return
     for path in paths:
-        if (aside / path.name).exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-            (aside / path.name).rename(path)
+        if not (aside / path.name).exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        (aside / path.name).rename(path)
     shutil.rmtree(aside)
 
 
@@ -200,7 +204,7 @@ def _keep_until_finished(out_dir: Path, executed: Path):
     deleted once the new run has finished, and put back when it is interrupted -- so report.md never links
     results that are gone. (A run killed outright leaves them aside: the next run puts them back first.)"""
     aside = out_dir.with_name(f".{out_dir.name}.previous")
-    aside.mkdir()
+    aside.mkdir(parents=True)
     for path in (out_dir, executed):
         if path.exists():
             path.rename(aside / path.name)

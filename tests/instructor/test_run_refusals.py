@@ -71,7 +71,7 @@ def test_no_colour_codes_in_run_json_and_the_report(tmp_path, monkeypatch):
 def test_an_interrupted_force_run_keeps_the_old_results(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(runner, "execute_notebook", fake(calls))
-    report = runner.run("ci", ["00"], results=tmp_path, progress=False)
+    report = runner.run("ci", ["00"], results=tmp_path, force=True, progress=False)  # nothing to keep yet
     root, before = tmp_path / "ci", report.read_text()
     old = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert "](00/figures/loss-1.png)" in before
