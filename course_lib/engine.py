@@ -325,10 +325,11 @@ def _param_group_differences(saved: dict, optimizer: torch.optim.Optimizer) -> l
     ids = [i for g in groups for i in g["params"]]  # the saved ids of the parameters, in order
     out = []
     for position, (i, p) in enumerate(zip(ids, params)):
+        # momentum buffers, Adam's averages: the parameter's shape (a factored state, Adafactor's, is not compared)
         shapes = {tuple(v.shape) for v in saved["state"].get(i, {}).values() if torch.is_tensor(v) and v.dim()}
-        if shapes and shapes != {tuple(p.shape)}:
+        if len(shapes) == 1 and shapes != {tuple(p.shape)}:
             out.append(f"parameter {position} has shape {list(p.shape)} but its saved optimiser state "
-                       f"{[list(s) for s in shapes]} (other parameters, or the same in another order)")
+                       f"{list(*shapes)} (other parameters, or the same in another order)")
             break
     for k, (old, new) in enumerate(zip(groups, optimizer.param_groups)):
         if _base_lr(old) != _base_lr(new):

@@ -44,7 +44,7 @@ def assert_refused(path, run, match, model, before):
     (lambda m: torch.optim.SGD([{"params": list(m.parameters())[:2]}, {"params": list(m.parameters())[2:]}], lr=0.1,
                                momentum=0.9, weight_decay=1e-4), r"groups of sizes \[4\] saved, \[2, 2\] now"),
     (lambda m: torch.optim.SGD(list(m.parameters())[::-1], lr=0.1, momentum=0.9, weight_decay=1e-4),
-     r"parameter 0 has shape \[3\] but its saved optimiser state \[\[16, 8\]\]"),
+     r"parameter 0 has shape \[3\] but its saved optimiser state \[16, 8\]"),
 ], ids=["lr", "momentum", "adam", "groups", "order"])
 def test_resuming_with_other_settings_names_checkpoint_and_difference(tmp_path, optimizer_of, match):
     path = tmp_path / "run.pt"
@@ -151,3 +151,23 @@ def test_a_killed_checkpoint_write_leaves_a_temporary_that_the_next_save_removes
     with pytest.warns(UserWarning, match="Removed 1 temporary"):
         train(4, path, callback=lambda step, record: seen.append(left.exists()))
     assert seen == [False] * 4, "fit removes a dead write's temporary before its first step"
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_the_detector_optimiser_resumes_with_its_own_settings(tmp_path, kind):
+    from course_lib.engine import detector_optimizer
+
+    def run(steps, crash_at=None):
+        model, _, _ = make_run(seed=3)
+        opt, sched = detector_optimizer(model.parameters(), kind=kind, lr=0.01, steps=8)
+
+        def crash(step, record):
+            if step == crash_at:
+                raise KeyboardInterrupt
+
+        return fit(model, Noisy(), loss_fn, opt, steps=steps, batch_size=4, lr_scheduler=sched, device="cpu",
+                   checkpoint_path=tmp_path / f"{kind}.pt", checkpoint_every=2, progress=False, callback=crash)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(8, crash_at=5)
+    assert [r["step"] for r in run(8).records] == list(range(1, 9))
