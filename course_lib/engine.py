@@ -27,9 +27,11 @@ Checkpoints hold only tensors and plain Python values: they load with
 """
 from __future__ import annotations
 
+import glob
 import math
 import os
 import random
+import re
 import tempfile
 import time
 import warnings
@@ -45,7 +47,8 @@ from tqdm.auto import tqdm
 from course_lib.evaluation import evaluate_detector
 from course_lib.state_dict import check_state_dict, read_file
 
-__all__ = ["seed_everything", "fit", "History", "save_checkpoint", "save_weights", "load_weights", "overfit",
+__all__ = ["seed_everything", "fit", "History", "save_checkpoint", "save_weights", "load_weights", "check_writable",
+           "remove_stale_temporaries", "overfit",
            "loss_fall", "check_overfit", "overfit_detector", "detector_optimizer"]
 
 
@@ -109,13 +112,57 @@ class History:
 
 # ---------------------------------------------------------------------------- checkpoints
 
+# ".<name>.<pid>.<random>.tmp": the writer's process id tells a killed write's leftover from a live one
+_TMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writes of checkpoint ``path`` left beside it (their writer's process
+    is gone; a live writer's file is kept); warn naming them; return them."""
+    path = Path(path)
+    stale = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp")
+             if (m := _TMP.fullmatch(p.name)) and m["name"] == path.name and not _alive(int(m["pid"]))]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        warnings.warn(f"Removed {len(stale)} temporary file(s) left by killed checkpoint writes: "
+                      f"{', '.join(str(p) for p in stale)}.", stacklevel=2)
+    return stale
+
+
+def check_writable(path: str | os.PathLike, what: str = "checkpoint", option: str = "checkpoint_path") -> None:
+    """Raise a clear error now, not at the first write, when the file ``path`` cannot be written: a regular file on
+    its way, or a folder that this user cannot write to. ``what`` names the file, ``option`` the setting to change."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a folder: pass a file path, e.g. {path / 'run.pt'}.")
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not folder.is_dir():
+        raise NotADirectoryError(f"Cannot write {what} {path}: {folder} is a file, not a folder. "
+                                 f"Pass another {option}, or move that file away.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"Cannot write {what} {path}: the folder {folder} is read-only for this user. "
+                              f"Pass another {option} (in a writable folder), or make it writable (chmod u+w).")
+
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """``torch.save(state, path)`` atomically: write a temporary file in the same
-    directory, then ``os.replace`` it over ``path``. A crash mid-save leaves the old file."""
+    directory, then ``os.replace`` it over ``path``. A crash mid-save leaves the old file
+    (and a temporary file that the next save removes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -257,6 +304,211 @@ def _sync_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+# ---------------------------------------------------------------------------- resuming
+
+# param-group entries that say how a run computes, not what it computes (and the scheduler-driven learning rate)
+_NOT_SETTINGS = {"params", "lr", "initial_lr", "foreach", "fused", "capturable", "differentiable"}
+
+
+def _base_lr(group: dict) -> float:
+    """The learning rate the run was given: a scheduler keeps it as ``initial_lr`` and changes ``lr``."""
+    return group.get("initial_lr", group["lr"])
+
+
+def _param_group_differences(saved: dict, optimizer: torch.optim.Optimizer) -> list[str]:
+    """How the saved optimiser state differs from ``optimizer``: the groups' sizes, the parameters' shapes in order
+    (read from the saved per-parameter state), the base learning rates and the other hyper-parameters."""
+    groups, params = saved["param_groups"], [p for g in optimizer.param_groups for p in g["params"]]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        return [f"parameter groups of sizes {[len(g['params']) for g in groups]} saved, "
+                f"{[len(g['params']) for g in optimizer.param_groups]} now"]
+    ids = [i for g in groups for i in g["params"]]  # the saved ids of the parameters, in order
+    out = []
+    for position, (i, p) in enumerate(zip(ids, params)):
+        # momentum buffers, Adam's averages: the parameter's shape (a factored state, Adafactor's, is not compared)
+        shapes = {tuple(v.shape) for v in saved["state"].get(i, {}).values() if torch.is_tensor(v) and v.dim()}
+        if len(shapes) == 1 and shapes != {tuple(p.shape)}:
+            out.append(f"parameter {position} has shape {list(p.shape)} but its saved optimiser state "
+                       f"{list(*shapes)} (other parameters, or the same in another order)")
+            break
+    for k, (old, new) in enumerate(zip(groups, optimizer.param_groups)):
+        if _base_lr(old) != _base_lr(new):
+            out.append(f"group {k}: lr={_base_lr(old)} saved, lr={_base_lr(new)} now")
+        for key in sorted((set(old) & set(new)) - _NOT_SETTINGS):
+            if "max_momentum" in old and key in ("momentum", "betas"):  # OneCycleLR cycles them
+                continue
+            if old[key] != new[key] and not (isinstance(new[key], tuple) and list(new[key]) == list(old[key])):
+                out.append(f"group {k}: {key}={old[key]} saved, {key}={new[key]} now")
+    return out
+
+
+def _resume_differences(state: dict, optimizer, lr_scheduler, steps: int) -> list[str]:
+    """Everything that keeps ``state`` from resuming with these settings, each as 'X saved, Y now'."""
+    out = []
+    saved_type = state.get("optimizer_type")
+    # checkpoints written before the type was saved: the names of the settings tell, when each side has some that
+    # the other lacks (another class; a newer torch only adds names)
+    old = set(state["optimizer"]["param_groups"][0]) - _NOT_SETTINGS
+    new = set(optimizer.param_groups[0]) - _NOT_SETTINGS
+    if saved_type is not None and saved_type != type(optimizer).__name__:
+        out.append(f"optimizer {saved_type} saved, {type(optimizer).__name__} now")
+    elif saved_type is None and old - new and new - old:
+        out.append(f"another optimizer: settings {sorted(old)} saved, {sorted(new)} now ({type(optimizer).__name__})")
+    else:
+        out += _param_group_differences(state["optimizer"], optimizer)
+    saved_scheduler = state.get("lr_scheduler_type", "")
+    if lr_scheduler is not None and saved_scheduler != "" and saved_scheduler != type(lr_scheduler).__name__:
+        out.append(f"lr_scheduler {saved_scheduler} saved, {type(lr_scheduler).__name__} now")
+    if state["step"] > steps:
+        out.append(f"{state['step']} steps saved, steps={steps} now (fewer)")
+    return out
+
+
+def _check_resumable(path: Path, state: dict, model: nn.Module, optimizer, lr_scheduler, steps: int) -> None:
+    """Refuse, before anything is loaded, a checkpoint that this model, optimiser, scheduler and ``steps`` cannot
+    continue exactly; the error names the file, each difference and the two ways out."""
+    if "optimizer" not in state:
+        raise ValueError(f"{path} holds weights only, not a training checkpoint of fit(): load it with "
+                         "load_weights(model, path), or pass another checkpoint_path.")
+    _check_matches(model, state["model"], path)
+    differences = _resume_differences(state, optimizer, lr_scheduler, steps)
+    if differences:
+        raise ValueError(f"Cannot resume from checkpoint {path}: it was saved with other settings -- "
+                         + "; ".join(differences) + f". Either delete {path} (or pass another checkpoint_path) "
+                         "to train from scratch with the new settings, or pass the settings it was saved with.")
+
+
+def _resume(path: Path, model, optimizer, lr_scheduler, scaler, *, steps, seed, batch_size, rank, world):
+    """``(history, start)`` of the checkpoint at ``path``, its state loaded into the model, optimiser, scheduler,
+    scaler and random generators -- after :func:`_check_resumable` found nothing to refuse."""
+    state = _load(path)
+    _check_resumable(path, state, model, optimizer, lr_scheduler, steps)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if lr_scheduler is not None and state.get("lr_scheduler") is not None:
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if state["scaler"]:  # empty when saved without AMP (e.g. on the CPU)
+        scaler.load_state_dict(state["scaler"])
+    saved_world = state.get("world_size", 1)
+    _set_rng_state(state["rng_ranks"][rank] if saved_world == world and "rng_ranks" in state else state["rng"])
+    if (state["seed"], state["batch_size"], saved_world) != (seed, batch_size, world):
+        warnings.warn(f"Resuming {path}, saved with seed={state['seed']}, batch_size={state['batch_size']}, "
+                      f"{saved_world} process(es), under seed={seed}, batch_size={batch_size}, {world} "
+                      "process(es): the data order changes.", stacklevel=3)
+    return History.from_dict(state["history"]), state["step"]
+
+
+def _save(path: Path, step: int, history: History, model, optimizer, lr_scheduler, scaler, *, seed, batch_size,
+          rank, world) -> None:
+    """Write the checkpoint of ``step``; with several processes every rank's random state, by rank 0 alone
+    (the others wait for the file)."""
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "optimizer_type": type(optimizer).__name__,
+        "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
+        "lr_scheduler_type": type(lr_scheduler).__name__ if lr_scheduler is not None else None,
+        "scaler": scaler.state_dict(), "step": step, "rng": _rng_state(),
+        "history": history.to_dict(), "seed": seed, "batch_size": batch_size,
+    }
+    if world > 1:
+        ranks = [None] * world
+        dist.all_gather_object(ranks, state["rng"])
+        state.update(rng_ranks=ranks, world_size=world)
+        if rank == 0:
+            save_checkpoint(path, state)
+        dist.barrier()
+    else:
+        save_checkpoint(path, state)
+
+
+# ---------------------------------------------------------------------------- one step
+
+
+def _loss_values(terms: dict, step: int, world: int) -> dict[str, float]:
+    """The loss terms as floats (averaged over the processes, so every rank logs and checks the same); a clear
+    error for a term that is not a scalar or not finite -- before the weights are updated."""
+    for name, v in terms.items():
+        if v.numel() != 1:
+            raise ValueError(f"step {step}: loss term {name!r} has shape {list(v.shape)}; "
+                             "loss_fn must return scalars (reduce with .mean() or .sum()).")
+    if world > 1:
+        mean = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+        dist.all_reduce(mean)
+        values = dict(zip(terms, (mean / world).tolist()))
+    else:
+        values = {name: float(v.detach()) for name, v in terms.items()}
+    for name, v in values.items():
+        if not math.isfinite(v):
+            raise FloatingPointError(
+                f"step {step}: loss term {name!r} is {v} (terms: {values}). Training stopped before "
+                f"updating the weights; the last checkpoint is intact. Try a lower learning rate, "
+                f"grad_clip, or check the targets of this batch.")
+    return values
+
+
+def _step(step, batch, forward, model, optimizer, lr_scheduler, scaler, *, amp, amp_dtype, device, grad_clip,
+          world) -> dict:
+    """One optimiser step on ``batch`` (already on ``device``); returns its record without the time."""
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+        out = forward(batch)
+    terms = out if isinstance(out, dict) else {"loss": out}
+    values = _loss_values(terms, step, world)
+    loss = sum(terms.values())
+
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+    if lr_scheduler is not None:
+        lr_scheduler.step()
+    total = float(loss.detach()) if world == 1 else sum(values.values())
+    return {"step": step, **(values if isinstance(out, dict) else {}), "loss": total, "lr": lr}
+
+
+# ---------------------------------------------------------------------------- fit
+
+
+def _check_arguments(steps, batch_size, checkpoint_every) -> None:
+    for name, value, low in (("steps", steps, 0), ("batch_size", batch_size, 1),
+                             ("checkpoint_every", checkpoint_every, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}={value!r}: must be an integer >= {low}.")
+
+
+def _prepare(model: nn.Module, device, world: int) -> tuple[nn.Module, torch.device]:
+    """The device (default CUDA if available) and the model on it: SyncBatchNorm across GPUs, channels-last."""
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if world > 1 and device.type == "cuda":
+        model = _sync_batchnorm(model)
+    model.to(device)  # in place: the optimiser keeps pointing at the same parameters
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model, device
+
+
+def _forward(model, loss_fn, world: int, device: torch.device, find_unused_parameters: bool):
+    """``batch -> loss_fn(model, batch)``: wrapped in DistributedDataParallel with several processes."""
+    if world == 1:
+        return lambda batch: loss_fn(model, batch)
+    return nn.parallel.DistributedDataParallel(_LossModule(model, loss_fn),
+                                               device_ids=[device.index] if device.type == "cuda" else None,
+                                               find_unused_parameters=find_unused_parameters)
+
+
+def _say_where_it_stopped(error: BaseException, path, done: int, steps: int, rank: int, world: int) -> None:
+    """With several processes, name the failing rank and the last complete checkpoint (torchrun stops the rest)."""
+    import sys
+
+    saved = f"{path} holds the last complete checkpoint; run the same command again to resume" \
+        if path is not None else "no checkpoint_path was given, so nothing was saved"
+    print(f"[rank {rank}/{world}] training stopped after step {done} of {steps}: {type(error).__name__}: {error}. "
+          f"{saved}.", file=sys.stderr, flush=True)
+
+
 def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *, steps: int, batch_size: int,
         collate_fn=None, lr_scheduler=None, device=None, amp: bool | None = None, grad_clip: float | None = None,
         checkpoint_path=None, checkpoint_every: int = 100, seed: int = 0, num_workers: int = 0,
@@ -271,132 +523,55 @@ def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *,
 
     With ``checkpoint_path``, state is saved every ``checkpoint_every`` steps and at the
     end; calling ``fit`` again with the same path resumes where it stopped, and returns at
-    once when the checkpoint already holds ``steps`` steps.
+    once when the checkpoint already holds ``steps`` steps. A checkpoint saved with another optimiser, other
+    parameters, another learning rate or other hyper-parameters, or more steps, is refused before anything is
+    loaded (delete it to start again); a folder that cannot be written is refused before the first step.
 
     Under ``torchrun`` (see the module docstring) ``batch_size`` is per process;
     ``find_unused_parameters`` is passed to ``DistributedDataParallel`` (needed when some trainable
     parameters get no gradient in a step).
     """
-    for name, value, low in (("steps", steps, 0), ("batch_size", batch_size, 1),
-                             ("checkpoint_every", checkpoint_every, 1)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}={value!r}: must be an integer >= {low}.")
+    _check_arguments(steps, batch_size, checkpoint_every)
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+    if path is not None:
+        check_writable(path)
     rank, world, device = _distributed(torch.device(device) if device is not None else None)
-    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    model, device = _prepare(model, device, world)
     cuda = device.type == "cuda"
     amp = cuda if amp is None else bool(amp)
-    amp_dtype = torch.float16 if cuda else torch.bfloat16
-    if world > 1 and cuda:
-        model = _sync_batchnorm(model)
-    model.to(device)  # in place: the optimiser keeps pointing at the same parameters
-    if cuda:
-        model.to(memory_format=torch.channels_last)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    parts = (model, optimizer, lr_scheduler, scaler)
+    run = {"seed": seed, "batch_size": batch_size, "rank": rank, "world": world}
     history, start = History(), 0
-
-    path = Path(checkpoint_path) if checkpoint_path is not None else None
+    if path is not None and rank == 0:
+        remove_stale_temporaries(path)
     if path is not None and path.exists():
-        state = _load(path)
-        if "optimizer" not in state:
-            raise ValueError(f"{path} holds weights only, not a training checkpoint of fit(): load it with "
-                             "load_weights(model, path), or pass another checkpoint_path.")
-        _check_matches(model, state["model"], path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if lr_scheduler is not None and state.get("lr_scheduler") is not None:
-            lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if state["scaler"]:  # empty when saved without AMP (e.g. on the CPU)
-            scaler.load_state_dict(state["scaler"])
-        history, start = History.from_dict(state["history"]), state["step"]
-        saved_world = state.get("world_size", 1)
-        _set_rng_state(state["rng_ranks"][rank] if saved_world == world and "rng_ranks" in state else state["rng"])
-        if (state["seed"], state["batch_size"], saved_world) != (seed, batch_size, world):
-            warnings.warn(f"Resuming {path}, saved with seed={state['seed']}, batch_size={state['batch_size']}, "
-                          f"{saved_world} process(es), under seed={seed}, batch_size={batch_size}, {world} "
-                          "process(es): the data order changes.", stacklevel=2)
+        history, start = _resume(path, *parts, steps=steps, **run)
         if start >= steps:
             return history
 
-    def save(step):
-        state = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
-            "scaler": scaler.state_dict(), "step": step, "rng": _rng_state(),
-            "history": history.to_dict(), "seed": seed, "batch_size": batch_size,
-        }
-        if world > 1:  # every rank's random state, written by rank 0 alone; the others wait for the file
-            ranks = [None] * world
-            dist.all_gather_object(ranks, state["rng"])
-            state.update(rng_ranks=ranks, world_size=world)
-            if rank == 0:
-                save_checkpoint(path, state)
-            dist.barrier()
-        else:
-            save_checkpoint(path, state)
-
     model.train()
-    forward = _LossModule(model, loss_fn) if world > 1 else None
-    if forward is not None:
-        forward = nn.parallel.DistributedDataParallel(forward, device_ids=[device.index] if cuda else None,
-                                                      find_unused_parameters=find_unused_parameters)
+    forward = _forward(model, loss_fn, world, device, find_unused_parameters)
     t0 = time.perf_counter() - (history.last["time"] if history.last else 0.0)
     bar = tqdm(total=steps, initial=start, disable=not progress or rank != 0, desc="training")
     done = start  # the last step completed (for the message if a rank fails)
     try:
         for step, batch in _batches(dataset, batch_size, start, steps, seed, collate_fn, num_workers, cuda,
                                     rank, world):
-            batch = _to_device(batch, device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                out = loss_fn(model, batch) if forward is None else forward(batch)
-            terms = out if isinstance(out, dict) else {"loss": out}
-            for name, v in terms.items():
-                if v.numel() != 1:
-                    raise ValueError(f"step {step}: loss term {name!r} has shape {list(v.shape)}; "
-                                     "loss_fn must return scalars (reduce with .mean() or .sum()).")
-            if world > 1:  # the mean over the processes, so every rank logs (and NaN-checks) the same values
-                mean = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
-                dist.all_reduce(mean)
-                values = dict(zip(terms, (mean / world).tolist()))
-            else:
-                values = {name: float(v.detach()) for name, v in terms.items()}
-            for name, v in values.items():
-                if not math.isfinite(v):
-                    raise FloatingPointError(
-                        f"step {step}: loss term {name!r} is {v} (terms: {values}). Training stopped before "
-                        f"updating the weights; the last checkpoint is intact. Try a lower learning rate, "
-                        f"grad_clip, or check the targets of this batch.")
-            loss = sum(terms.values())
-
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if grad_clip is not None:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
-            if lr_scheduler is not None:
-                lr_scheduler.step()
-
-            total = float(loss.detach()) if world == 1 else sum(values.values())
-            record = {"step": step, **(values if isinstance(out, dict) else {}),
-                      "loss": total, "lr": lr, "time": time.perf_counter() - t0}
+            record = _step(step, _to_device(batch, device), forward, *parts, amp=amp, device=device,
+                           amp_dtype=torch.float16 if cuda else torch.bfloat16, grad_clip=grad_clip, world=world)
+            record["time"] = time.perf_counter() - t0
             history.records.append(record)
             done = step
             bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             bar.update(1)
             if path is not None and (step % checkpoint_every == 0 or step == steps):
-                save(step)
+                _save(path, step, history, *parts, **run)
             if callback is not None:
                 callback(step, record)
     except BaseException as e:
         if world > 1:
-            import sys
-
-            saved = f"{path} holds the last complete checkpoint; run the same command again to resume" \
-                if path is not None else "no checkpoint_path was given, so nothing was saved"
-            print(f"[rank {rank}/{world}] training stopped after step {done} of {steps}: {type(e).__name__}: {e}. "
-                  f"{saved}.", file=sys.stderr, flush=True)
+            _say_where_it_stopped(e, path, done, steps, rank, world)
         raise
     finally:
         bar.close()

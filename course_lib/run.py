@@ -15,7 +15,8 @@ notebooks; each file atomically):
 
 * ``<notebook>.ipynb`` -- the executed notebook, outputs included;
 * ``<chapter>/run.json`` -- status, wall time, peak memory (process RSS, GPU), device; a chapter with a
-  finished ``run.json`` is skipped on the next call (``--force`` runs it again from scratch);
+  finished ``run.json`` is skipped on the next call (``--force`` runs it again from scratch; its old results
+  stay until the new run has finished, and come back if it is interrupted);
 * ``<chapter>/figures/*.png`` -- the plots (those the notebook recorded, and every plot it shows);
 * ``report.md`` -- per chapter its measured tables beside the papers' numbers (``course_lib/papers.py``), its
   plots, time and memory; the software versions and the device.
@@ -35,11 +36,9 @@ of the synthetic ones (see ``course_lib.data.paths``); ``--data papers`` gives e
 from __future__ import annotations
 
 import argparse
-import base64
+import contextlib
 import json
 import os
-import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -50,18 +49,14 @@ from pathlib import Path
 from course_lib.data.atomic import atomic_write_bytes
 from course_lib.data.paths import DATA_CHOICES, repo_root
 from course_lib.profiles import profile_names
+from course_lib.report import (CHAPTER_PAPERS, NOTEBOOKS, REPORT, RUN, build_report,  # noqa: F401 (re-exported)
+                               chapters, strip_ansi)
 
 __all__ = ["chapters", "run", "execute_notebook", "build_report", "main"]
 
-NOTEBOOKS = repo_root() / "notebooks"
 # --data papers: the dataset each chapter's paper reports on (a chapter not listed keeps the synthetic sets)
 PAPERS_DATA = {"01": "voc", "02": "voc", "03": "voc", "04": "voc", "05": "voc", "06": "voc", "07": "coco",
                "08": "tt100k"}
-# the papers of a chapter, for the report's list of quoted numbers when the notebook records no table
-CHAPTER_PAPERS = {"00": ["coco"], "01": ["overfeat"], "02": ["fcn"], "03": ["unet"], "03b": ["rcnn", "faster_rcnn"],
-                  "04": ["rcnn", "fast_rcnn"], "05": ["faster_rcnn"], "06": ["rfcn"], "07": ["fpn"],
-                  "08": ["efpn", "tt100k"]}
-SECTIONS = ("beside the paper", "results in this profile")  # where a notebook shows its measured results
 METRICS_CODE = """\
 import json as _json, resource as _resource, sys as _sys
 _m = {"peak_rss_mib": _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -70,12 +65,6 @@ if "torch" in _sys.modules and _sys.modules["torch"].cuda.is_available():
     _m.update(peak_gpu_mib=_torch.cuda.max_memory_allocated() / 2**20, gpu=_torch.cuda.get_device_name())
 print("COURSE_RUN_METRICS " + _json.dumps(_m))
 """
-
-
-def chapters() -> dict[str, Path]:
-    """``{chapter id: notebook}`` in the course's order: ``"00"``, ``"01"``, ..., ``"03b"``, ... ."""
-    found = sorted(NOTEBOOKS.glob("[0-9][0-9]*_*.ipynb"))
-    return {p.name.split("_", 1)[0]: p for p in found}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -167,6 +156,70 @@ def _worker(notebook: str, executed: str, metrics: str, timeout) -> int:
     return 0 if result["status"] == "done" else 1
 
 
+def _check_gpus(gpus: int) -> None:
+    """``--gpus N`` > 1 needs N GPUs here: say so before anything runs (not N CPU processes reported "done")."""
+    if not isinstance(gpus, int) or gpus < 1:
+        raise ValueError(f"--gpus {gpus!r}: must be an integer >= 1.")
+    if gpus > 1:
+        import torch
+
+        found = torch.cuda.device_count()
+        if found < gpus:
+            instead = f"--gpus {found}" if found > 1 else "no --gpus (one process)"
+            raise ValueError(f"--gpus {gpus}: this machine has {found} CUDA GPU(s) (torch.cuda.device_count(), "
+                             f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). "
+                             f"Run with {instead}, or on a machine with {gpus} GPUs.")
+
+
+def _check_results_dir(root: Path) -> None:
+    """The results folder: never inside the committed notebooks, and writable now (not after a whole chapter)."""
+    from course_lib.engine import check_writable
+
+    if NOTEBOOKS.resolve() in (root, *root.parents):
+        raise ValueError(f"Results dir {root} is inside {NOTEBOOKS}: the committed notebooks are never overwritten.")
+    try:
+        check_writable(root / REPORT, what="the results report", option="--results folder")
+    except OSError as e:
+        raise ValueError(str(e)) from None
+
+
+def _put_back(aside: Path, *paths: Path) -> None:
+    """Move what :func:`_keep_until_finished` set aside back over ``paths`` (whatever a new run left there goes)."""
+    if not aside.exists():
+        return
+    for path in paths:
+        if not (aside / path.name).exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        (aside / path.name).rename(path)
+    shutil.rmtree(aside)
+
+
+@contextlib.contextmanager
+def _keep_until_finished(out_dir: Path, executed: Path):
+    """--force: the chapter's old results (its folder, its executed notebook) are set aside while it runs again,
+    deleted once the new run has finished, and put back when it is interrupted -- so report.md never links
+    results that are gone. (A run killed outright leaves them aside: the next run puts them back first.)"""
+    aside = out_dir.with_name(f".{out_dir.name}.previous")
+    aside.mkdir(parents=True)
+    for path in (out_dir, executed):
+        if path.exists():
+            path.rename(aside / path.name)
+    try:
+        yield
+    except BaseException:
+        _put_back(aside, out_dir, executed)
+        raise
+    shutil.rmtree(aside)
+
+
+def _finished(status: Path) -> bool:
+    return status.is_file() and json.loads(status.read_text()).get("status") == "done"
+
+
 def run(profile: str, chapter_ids: list[str] | None = None, *, data: str = "synthetic", gpus: int = 1,
         force: bool = False, results: Path | None = None, timeout: int | None = None, progress: bool = True) -> Path:
     """Run the chapters (see the module docstring); returns the report's path."""
@@ -176,8 +229,7 @@ def run(profile: str, chapter_ids: list[str] | None = None, *, data: str = "synt
         raise ValueError(f"Unknown profile {profile!r}. Valid: {', '.join(profile_names())}.")
     if data not in (*DATA_CHOICES, "papers"):
         raise ValueError(f"--data {data!r}: choose one of {', '.join((*DATA_CHOICES, 'papers'))}.")
-    if not isinstance(gpus, int) or gpus < 1:
-        raise ValueError(f"--gpus {gpus!r}: must be an integer >= 1.")
+    _check_gpus(gpus)
     known = chapters()
     chosen = list(known) if not chapter_ids else [c.strip() for c in chapter_ids]
     unknown = [c for c in chosen if c not in known]
@@ -185,188 +237,35 @@ def run(profile: str, chapter_ids: list[str] | None = None, *, data: str = "synt
         raise ValueError(f"Unknown chapter(s) {', '.join(unknown)}. Chapters: {', '.join(known)}.")
     chosen = [c for c in known if c in chosen]  # the course's order
     root = Path(results if results is not None else repo_root() / "results").resolve() / profile
-    if NOTEBOOKS.resolve() in (root, *root.parents):
-        raise ValueError(f"Results dir {root} is inside {NOTEBOOKS}: the committed notebooks are never overwritten.")
+    _check_results_dir(root)
 
     outer = tqdm(chosen, desc=f"chapters ({profile})", unit="chapter", disable=not progress)
     for chapter in outer:
-        out_dir = root / chapter
-        status = out_dir / "run.json"
-        if status.is_file() and not force and json.loads(status.read_text()).get("status") == "done":
-            outer.write(f"{chapter}: done before (results/{profile}/{chapter}/run.json) -- skipped; --force runs it again")
+        out_dir, executed = root / chapter, root / known[chapter].name
+        _put_back(out_dir.with_name(f".{chapter}.previous"), out_dir, executed)  # after a killed --force run
+        status = out_dir / RUN
+        if _finished(status) and not force:
+            outer.write(f"{chapter}: done before (results/{profile}/{chapter}/{RUN}) -- skipped; --force runs it again")
             continue
-        if force and out_dir.exists():
-            shutil.rmtree(out_dir)
         chapter_data = PAPERS_DATA.get(chapter, "synthetic") if data == "papers" else data
         env = {"COURSE_PROFILE": profile, "COURSE_DATA": chapter_data, "COURSE_RESULTS_DIR": str(out_dir),
                # the exercises' stubs are the students' to fill: the reference solutions stand in for them
                "COURSE_SOLUTIONS": os.environ.get("COURSE_SOLUTIONS", "1")}
         outer.set_postfix_str(known[chapter].stem)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        result = _run_chapter(chapter, known[chapter], out_dir, env, gpus, timeout, progress)
-        _write_json(status, {"chapter": chapter, "notebook": known[chapter].name, "profile": profile,
-                             "data": chapter_data, "gpus": gpus, "started": started, **result})
+        with _keep_until_finished(out_dir, executed) if force else contextlib.nullcontext():
+            result = _run_chapter(chapter, known[chapter], out_dir, env, gpus, timeout, progress)
+            if result.get("error"):  # a traceback's colours: noise in run.json and report.md
+                result["error"] = strip_ansi(result["error"])
+            _write_json(status, {"chapter": chapter, "notebook": known[chapter].name, "profile": profile,
+                                 "data": chapter_data, "gpus": gpus, "started": started, **result})
         if result["status"] != "done":
             outer.write(f"{chapter}: FAILED after {result['wall_s']:.0f} s -- {result.get('error')}\n"
-                        f"   the executed notebook up to the error: {root / known[chapter].name}")
+                        f"   the executed notebook up to the error: {executed}")
     report = build_report(root)
     if progress:
         print(f"report: {report}")
     return report
-
-
-# ---------------------------------------------------------------------------------------------- the report
-
-
-def environment() -> dict:
-    """Software versions and the device, for the report."""
-    import numpy
-    import torch
-    import torchvision
-
-    info = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": numpy.__version__, "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-            "cpu_cores": os.cpu_count()}
-    try:
-        info["course commit"] = subprocess.run(["git", "-C", str(repo_root()), "rev-parse", "--short", "HEAD"],
-                                               capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        info["course commit"] = "unknown"
-    if torch.cuda.is_available():
-        info["gpu"] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
-        info["cuda"] = torch.version.cuda
-    else:
-        info["gpu"] = "none"
-    return info
-
-
-def _sections(nb) -> list[tuple[str, list]]:
-    """``[(heading, cells)]`` by top-level ``## `` headings (the first entry: cells before any)."""
-    out = [("", [])]
-    for cell in nb.cells:
-        heading = next((line[3:].strip() for line in cell.source.splitlines() if line.startswith("## ")), None) \
-            if cell.cell_type == "markdown" else None
-        if heading is not None:
-            out.append((heading, []))
-        out[-1][1].append(cell)
-    return out
-
-
-def _png_outputs(cells) -> list[tuple[str, bytes]]:
-    found = []
-    for cell in cells:
-        pngs = [o["data"]["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
-        for k, png in enumerate(pngs):
-            found.append((f"{cell.get('id', 'cell')}-{k}", base64.b64decode(png)))
-    return found
-
-
-def _shown_tables(cells) -> list[str]:
-    """What the result cells display, as Markdown (a BesideThePaper / DataFrame shows as Markdown or HTML)."""
-    shown = []
-    for cell in cells:
-        for o in cell.get("outputs", []):
-            data = o.get("data", {})
-            if "text/markdown" in data:
-                shown.append(data["text/markdown"])
-            elif "text/html" in data:
-                shown.append(data["text/html"])
-            elif o.get("output_type") == "stream" and o.get("name") == "stdout" and o["text"].strip():
-                shown.append("```\n" + o["text"].rstrip() + "\n```")
-            elif "text/plain" in data and "image/png" not in data:
-                shown.append("```\n" + data["text/plain"].rstrip() + "\n```")
-    return shown
-
-
-def _quoted_numbers(chapter: str, notebook_source: str) -> list[str]:
-    """The papers' numbers the chapter quotes (keys found in its source, else its papers' entries)."""
-    from course_lib import papers
-
-    keys = [k for k in papers.NUMBERS if f'"{k}"' in notebook_source or f"'{k}'" in notebook_source]
-    if not keys:
-        wanted = CHAPTER_PAPERS.get(chapter, [])
-        keys = [k for k, n in papers.NUMBERS.items() if n.paper in wanted]
-    return [f"| `{k}` | {papers.number(k).formatted()} | {papers.cite(k)} |" for k in keys]
-
-
-def _mib(x) -> str:
-    return "--" if x is None else f"{x:,.0f} MiB"
-
-
-def _secs(x) -> str:
-    if x is None:
-        return "--"
-    return f"{x:.1f} s" if x < 120 else f"{x / 60:.1f} min" if x < 7200 else f"{x / 3600:.2f} h"
-
-
-def build_report(root: Path) -> Path:
-    """Assemble ``root/report.md`` from the chapters' ``run.json``, recorded tables/figures and executed
-    notebooks under ``root`` (= ``results/<profile>``); returns its path."""
-    import nbformat
-
-    known = chapters()
-    runs = {c: json.loads((root / c / "run.json").read_text()) for c in known if (root / c / "run.json").is_file()}
-    env = environment()
-    lines = [f"# Results: profile `{root.name}`", "",
-             f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by `python -m course_lib.run`. "
-             "Each chapter: its measured tables beside the papers' numbers, its plots, wall time and peak memory.", "",
-             "| chapter | status | data | wall time | peak RAM (kernel) | peak GPU memory | processes |",
-             "|---|---|---|---|---|---|---|"]
-    for c, r in runs.items():
-        lines.append(f"| [{c}](#chapter-{c}) {known[c].stem} | {r['status']} | {r.get('data', 'synthetic')} | "
-                     f"{_secs(r.get('wall_s'))} | {_mib(r.get('peak_rss_mib'))} | {_mib(r.get('peak_gpu_mib'))} | "
-                     f"{r.get('gpus', 1)} |")
-    total = sum(r.get("wall_s") or 0 for r in runs.values())
-    lines += ["", f"Total wall time: {_secs(total)}.", "", "**Software and device:** " +
-              ", ".join(f"{k} {v}" for k, v in env.items()), ""]
-    for c, r in runs.items():
-        chapter_dir = root / c
-        executed = root / known[c].name
-        nb = nbformat.read(executed, as_version=4) if executed.is_file() else None
-        title = next((line[2:] for cell in (nb.cells if nb else []) if cell.cell_type == "markdown"
-                      for line in cell.source.splitlines() if line.startswith("# ")), known[c].stem)
-        title = re.sub(rf"^{re.escape(c)}\s*·\s*", "", title)
-        lines += [f'<a id="chapter-{c}"></a>', "", f"## {c} · {title}", "",
-                  f"{r['status']} in {_secs(r.get('wall_s'))}; peak RAM {_mib(r.get('peak_rss_mib'))}, "
-                  f"peak GPU memory {_mib(r.get('peak_gpu_mib'))}; data: {r.get('data', 'synthetic')}; "
-                  f"executed notebook: [{known[c].name}]({known[c].name})", ""]
-        if r["status"] != "done":
-            lines += [f"**Failed:** `{r.get('error')}`", ""]
-        # tables: those the notebook recorded, else what its results section shows
-        recorded = sorted((chapter_dir / "tables").glob("*.md")) if (chapter_dir / "tables").is_dir() else []
-        tables = [p.read_text() for p in recorded]
-        if not tables and nb is not None:
-            tables = [t for heading, cells in _sections(nb) if heading.lower().lstrip("0123456789. ").startswith(SECTIONS)
-                      for t in _shown_tables(cells)]
-        lines += ["### Measured, beside the paper", ""]
-        lines += [t for table in tables for t in (table.strip(), "")] or ["(no table recorded)", ""]
-        source = "\n".join(cell.source for cell in nb.cells) if nb is not None else ""
-        quoted = _quoted_numbers(c, source)
-        if quoted:
-            lines += ["<details><summary>The papers' numbers this chapter quotes (course_lib/papers.py)</summary>", "",
-                      "| key | paper | where |", "|---|---|---|", *quoted, "", "</details>", ""]
-        # plots: the recorded ones inline; every plot the notebook shows, extracted, behind a fold
-        figures = chapter_dir / "figures"
-        inline = sorted(figures.glob("*.png")) if figures.is_dir() else []
-        shown = _png_outputs(nb.cells) if nb is not None else []
-        for name, png in shown:
-            (figures / "notebook").mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(figures / "notebook" / f"{name}.png", png)
-        lines += ["### Plots", ""]
-        if not inline and nb is not None:  # nothing recorded: the plots of the results and training sections
-            wanted = {f"{cell.get('id', 'cell')}-" for heading, cells in _sections(nb)
-                      if re.search(r"beside the paper|results|train", heading, re.I) for cell in cells}
-            inline = [figures / "notebook" / f"{n}.png" for n, _ in shown if any(n.startswith(w) for w in wanted)]
-            inline = inline or [figures / "notebook" / f"{n}.png" for n, _ in shown[-1:]]  # else its last plot
-        lines += [f"![{p.stem}]({p.relative_to(root).as_posix()})" for p in inline] or ["(no plot recorded)"]
-        if shown:
-            lines += ["", f"<details><summary>All {len(shown)} plots of the notebook</summary>", ""]
-            lines += [f"![{n}]({c}/figures/notebook/{n}.png)" for n, _ in shown] + ["", "</details>"]
-        lines.append("")
-    out = root / "report.md"
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, "\n".join(lines).encode())
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -379,7 +278,7 @@ def main(argv=None) -> int:
     parser.add_argument("--chapters", nargs="+", metavar="ID", help="chapter ids, e.g. 02 05 07 (default: all)")
     parser.add_argument("--data", default="synthetic", help="synthetic (default), voc, coco, tt100k, or papers")
     parser.add_argument("--gpus", type=int, default=1, help="processes per chapter; > 1 runs under torchrun")
-    parser.add_argument("--force", action="store_true", help="run finished chapters again (their results are removed)")
+    parser.add_argument("--force", action="store_true", help="run finished chapters again (their old results are replaced once the new run finishes)")
     parser.add_argument("--results", type=Path, default=None, help="results directory (default: <repo>/results)")
     parser.add_argument("--timeout", type=int, default=None, help="seconds per cell (default: none)")
     parser.add_argument("--no-progress", action="store_true")
