@@ -27,7 +27,6 @@ Checkpoints hold only tensors and plain Python values: they load with
 """
 from __future__ import annotations
 
-import glob
 import math
 import os
 import random
@@ -44,11 +43,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from course_lib.data.atomic import check_writable, remove_stale_temporaries
 from course_lib.evaluation import evaluate_detector
 from course_lib.state_dict import check_state_dict, read_file
 
-__all__ = ["seed_everything", "fit", "History", "save_checkpoint", "save_weights", "load_weights", "check_writable",
-           "remove_stale_temporaries", "overfit",
+__all__ = ["seed_everything", "fit", "History", "save_checkpoint", "save_weights", "load_weights",
+           "remove_checkpoint_temporaries", "overfit",
            "loss_fall", "check_overfit", "overfit_detector", "detector_optimizer"]
 
 
@@ -112,47 +112,11 @@ class History:
 
 # ---------------------------------------------------------------------------- checkpoints
 
-# ".<name>.<pid>.<random>.tmp": the writer's process id tells a killed write's leftover from a live one
-_TMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files that killed writes of checkpoint ``path`` left beside it (their writer's process
-    is gone; a live writer's file is kept); warn naming them; return them."""
+def remove_checkpoint_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries that killed writes of checkpoint ``path`` left beside it, ``.<name>.<pid>.<random>.tmp``
+    (a live writer's file is kept): the one rule of :func:`course_lib.data.atomic.remove_stale_temporaries`."""
     path = Path(path)
-    stale = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp")
-             if (m := _TMP.fullmatch(p.name)) and m["name"] == path.name and not _alive(int(m["pid"]))]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    if stale:
-        warnings.warn(f"Removed {len(stale)} temporary file(s) left by killed checkpoint writes: "
-                      f"{', '.join(str(p) for p in stale)}.", stacklevel=2)
-    return stale
-
-
-def check_writable(path: str | os.PathLike, what: str = "checkpoint", option: str = "checkpoint_path") -> None:
-    """Raise a clear error now, not at the first write, when the file ``path`` cannot be written: a regular file on
-    its way, or a folder that this user cannot write to. ``what`` names the file, ``option`` the setting to change."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{option} {path} is a folder: pass a file path, e.g. {path / 'run.pt'}.")
-    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
-    if not folder.is_dir():
-        raise NotADirectoryError(f"Cannot write {what} {path}: {folder} is a file, not a folder. "
-                                 f"Pass another {option}, or move that file away.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"Cannot write {what} {path}: the folder {folder} is read-only for this user. "
-                              f"Pass another {option} (in a writable folder), or make it writable (chmod u+w).")
+    return remove_stale_temporaries(path.parent, (rf"\.{re.escape(path.name)}\.(?P<pid>\d+)\.[^.]+\.tmp",))
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -161,7 +125,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     (and a temporary file that the next save removes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+    remove_checkpoint_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -544,7 +508,7 @@ def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *,
     run = {"seed": seed, "batch_size": batch_size, "rank": rank, "world": world}
     history, start = History(), 0
     if path is not None and rank == 0:
-        remove_stale_temporaries(path)
+        remove_checkpoint_temporaries(path)
     if path is not None and path.exists():
         history, start = _resume(path, *parts, steps=steps, **run)
         if start >= steps:

@@ -173,7 +173,7 @@ def _check_gpus(gpus: int) -> None:
 
 def _check_results_dir(root: Path) -> None:
     """The results folder: never inside the committed notebooks, and writable now (not after a whole chapter)."""
-    from course_lib.engine import check_writable
+    from course_lib.data.atomic import check_writable
 
     if NOTEBOOKS.resolve() in (root, *root.parents):
         raise ValueError(f"Results dir {root} is inside {NOTEBOOKS}: the committed notebooks are never overwritten.")

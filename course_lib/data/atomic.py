@@ -13,7 +13,8 @@ from pathlib import Path
 from .download import human_bytes
 from .paths import MARKER
 
-__all__ = ["atomic_write_bytes", "AtomicDirectory", "directory_size", "remove_stale_temporaries", "TEMPORARY_PATTERNS"]
+__all__ = ["atomic_write_bytes", "AtomicDirectory", "directory_size", "remove_stale_temporaries", "TEMPORARY_PATTERNS",
+           "check_writable"]
 
 # The names of this package's temporaries, each with its writer's process id (group "pid"): what a run
 # that was killed (Ctrl-C twice, out of memory, a closed laptop) leaves behind.
@@ -81,6 +82,21 @@ def remove_stale_temporaries(folder: str | os.PathLike, patterns=TEMPORARY_PATTE
     print(f"Removed what interrupted runs left in {folder}: {', '.join(p.name for p in stale)} "
           f"({human_bytes(freed)} freed)", flush=True)
     return stale
+
+
+def check_writable(path: str | os.PathLike, what: str = "checkpoint", option: str = "checkpoint_path") -> None:
+    """Raise a clear error now, not at the first write, when the file ``path`` cannot be written: a regular file on
+    its way, or a folder that this user cannot write to. ``what`` names the file, ``option`` the setting to change."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a folder: pass a file path, e.g. {path / 'run.pt'}.")
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not folder.is_dir():
+        raise NotADirectoryError(f"Cannot write {what} {path}: {folder} is a file, not a folder. "
+                                 f"Pass another {option}, or move that file away.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"Cannot write {what} {path}: the folder {folder} is read-only for this user. "
+                              f"Pass another {option} (in a writable folder), or make it writable (chmod u+w).")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -123,7 +123,7 @@ def test_read_only_checkpoint_folder_is_refused_before_step_1(tmp_path, monkeypa
     assert not list(folder.iterdir())
 
 
-def test_a_killed_checkpoint_write_leaves_a_temporary_that_the_next_save_removes(tmp_path):
+def test_a_killed_checkpoint_write_leaves_a_temporary_that_the_next_save_removes(tmp_path, capsys):
     path = tmp_path / "run.pt"
     killed = textwrap.dedent(f"""
         import os, signal, torch
@@ -139,8 +139,8 @@ def test_a_killed_checkpoint_write_leaves_a_temporary_that_the_next_save_removes
     assert left.stat().st_size == 0 and f".{proc.pid}." in left.name
     live = tmp_path / f".run.pt.{os.getpid()}.abc123.tmp"  # a save of this (live) process, under way
     live.touch()
-    with pytest.warns(UserWarning, match=rf"Removed 1 temporary file\(s\) left by killed checkpoint writes: {left}"):
-        save_checkpoint(path, {"step": 2})
+    save_checkpoint(path, {"step": 2})
+    assert capsys.readouterr().out == f"Removed what interrupted runs left in {tmp_path}: {left.name} (0 B freed)\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "run.pt"])
     live.unlink()
     path.unlink()
@@ -148,8 +148,8 @@ def test_a_killed_checkpoint_write_leaves_a_temporary_that_the_next_save_removes
     train(2, tmp_path / "other.pt")  # another checkpoint's leftovers are not this fit's to remove
     assert left.exists()
     seen = []
-    with pytest.warns(UserWarning, match="Removed 1 temporary"):
-        train(4, path, callback=lambda step, record: seen.append(left.exists()))
+    train(4, path, callback=lambda step, record: seen.append(left.exists()))
+    assert f"Removed what interrupted runs left in {tmp_path}: {left.name}" in capsys.readouterr().out
     assert seen == [False] * 4, "fit removes a dead write's temporary before its first step"
 
 
