@@ -55,7 +55,9 @@ from course_lib.report import (CHAPTER_PAPERS, NOTEBOOKS, REPORT, RUN, build_rep
 __all__ = ["chapters", "run", "execute_notebook", "build_report", "main"]
 
 # --data papers: the dataset each chapter's paper reports on (a chapter not listed keeps the synthetic sets)
-PAPERS_DATA = {"01": "voc", "02": "voc", "03": "voc", "04": "voc", "05": "voc", "06": "voc", "07": "coco",
+# 04: Fast R-CNN Table 4 trains on VOC 2007 trainval; 05: Faster R-CNN Table 3 on 07+12; 06: R-FCN sec. 4.1 on 07+12;
+# all three test on VOC 2007 test. 01-03 keep VOC 2012 segmentation (FCN's seg11valid subset of VOC 2011 is not built).
+PAPERS_DATA = {"01": "voc", "02": "voc", "03": "voc", "04": "voc07", "05": "voc0712", "06": "voc0712", "07": "coco",
                "08": "tt100k"}
 METRICS_CODE = """\
 import json as _json, resource as _resource, sys as _sys

@@ -106,3 +106,12 @@ def test_results_set_aside_by_a_killed_force_run_come_back_first(tmp_path, monke
     assert len(calls) == 1, "the finished chapter, put back, is skipped"
     assert sorted(p.name for p in (root / "00" / "figures").iterdir()) == ["loss-1.png"]
     assert executed.is_file() and not aside.exists()
+
+
+def test_data_papers_gives_every_chapter_a_dataset_the_loader_knows():
+    """--data papers: chapters 4-6 on VOC 2007 test as their papers (07 / 07+12 training), each name a COURSE_DATA."""
+    from course_lib.data.paths import DATA_CHOICES
+    from course_lib.run import PAPERS_DATA
+
+    assert set(PAPERS_DATA.values()) <= set(DATA_CHOICES)
+    assert (PAPERS_DATA["04"], PAPERS_DATA["05"], PAPERS_DATA["06"]) == ("voc07", "voc0712", "voc0712")
