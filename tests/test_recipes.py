@@ -198,3 +198,18 @@ def test_the_gpu_hour_estimate_is_the_readmes_method():
     assert math.isclose(recipes.estimated_gpu_hours("07"), r.images_seen * 32 / 300 / 3600)
     assert math.isclose(recipes.estimated_gpu_hours("07", s_per_image=0.1), r.images_seen * 0.1 / 3600)
     assert math.isnan(recipes.estimated_gpu_hours("04"))  # not measured: said, not guessed
+
+
+# ------------------------------------------------------------------------------ make gpu-check's recipe timing
+
+
+def test_the_recipe_timing_runs_on_the_cpu_at_a_tenth_of_the_size():
+    """make gpu-check times one step of each paper recipe on CUDA; the same code path, tiny, on the CPU."""
+    from course_lib import gpu_check
+    from course_lib.profiles import PROFILES
+
+    fpn = next(c for c in gpu_check.TRAINING_CASES if c.chapter == "07")
+    r = gpu_check.recipe_timing(fpn, PROFILES["ci"], device="cpu", amp=False, steps=1, scale=0.1, images_per_gpu=1)
+    assert r["recipe"] == "07" and r["size"] == (80, 107) and r["batch"] == 1 and math.isfinite(r["loss"])
+    assert r["images"] == 1_280_000 and math.isclose(r["gpu_hours"], r["s_per_step"] * 1_280_000 / 3600)
+    assert math.isclose(r["readme_hours"], recipes.estimated_gpu_hours("07"))
