@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from course_lib import papers
 
-__all__ = ["Recipe", "Schedule", "RECIPES", "WARMUP", "scaled", "CPU_S_PER_IMAGE", "estimated_gpu_hours"]
+__all__ = ["Recipe", "Schedule", "RECIPES", "WARMUP", "scaled", "CPU_S_PER_IMAGE", "ONE_DAY", "estimated_gpu_hours"]
 
 # Sources that are not a paper (the paper's own numbers are papers.py keys, "papers:<key>").
 _DETECTRON = "released: facebookresearch/Detectron configs/12_2017_baselines/e2e_faster_rcnn_R-50-FPN_1x.yaml"
@@ -282,6 +282,12 @@ def scaled(recipe: str | Recipe, *, gpus: int = 1, images_per_gpu: int | None = 
 CPU_S_PER_IMAGE = {"02": 22.0, "03": 26.5, "05": 135.0, "06": 55.0, "07": 32.0, "08.1": 84.0, "08.2": 84.0,
                    "08.3": 84.0}
 CPU_TO_GPU = 300.0
+
+
+# A shorter schedule an instructor can run in a day (about 12 GPU hours at the estimate above): the part of each
+# recipe's iterations that ``scaled(..., fraction=ONE_DAY.get(key, 1.0))`` runs. Not the paper's schedule; what it
+# reaches is not measured.
+ONE_DAY = {"02": 1 / 8, "07": 1 / 4, "08.1": 1 / 16, "08.2": 1 / 16, "08.3": 1 / 16}
 
 
 def estimated_gpu_hours(recipe: str | Recipe, *, fraction: float = 1.0, s_per_image: float | None = None) -> float:

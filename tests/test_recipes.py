@@ -213,3 +213,29 @@ def test_the_recipe_timing_runs_on_the_cpu_at_a_tenth_of_the_size():
     assert r["recipe"] == "07" and r["size"] == (80, 107) and r["batch"] == 1 and math.isfinite(r["loss"])
     assert r["images"] == 1_280_000 and math.isclose(r["gpu_hours"], r["s_per_step"] * 1_280_000 / 3600)
     assert math.isclose(r["readme_hours"], recipes.estimated_gpu_hours("07"))
+
+
+def test_the_readme_table_is_the_recipes():
+    """README's "What a gpu run costs" shows each recipe's images seen and estimated hours: they follow the recipes."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    head = readme.index("| chapter | the paper's recipe")
+    rows = [line for line in readme[head:].splitlines()[2:] if line.startswith("|")]
+    rows = [row for row in rows if not row.startswith("| 01")]
+    assert len(rows) == len(recipes.RECIPES)
+
+    def images(n):
+        return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n // 1000} k"
+
+    def hours(h):
+        return "not measured" if math.isnan(h) else f"~{h:.0f}" if h >= 10 else "~" + f"{h:.1f}".removesuffix(".0")
+
+    for row, (key, r) in zip(rows, recipes.RECIPES.items()):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0].startswith(key.split(".")[0]), (key, row)
+        assert cells[2] == images(r.images_seen), (key, cells[2])
+        assert cells[3] == hours(recipes.estimated_gpu_hours(key)), (key, cells[3])
+        day = recipes.estimated_gpu_hours(key, fraction=recipes.ONE_DAY.get(key, 1.0))
+        assert math.isnan(day) and cells[5] == "--" or cells[5] == hours(day), (key, cells[5])
+        assert math.isnan(day) or day <= 12.5, f"{key}: the one-day schedule is {day:.1f} estimated hours"
