@@ -28,6 +28,7 @@ __all__ = ["Recipe", "Schedule", "RECIPES", "WARMUP", "scaled", "CPU_S_PER_IMAGE
 # Sources that are not a paper (the paper's own numbers are papers.py keys, "papers:<key>").
 _DETECTRON = "released: facebookresearch/Detectron configs/12_2017_baselines/e2e_faster_rcnn_R-50-FPN_1x.yaml"
 _DETECTRON_DEFAULTS = "released: facebookresearch/Detectron detectron/core/config.py"
+_RCNN_SOLVER = "released: rbgirshick/rcnn finetuning/vgg16/vgg16_pascal_finetune_solver.prototxt"
 _FCN_SOLVER = "released: shelhamer/fcn.berkeleyvision.org voc-fcn32s/solver.prototxt (weight_decay: 0.0005)"
 _TORCHVISION = "torchvision's ImageNet weights (course_lib/backbones/weights.py): the era's V1 training"
 
@@ -162,6 +163,18 @@ _ALL = [
             note="128 RoIs per mini-batch, 64 from each image (fast_rcnn.sec2_3.minibatch.rois). R-CNN's fine-tuning "
                  "(same chapter) starts SGD at 0.001 (rcnn.sec2_3.finetune.lr) on 128 warped windows "
                  "(rcnn.sec2_3.finetune.batch); its iterations are not in the paper."),
+    _recipe("04.rcnn", "R-CNN fine-tuning VGG16 (one warped window = one 'image')", "rcnn", "PASCAL VOC",
+            optimizer=("sgd", "paper: Sec. 2.3 'stochastic gradient descent (SGD) training of the CNN parameters'"),
+            lr=P("rcnn.sec2_3.finetune.lr"), momentum=(0.9, _RCNN_SOLVER + " (momentum: 0.9)"),
+            weight_decay=(5e-4, _RCNN_SOLVER + " (weight_decay: 0.0005)"), gpus=(1, "course: one GPU"),
+            images_per_gpu=P("rcnn.sec2_3.finetune.batch"),
+            iterations=(100000, _RCNN_SOLVER + " (max_iter: 100000)"),
+            lr_steps=((20000, 40000, 60000, 80000), _RCNN_SOLVER + " (lr_policy: step, stepsize: 20000, gamma: 0.1)"),
+            lr_decay=(0.1, _RCNN_SOLVER + " (gamma: 0.1)"),
+            min_size=(224, "course: VGG16's 224 x 224 warp (the paper's AlexNet takes 227, rcnn.sec2_1.input_size)"),
+            max_size=(None, "course: a square warp"),
+            arch=_IMAGENET("vgg16"), weights_backbone=_V1,
+            note="32 positive and 96 background windows a mini-batch (Sec. 2.3); then one linear SVM per class."),
     _recipe("05", "Faster R-CNN (the course: ResNet-50 C4)", "faster_rcnn", "PASCAL VOC 2007 trainval",
             **_two_phase("faster_rcnn.sec3_1_3.sgd"), gpus=(1, "paper: one K40 GPU (Table 5)"),
             images_per_gpu=P("faster_rcnn.sec3_1_3.minibatch.images"),

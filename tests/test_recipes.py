@@ -19,6 +19,9 @@ PAPER_TEXT = {
     "fcn.sec4_3.more_data.images": 8498,
     # U-Net Sec. 3: "reduce the batch to a single image. Accordingly we use a high momentum (0.99)"
     "unet.sec3.optimizer.momentum": 0.99, "unet.sec3.optimizer.batch": 1,
+    # R-CNN Sec. 2.3: "We start SGD at a learning rate of 0.001 ... 32 positive windows (over all classes) and 96
+    # background windows to construct a mini-batch of size 128"
+    "rcnn.sec2_3.finetune.lr": 0.001, "rcnn.sec2_3.finetune.batch": 128,
     # Fast R-CNN Sec. 2.3: "a global learning rate of 0.001. When training on VOC07 or VOC12 trainval we run SGD for
     # 30k mini-batch iterations, and then lower the learning rate to 0.0001 and train for another 10k iterations ...
     # A momentum of 0.9 and parameter decay of 0.0005"; "N = 2 images"; Sec. 5.2: "s = 600 pixels ... we cap the
@@ -56,6 +59,7 @@ TABLE = {
     "02": (1e-4, 1, 20, 74358, (), 320, "vgg16"),
     "03": (1e-2, 1, 1, 20000, (), 492, None),
     "04": (1e-3, 1, 2, 40000, (30000,), 600, "vgg16"),
+    "04.rcnn": (1e-3, 1, 128, 100000, (20000, 40000, 60000, 80000), 224, "vgg16"),
     "05": (1e-3, 1, 1, 80000, (60000,), 600, "resnet50"),
     "06": (1e-3, 8, 1, 30000, (20000,), 600, "resnet101"),
     "07": (0.02, 8, 2, 80000, (60000,), 800, "resnet50"),
@@ -106,6 +110,7 @@ def test_the_paper_stated_fields_are_the_ones_the_papers_state():
     assert {"lr", "momentum", "images_per_gpu", "iterations"} <= stated["02"]
     assert {"momentum", "images_per_gpu"} <= stated["03"] and "lr" not in stated["03"]  # U-Net states no rate
     assert {"images_per_gpu", "min_size", "max_size"} <= stated["04"]
+    assert {"lr", "images_per_gpu"} <= stated["04.rcnn"] and "iterations" not in stated["04.rcnn"]
     assert {"images_per_gpu", "min_size"} <= stated["05"]
     assert {"gpus", "images_per_gpu", "min_size"} <= stated["06"]
     assert {"gpus", "images_per_gpu", "min_size"} <= stated["07"] and "max_size" not in stated["07"]
