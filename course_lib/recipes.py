@@ -176,7 +176,7 @@ _ALL = [
             arch=_IMAGENET("vgg16"), weights_backbone=_V1,
             note="32 positive and 96 background windows a mini-batch (Sec. 2.3); then one linear SVM per class."),
     _recipe("05", "Faster R-CNN (the course: ResNet-50 C4)", "faster_rcnn", "PASCAL VOC 2007 trainval",
-            **_two_phase("faster_rcnn.sec3_1_3.sgd"), gpus=(1, "paper: one K40 GPU (Table 5)"),
+            **_two_phase("faster_rcnn.sec3_1_3.sgd"), gpus=(1, "course: one GPU (the paper's timings, Table 5, are on one K40)"),
             images_per_gpu=P("faster_rcnn.sec3_1_3.minibatch.images"),
             min_size=P("faster_rcnn.sec3_3.scale.min_size"),
             max_size=P("fast_rcnn.sec5_2.scale.max_size"),
