@@ -76,12 +76,29 @@ class Recipe(_Batch):
         return {f: tuple(src.removeprefix("papers:").split("+"))
                 for f, src in self.sources.items() if src.startswith("papers:")}
 
-    def source(self, name: str) -> str:
-        """Where ``name``'s value comes from: the paper's table/section and row, a released file, or the course."""
+    def source(self, name: str, *, short: bool = False) -> str:
+        """Where ``name``'s value comes from: the paper's table/section and row, a released file, or the course
+        (``short``: without the paper's title, for a table under it)."""
         src = self.sources[name]
-        if src.startswith("papers:"):
-            return " + ".join(papers.cite(k) for k in self.paper_keys()[name])
-        return src
+        if not src.startswith("papers:"):
+            return src
+        if short:
+            return " + ".join(f"{papers.number(k).table}, {papers.number(k).row}: {papers.number(k).column}"
+                              for k in self.paper_keys()[name])
+        return " + ".join(papers.cite(k) for k in self.paper_keys()[name])
+
+
+    def to_markdown(self) -> str:
+        """The recipe as a notebook shows it: one row per value, with where it comes from."""
+        names = ("optimizer", "lr", "lr_steps", "lr_decay", "iterations", "momentum", "weight_decay", "gpus",
+                 "images_per_gpu", "min_size", "max_size", "arch", "weights_backbone")
+        rows = [f"| {n} | {getattr(self, n)!r} | {self.source(n, short=True)} |" for n in names]
+        return "\n".join([f"**{self.name}** ({self.dataset}); paper: {papers.PAPERS[self.paper]}", "",
+                           "| | value | source |", "|---|---|---|", *rows]
+                         + (["", self.note] if self.note else []))
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
 
 
 def _recipe(chapter: str, name: str, paper: str, dataset: str, **fields) -> Recipe:
@@ -176,7 +193,8 @@ _ALL = [
             arch=_IMAGENET("vgg16"), weights_backbone=_V1,
             note="32 positive and 96 background windows a mini-batch (Sec. 2.3); then one linear SVM per class."),
     _recipe("05", "Faster R-CNN (the course: ResNet-50 C4)", "faster_rcnn", "PASCAL VOC 2007 trainval",
-            **_two_phase("faster_rcnn.sec3_1_3.sgd"), gpus=(1, "course: one GPU (the paper's timings, Table 5, are on one K40)"),
+            **_two_phase("faster_rcnn.sec3_1_3.sgd"),
+            gpus=(1, "course: one GPU (the paper's timings, Table 5, are on one K40)"),
             images_per_gpu=P("faster_rcnn.sec3_1_3.minibatch.images"),
             min_size=P("faster_rcnn.sec3_3.scale.min_size"),
             max_size=P("fast_rcnn.sec5_2.scale.max_size"),

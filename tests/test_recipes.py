@@ -244,3 +244,10 @@ def test_the_readme_table_is_the_recipes():
         day = recipes.estimated_gpu_hours(key, fraction=recipes.ONE_DAY.get(key, 1.0))
         assert math.isnan(day) and cells[5] == "--" or cells[5] == hours(day), (key, cells[5])
         assert math.isnan(day) or day <= 12.5, f"{key}: the one-day schedule is {day:.1f} estimated hours"
+
+
+def test_a_notebook_shows_the_recipe_with_its_sources():
+    text = recipes.RECIPES["07"].to_markdown()
+    assert "| lr | 0.02 | Sec. 5.2, Implementation details" in text and "Detectron" in text  # max side: released
+    assert text.count("Feature Pyramid Networks") == 1  # the paper once, above the table
+    assert recipes.RECIPES["07"]._repr_markdown_() == text
