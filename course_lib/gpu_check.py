@@ -9,7 +9,10 @@
 3. ``--steps`` mixed-precision training steps (``engine.fit``, float16 autocast + GradScaler) of every chapter's
    model at the ``gpu`` profile's sizes (800 px, 2000 proposals, 512 RoIs per image, the profile's batch), with
    seconds per step (the last step) and peak GPU memory;
-4. the benchmark scripts (``tests/benchmarks``): bench_fpn and bench_lineage on CUDA, bench_ops (CPU only), their
+4. one training step of each chapter's paper recipe (``course_lib.recipes``: its images per GPU, its input size),
+   as seconds per iteration and peak memory, and from it the hours the full recipe takes on this GPU, beside the
+   README's estimate;
+5. the benchmark scripts (``tests/benchmarks``): bench_fpn and bench_lineage on CUDA, bench_ops (CPU only), their
    result tables, within the check's 8-minute budget.
 
 Without CUDA it prints why and exits 0 (nothing to check). It needs torch, torchvision, numpy, pillow and (for
@@ -35,7 +38,7 @@ import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-__all__ = ["TrainingCase", "TRAINING_CASES", "random_detection_batch", "train_steps", "main"]
+__all__ = ["TrainingCase", "TRAINING_CASES", "random_detection_batch", "train_steps", "recipe_timing", "main"]
 
 
 @dataclass(frozen=True)
@@ -133,12 +136,18 @@ TRAINING_CASES: list[TrainingCase] = [
 
 
 def train_steps(case: TrainingCase, profile, *, steps: int, batch_size: int, image_size: tuple[int, int],
-                device: str, amp: bool) -> dict:
-    """``steps`` steps of ``engine.fit`` on one random batch; returns s/step (the last step), peak memory, losses."""
+                device: str, amp: bool, transform_size: tuple[int, int] | None = None) -> dict:
+    """``steps`` steps of ``engine.fit`` on one random batch; returns s/step (the last step), peak memory, losses.
+    ``transform_size``: the detector's (shorter side, longer side cap) instead of the profile's."""
+    from course_lib.detection.transform import GeneralizedRCNNTransform
     from course_lib.engine import fit, seed_everything
 
     seed_everything(0)
     model, loss_fn, make_batch = case.build(profile)
+    if transform_size is not None:
+        for m in model.modules():
+            if isinstance(m, GeneralizedRCNNTransform):
+                m.min_size, m.max_size = (transform_size[0],), transform_size[1]
     batch = make_batch(batch_size, image_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
@@ -159,6 +168,29 @@ def train_steps(case: TrainingCase, profile, *, steps: int, batch_size: int, ima
     out = {"s_per_step": times[-1], "loss": history.last["loss"]}
     if device == "cuda":
         out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def recipe_timing(case: TrainingCase, profile, *, device: str, amp: bool, steps: int = 2, scale: float = 1.0,
+                  images_per_gpu: int | None = None) -> dict:
+    """One training step of ``case`` at its chapter's paper recipe (``course_lib.recipes``): the recipe's images per
+    GPU and input size (x ``scale``, for a dry run on a CPU). Returns s/iteration, peak GiB (CUDA), and the hours
+    one such GPU needs for every recipe of the chapter (all of EFPN's stages) at that speed, beside the README's
+    estimate for the same images (``recipes.estimated_gpu_hours``)."""
+    from course_lib import recipes
+
+    runs = [r for key, r in recipes.RECIPES.items() if key.split(".")[0] == case.chapter]
+    recipe = runs[-1] if case.name.startswith("EFPN") else runs[0]  # EFPN's model is the stages after the baseline
+    n = recipe.images_per_gpu if images_per_gpu is None else images_per_gpu
+    side = max(32, round(recipe.min_size * scale))
+    cap = None if recipe.max_size is None else max(side, round(recipe.max_size * scale))
+    size = (side, side if cap is None else min(cap, round(side * 4 / 3)))  # a 3:4 image, as VOC's and COCO's are
+    out = train_steps(case, profile, steps=steps, batch_size=n, image_size=size, device=device, amp=amp,
+                      transform_size=None if not case.detector else (side, cap))
+    images = sum(r.images_seen for r in runs)
+    out.update(recipe=recipe.chapter, batch=n, size=size, images=images,
+               gpu_hours=out["s_per_step"] / n * images / 3600,
+               readme_hours=sum(recipes.estimated_gpu_hours(r) for r in runs))
     return out
 
 
@@ -297,6 +329,16 @@ def main(argv=None) -> int:
                          f"loss {r['loss']:.3f}"))
         except Exception as e:
             rows.append((f"{case.chapter} {case.name}: {args.steps} AMP steps", "FAIL", f"{type(e).__name__}: {e}"[:200]))
+        torch.cuda.empty_cache()
+    for case in TRAINING_CASES:
+        label = f"{case.chapter} {case.name}: paper recipe, 1 step"
+        try:
+            r = recipe_timing(case, gpu, device="cuda", amp=True)
+            rows.append((label, "ok", f"{r['s_per_step']:.3f} s/iter at {r['batch']} x {r['size'][0]}x{r['size'][1]}, "
+                                      f"peak {r['peak_gib']:.1f} GiB; its {r['images'] / 1e6:.2f} M images: "
+                                      f"{r['gpu_hours']:.0f} h on this GPU (README est. {r['readme_hours']:.0f} h)"))
+        except Exception as e:
+            rows.append((label, "FAIL", f"{type(e).__name__}: {e}"[:200]))
         torch.cuda.empty_cache()
     if not args.skip_bench:
         rows += _bench(deadline=started + 7.5 * 60)
