@@ -275,7 +275,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     on the same device (see the module docstring for its two strategies).
 
     Args:
-        boxes (Tensor[N, 4]): "xyxy" boxes (an empty tensor of any shape gives an empty result).
+        boxes (Tensor[N, 4]): "xyxy" boxes (an empty tensor of any shape gives an empty result,
+            whatever the other arguments, or None, as in torchvision).
         scores (Tensor[N]): one score per box.
         idxs (Tensor[N]): integer category (class, level, image ...) of each box.
         iou_threshold (float): IoU above which a box is removed by a better one of its category.
@@ -286,8 +287,10 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         CPU, else as PyTorch's unstable sort leaves them).
     """
     if isinstance(boxes, Tensor) and boxes.numel() == 0:
+        # torchvision returns before looking at the other arguments, so its own tests call
+        # batched_nms(empty, None, None, None); None is accepted here too, a non-empty tensor is not
         for name, t in (("scores", scores), ("idxs", idxs)):
-            if not isinstance(t, Tensor) or t.numel() != 0:
+            if t is not None and (not isinstance(t, Tensor) or t.numel() != 0):
                 got = list(t.shape) if isinstance(t, Tensor) else type(t).__name__
                 raise ValueError(f"batched_nms: boxes are empty, so {name} must be empty too, got {got}")
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)

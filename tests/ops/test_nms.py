@@ -200,6 +200,14 @@ def test_batched_nms_of_empty_inputs():
         ops.batched_nms(torch.zeros(0, 4), torch.zeros(3), torch.zeros(0, dtype=torch.int64), 0.5)
 
 
+def test_batched_nms_of_empty_boxes_and_none_like_torchvision():
+    """torchvision's own test_batched_nms_implementations calls batched_nms(empty, None, None, None)."""
+    for boxes in (torch.empty((0,)), torch.zeros(0, 4), torch.zeros(0, 4, dtype=torch.float64)):
+        keep, ref = ops.batched_nms(boxes, None, None, None), tv.batched_nms(boxes, None, None, None)
+        assert keep.shape == ref.shape == (0,) and keep.dtype == ref.dtype == torch.int64
+        assert keep.device == ref.device == boxes.device
+
+
 def test_batched_nms_rounds_shifted_coordinates_like_torchvision():
     """Up to 1000 boxes torchvision shifts class 300's boxes by 300 * 56.2 px; in float32 that rounds the
     coordinates and turns this IoU of 0.50002 into one <= 0.5: torchvision keeps both boxes, exact NMS one."""
