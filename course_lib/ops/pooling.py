@@ -54,6 +54,9 @@ CHUNK_ENTRIES = 1 << 22
 # _roi_align_point_by_point), and computes the sampling points of at most SETUP_ENTRIES entries at once
 # (measured on bench_ops' 512 RoIs, 256 channels: 1 << 19 and J = 4 were fastest, 1 << 20 or 1 << 22 slower)
 POINT_CHUNK = 1 << 19
+# RoIPool's forward fetches at most this many numbers per step; -FLT_MAX is its kernel's starting max
+POOL_CHUNK = 1 << 19
+FLT_MAX = 3.4028234663852886e38
 POINTS_PER_STEP = 4
 SETUP_ENTRIES = 1 << 21
 
@@ -639,6 +642,46 @@ def _window_pixels(
     return pixels.reshape(k, ph, pw, -1), real.reshape(k, ph, pw, -1)
 
 
+def _roi_pool_by_window_size(input: Tensor, batch: Tensor, h_lo: Tensor, h_hi: Tensor, w_lo: Tensor,
+                             w_hi: Tensor) -> Tensor:
+    """RoIPool's forward, ``[K * PH * PW, C]``: the max of every sub-window ``[h_lo, h_hi) x [w_lo, w_hi)``.
+
+    The bins of all RoIs are sorted by their number of pixels; a block of bins of about the same size
+    lists its pixels row by row (padded with a row of -inf), one ``index_select`` fetches them from the
+    channels-last table and one ``amax`` reduces them -- far fewer, vectorised passes than
+    ``embedding_bag``'s max. Values are torchvision's: its kernel keeps ``v > maxval`` from
+    ``-FLT_MAX``, so NaN never wins (NaN is -inf here) and a bin is at least ``-FLT_MAX``; an empty bin is 0."""
+    n, c, height, width = input.shape
+    pixels_in_map = n * height * width
+    table = input.new_empty(pixels_in_map + 1, c)
+    torch.nan_to_num(input.permute(0, 2, 3, 1), nan=-math.inf, posinf=math.inf, neginf=-math.inf,
+                     out=table[:pixels_in_map].view(n, height, width, c))
+    table[pixels_in_map].fill_(-math.inf)
+    bin_h, bin_w = (h_hi - h_lo).clamp(min=0), (w_hi - w_lo).clamp(min=0)  # [K, PH], [K, PW]
+    ph, pw = bin_h.shape[1], bin_w.shape[1]
+    area = (bin_h[:, :, None] * bin_w[:, None, :]).reshape(-1)
+    first = ((batch[:, None] * height + h_lo).view(-1, ph, 1) * width + w_lo.view(-1, 1, pw)).reshape(-1)
+    bin_w = bin_w.view(-1, 1, pw).expand(-1, ph, -1).reshape(-1).clamp(min=1)
+    order = torch.argsort(area, descending=True, stable=True)
+    sorted_area = area.index_select(0, order).tolist()
+    out = table.new_empty(area.shape[0], c)
+    start = 0
+    while start < len(sorted_area):
+        most = max(1, sorted_area[start])
+        idx = order[start:start + max(1, POOL_CHUNK // (most * c))]
+        entry = torch.arange(most, device=input.device)
+        columns = bin_w.index_select(0, idx)[:, None]
+        pixels = first.index_select(0, idx)[:, None] + (entry // columns) * width + entry % columns
+        pixels = torch.where(entry < area.index_select(0, idx)[:, None], pixels, pixels_in_map)
+        values = table.index_select(0, pixels.reshape(-1)).view(idx.numel(), most, c)
+        torch.amax(values, dim=1, out=out[start:start + idx.numel()])
+        start += idx.numel()
+    out.clamp_(min=-FLT_MAX)
+    out.masked_fill_((area.index_select(0, order) == 0)[:, None], 0.0)
+    result = torch.empty_like(out)
+    return result.index_copy_(0, order, out)
+
+
 def roi_pool(input: Tensor, boxes: Boxes, output_size, spatial_scale: float = 1.0) -> Tensor:
     """RoI max pooling (Fast R-CNN, sec. 2.1), same semantics as ``torchvision.ops.roi_pool``.
 
@@ -664,6 +707,10 @@ def roi_pool(input: Tensor, boxes: Boxes, output_size, spatial_scale: float = 1.
     h_lo, h_hi = _pool_windows(y1, roi_h, ph, height, rois.dtype)
     w_lo, w_hi = _pool_windows(x1, roi_w, pw, width, rois.dtype)
 
+    if not (torch.is_grad_enabled() and input.requires_grad):
+        with _one_thread():
+            out = _roi_pool_by_window_size(input.to(rois.dtype), batch, h_lo, h_hi, w_lo, w_hi)
+        return out.view(-1, ph, pw, c).permute(0, 3, 1, 2).contiguous().to(input.dtype)
     table = _pixel_table(input.to(rois.dtype))
     pixel_offset = (batch * height * width).view(-1, 1, 1).expand(-1, ph, pw)
 
