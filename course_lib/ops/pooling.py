@@ -58,7 +58,7 @@ POINT_CHUNK = 1 << 19
 POOL_CHUNK = 1 << 19
 FLT_MAX = 3.4028234663852886e38
 POINTS_PER_STEP = 4
-SETUP_ENTRIES = 1 << 21
+SETUP_ENTRIES = 1 << 16
 
 # --------------------------------------------------------------------------- speed switch
 
@@ -515,17 +515,17 @@ def _roi_align_point_by_point(input: Tensor, rois: Tensor, ph: int, pw: int, spa
             grid_w=grid_w[idx], points=points[idx], padded=padded, ph=ph, pw=pw, height=height, width=width,
             base=base[idx], zero_row=pixels_in_map)
         m = idx.numel()
-        # [M, bins, steps, J, 4] -> [M, steps, bins, J, 4]: one step's entries contiguous
-        pixels = pixels.view(m, bins, -1, step, 4).transpose(1, 2).contiguous()
-        weights = weights.view(m, bins, -1, step, 4, 1).transpose(1, 2).contiguous()
+        # [M, bins, steps, J, 4] -> [steps, M, bins, J, 4]: one step's entries of a block contiguous
+        pixels = pixels.view(m, bins, -1, step, 4).permute(2, 0, 1, 3, 4).contiguous()
+        weights = weights.view(m, bins, -1, step, 4, 1).permute(2, 0, 1, 3, 4, 5).contiguous()
         for first in range(0, m, per_step):
             rows = slice(first, min(first + per_step, m))
             r = rows.stop - rows.start
             steps = -(-max(1, sorted_points[start + first]) // step)  # this block's own largest grid
             total = table.new_zeros(r, bins, c)
             for s in range(steps):
-                values = table.index_select(0, pixels[rows, s].reshape(-1)).view(r, bins, step, 4, c)
-                values.mul_(weights[rows, s])
+                values = table.index_select(0, pixels[s, rows].reshape(-1)).view(r, bins, step, 4, c)
+                values.mul_(weights[s, rows])
                 value = values[:, :, :, 0].add(values[:, :, :, 1])  # w1 v1 + w2 v2 + w3 v3 + w4 v4, J points at once
                 value += values[:, :, :, 2]
                 value += values[:, :, :, 3]
@@ -555,7 +555,7 @@ class _RoIAlign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         (rois,) = ctx.saved_tensors
-        with torch.enable_grad():
+        with torch.enable_grad(), _one_thread():
             zeros = grad_output.new_zeros(ctx.input_shape, dtype=ctx.input_dtype).requires_grad_()
             pooled = _roi_align_sum_of_pixels(zeros, rois, *ctx.args)
             (grad_input,) = torch.autograd.grad(pooled, zeros, grad_output.to(pooled.dtype))
