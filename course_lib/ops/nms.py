@@ -305,6 +305,7 @@ VANILLA_ABOVE = {"cpu": 4000}  # any other device: VANILLA_ABOVE_OTHER
 VANILLA_ABOVE_OTHER = 100_000
 
 
+@_one_thread()  # as torchvision's kernel; [G, M, M] tensors split across threads wait for each other
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """NMS separately within each category: boxes with different ``idxs`` never
     suppress each other (Fast R-CNN sec. 3 runs NMS per class; torchvision's RPN runs
@@ -355,8 +356,7 @@ def _batched_nms_per_class(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_thre
     by_class = idxs.index_select(0, by_score).sort(stable=True).indices
     order = by_score.index_select(0, by_class)  # class by class, best first within each class
     boxes_in_order, groups_in_order = boxes.index_select(0, order), idxs.index_select(0, order)
-    with _one_thread():  # [G, M, M] tensors: split across threads they wait for each other on a busy machine
-        keep_in_order = _greedy_nms_side_by_side(boxes_in_order, groups_in_order, iou_threshold)
+    keep_in_order = _greedy_nms_side_by_side(boxes_in_order, groups_in_order, iou_threshold)
     if keep_in_order is None:  # a large category, or a long suppression chain
         keep_in_order = _greedy_nms(boxes_in_order, groups_in_order, iou_threshold)
     keep_mask = torch.zeros_like(keep_in_order)

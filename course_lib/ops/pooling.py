@@ -28,6 +28,7 @@ exactly (``tests/ops`` checks equality on random inputs). Where a model needs th
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Sequence, Union
 
@@ -63,22 +64,22 @@ SETUP_ENTRIES = 1 << 16
 # --------------------------------------------------------------------------- speed switch
 
 
-class _one_thread:
-    """Run the block with one intra-op thread (then restore the setting), as torchvision's CPU RoI
-    kernels run. Our RoI ops are a long sequence of memory-bound steps; splitting each across the
-    threads gains little on 2 cores and, when the cores are shared with other processes, every
-    step waits for a descheduled thread: bench_ops' adaptive roi_align took 10x longer with 2
-    threads than with 1 on a machine with load 7 on 2 cores."""
-
-    def __enter__(self) -> "_one_thread":
-        self.threads = torch.get_num_threads()
-        if self.threads > 1:
-            torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.threads > 1:
-            torch.set_num_threads(self.threads)
+@contextlib.contextmanager
+def _one_thread():
+    """Run the block (or, as a decorator, the function) with one intra-op thread, then restore the
+    setting -- as torchvision's CPU RoI and NMS kernels run. Our ops are sequences of memory-bound
+    steps: split across the threads they gain little on 2 cores, and when the cores are shared with
+    other processes every parallel region waits for a descheduled thread. Measured on the course's
+    2-core machine at load 8: ``torch.ceil`` of 300 x 7 numbers took 16 ms with 2 threads (a
+    scheduler tick), bench_ops' adaptive roi_align 10x longer with 2 threads than with 1."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
 
 
 _USE_TORCHVISION = False
@@ -549,8 +550,7 @@ class _RoIAlign(torch.autograd.Function):
         ctx.save_for_backward(rois)
         ctx.args = (ph, pw, spatial_scale, sampling_ratio, aligned)
         ctx.input_shape, ctx.input_dtype = table_input.shape, table_input.dtype
-        with _one_thread():
-            return _roi_align_point_by_point(table_input, rois, *ctx.args)
+        return _roi_align_point_by_point(table_input, rois, *ctx.args)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
@@ -562,6 +562,7 @@ class _RoIAlign(torch.autograd.Function):
         return grad_input, None, None, None, None, None, None
 
 
+@_one_thread()
 def roi_align(
     input: Tensor,
     boxes: Boxes,
@@ -682,6 +683,7 @@ def _roi_pool_by_window_size(input: Tensor, batch: Tensor, h_lo: Tensor, h_hi: T
     return result.index_copy_(0, order, out)
 
 
+@_one_thread()
 def roi_pool(input: Tensor, boxes: Boxes, output_size, spatial_scale: float = 1.0) -> Tensor:
     """RoI max pooling (Fast R-CNN, sec. 2.1), same semantics as ``torchvision.ops.roi_pool``.
 
@@ -708,8 +710,7 @@ def roi_pool(input: Tensor, boxes: Boxes, output_size, spatial_scale: float = 1.
     w_lo, w_hi = _pool_windows(x1, roi_w, pw, width, rois.dtype)
 
     if not (torch.is_grad_enabled() and input.requires_grad):
-        with _one_thread():
-            out = _roi_pool_by_window_size(input.to(rois.dtype), batch, h_lo, h_hi, w_lo, w_hi)
+        out = _roi_pool_by_window_size(input.to(rois.dtype), batch, h_lo, h_hi, w_lo, w_hi)
         return out.view(-1, ph, pw, c).permute(0, 3, 1, 2).contiguous().to(input.dtype)
     table = _pixel_table(input.to(rois.dtype))
     pixel_offset = (batch * height * width).view(-1, 1, 1).expand(-1, ph, pw)
