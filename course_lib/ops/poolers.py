@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .boxes import box_area
-from .pooling import _output_size, convert_boxes_to_roi_format, roi_align
+from .pooling import _one_thread, _output_size, convert_boxes_to_roi_format, roi_align
 
 __all__ = ["LevelMapper", "MultiScaleRoIAlign", "MISSING_LEVEL_RULES"]
 
@@ -279,6 +279,7 @@ class MultiScaleRoIAlign(nn.Module):
                              canonical_level=self.canonical_level, **self._rules)
         self.scales, self.map_levels, self.feature_levels = [2.0 ** -k for k in feature_levels], mapper, feature_levels
 
+    @_one_thread()  # the level mapping's small ops too: see _one_thread
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]], *,
                 return_levels: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
         names = [name for name in x if name in self.featmap_names]

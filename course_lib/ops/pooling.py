@@ -28,6 +28,7 @@ exactly (``tests/ops`` checks equality on random inputs). Where a model needs th
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Sequence, Union
 
@@ -49,10 +50,37 @@ Boxes = Union[Tensor, Sequence[Tensor]]
 # RoIs are processed in chunks of similar size, each with at most this many (bin, pixel)
 # entries, so that the index tensors stay small (~100 MB) whatever the RoIs.
 CHUNK_ENTRIES = 1 << 22
-# RoIAlign's exact forward works on [RoIs, PH, PW, C] blocks of at most this many numbers
-POINT_CHUNK = 1 << 20
+# RoIAlign's exact forward fetches at most this many numbers per step ([RoIs, PH*PW, J, 4, C] blocks),
+# adds J <= POINTS_PER_STEP sampling points per step (a sum over J + 1 < 16 values, see
+# _roi_align_point_by_point), and computes the sampling points of at most SETUP_ENTRIES entries at once
+# (measured on bench_ops' 512 RoIs, 256 channels: 1 << 19 and J = 4 were fastest, 1 << 20 or 1 << 22 slower)
+POINT_CHUNK = 1 << 19
+# RoIPool's forward fetches at most this many numbers per step; -FLT_MAX is its kernel's starting max
+POOL_CHUNK = 1 << 19
+FLT_MAX = 3.4028234663852886e38
+POINTS_PER_STEP = 4
+SETUP_ENTRIES = 1 << 16
 
 # --------------------------------------------------------------------------- speed switch
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run the block (or, as a decorator, the function) with one intra-op thread, then restore the
+    setting -- as torchvision's CPU RoI and NMS kernels run. Our ops are sequences of memory-bound
+    steps: split across the threads they gain little on 2 cores, and when the cores are shared with
+    other processes every parallel region waits for a descheduled thread. Measured on the course's
+    2-core machine at load 8: ``torch.ceil`` of 300 x 7 numbers took 16 ms with 2 threads (a
+    scheduler tick), bench_ops' adaptive roi_align 10x longer with 2 threads than with 1."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
 
 _USE_TORCHVISION = False
 
@@ -392,54 +420,123 @@ def _roi_align_sum_of_pixels(input: Tensor, rois: Tensor, ph: int, pw: int, spat
     return _in_chunks(pool, chunks, pixel_offset, y1, x1, bin_h, bin_w, grid_h, grid_w, count)
 
 
+def _sampling_points(y1: Tensor, x1: Tensor, bin_h: Tensor, bin_w: Tensor,
+                     grid_h: Tensor, grid_w: Tensor, points: Tensor, padded: int, ph: int, pw: int,
+                     height: int, width: int, base: Tensor, zero_row: int) -> tuple[Tensor, Tensor]:
+    """Table rows and bilinear weights of every sampling point of a group of RoIs, in torchvision's order.
+
+    Point ``j`` of a bin is ``(iy, ix) = divmod(j, grid_w)`` (row by row, as torchvision's loops), for
+    ``j < padded``. Its position, neighbours and weights use torchvision's ``pre_calc`` arithmetic:
+    ``y = y1 + ph * bin_h + (iy + .5) * bin_h / grid_h``, ``w1..w4 = hy*hx, hy*lx, ly*hx, ly*lx``. A point
+    outside the map gets torchvision's all-zero entry (weights 0 at the image's pixel (0, 0), so that
+    ``0 * v`` is added exactly as there); points beyond a RoI's grid (padding) read ``zero_row``, a row of
+    zeros, with weight 0, and add exactly nothing. Returns pixels and weights ``[M, PH, PW, padded, 4]``."""
+    dtype = y1.dtype
+    j = torch.arange(padded, device=y1.device)
+    gw = grid_w.clamp(min=1).view(-1, 1)
+    real = j < points.view(-1, 1)  # [M, padded]
+    iy, ix = torch.where(real, j // gw, 0), torch.where(real, j % gw, 0)
+
+    def axis(start: Tensor, bin_size: Tensor, grid: Tensor, i: Tensor, pooled: int, length: int):
+        p = torch.arange(pooled, device=start.device, dtype=dtype).view(1, -1, 1)
+        bin_size = bin_size.view(-1, 1, 1)
+        t = start.view(-1, 1, 1) + p * bin_size + (i[:, None, :].to(dtype) + 0.5) * bin_size / grid.clamp(
+            min=1).view(-1, 1, 1).to(dtype)  # [M, pooled, padded]
+        inside = (t >= -1) & (t <= length)
+        t = t.clamp(min=0)
+        low = t.to(torch.int64)  # t >= 0: truncation is floor
+        at_border = low >= length - 1
+        low = low.clamp(max=length - 1)
+        high = torch.where(at_border, low, low + 1)
+        frac = torch.where(at_border, low.to(dtype), t) - low.to(dtype)
+        return low, high, 1 - frac, frac, inside
+
+    y_lo, y_hi, hy, ly, in_y = axis(y1, bin_h, grid_h, iy, ph, height)
+    x_lo, x_hi, hx, lx, in_x = axis(x1, bin_w, grid_w, ix, pw, width)
+
+    def along_y(t: Tensor) -> Tensor:  # [M, PH, padded] -> [M, PH, 1, padded]
+        return t[:, :, None, :]
+
+    def along_x(t: Tensor) -> Tensor:  # [M, PW, padded] -> [M, 1, PW, padded]
+        return t[:, None, :, :]
+
+    base = base.view(-1, 1, 1, 1)
+    row_lo, row_hi = base + along_y(y_lo) * width, base + along_y(y_hi) * width
+    pixels = torch.stack([row_lo + along_x(x_lo), row_lo + along_x(x_hi),
+                          row_hi + along_x(x_lo), row_hi + along_x(x_hi)], dim=-1)
+    weights = torch.stack([along_y(hy) * along_x(hx), along_y(hy) * along_x(lx),
+                           along_y(ly) * along_x(hx), along_y(ly) * along_x(lx)], dim=-1)
+    inside = (along_y(in_y) & along_x(in_x))[..., None]
+    pixels = torch.where(inside, pixels, base[..., None])
+    weights = torch.where(inside, weights, 0)
+    padding = ~real[:, None, None, :, None]
+    return pixels.masked_fill_(padding, zero_row), weights.masked_fill_(padding, 0)
+
+
 def _roi_align_point_by_point(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float,
                               sampling_ratio: int, aligned: bool) -> Tensor:
-    """RoIAlign with torchvision's kernel's arithmetic, operation for operation, so the result is the
-    same to the last bit: each sampling point's bilinear value ``w1 v1 + w2 v2 + w3 v3 + w4 v4`` (in
-    that order), the points of a bin added one after the other (row by row), then divided by their
-    number. A loop over the (at most a few) points of a bin, each step for all RoIs, bins and channels."""
+    """RoIAlign with torchvision's CPU kernel's arithmetic, operation for operation, so the result is the
+    same to the last bit: each sampling point's bilinear value ``w1 v1 + w2 v2 + w3 v3 + w4 v4`` (in that
+    order), the points of a bin added one after the other (row by row) to a sum that starts at 0, then
+    divided by their number. Returns ``[K, PH, PW, C]``.
+
+    Every step is a few large tensor operations over a block of RoIs, bins, points and channels:
+
+    1. the pixels and weights of all sampling points are computed once per group of RoIs
+       (:func:`_sampling_points`), RoIs sorted by their number of points so that a group pads little;
+    2. ``index_select`` fetches the 4 neighbours of ``J`` points of every bin of a block of RoIs at once
+       (rows of the channels-last table) and one ``mul_`` applies their weights;
+    3. three additions give the ``J`` points' values, and ``J`` additions add them to the running sums in
+       order. (Not ``torch.sum``: its CPU kernel adds 4 or more values in an order that depends on the
+       shape, e.g. differently for 3 channels than for 256.)
+    """
     n, c, height, width = input.shape
     batch, y1, x1, bin_h, bin_w, grid_h, grid_w, count = _roi_align_setup(
         rois, ph, pw, spatial_scale, sampling_ratio, aligned)
-    table = _pixel_table(input.to(rois.dtype))
-
-    def pool(base, y1_, x1_, bin_h_, bin_w_, grid_h_, grid_w_, count_):
-        k = base.shape[0]
-        gy, gx = int(grid_h_.max().clamp(min=1)), int(grid_w_.max().clamp(min=1))
-        row, w_row, in_row = _bilinear_axis(y1_, bin_h_, grid_h_, gy, ph, height)  # [K, PH, gy, 2] ...
-        col, w_col, in_col = _bilinear_axis(x1_, bin_w_, grid_w_, gx, pw, width)  # [K, PW, gx, 2] ...
-        row = base.view(-1, 1, 1, 1) + row * width  # table row of pixel (y, 0)
-        out = table.new_zeros(k, ph, pw, c)
-        for iy in range(gy):
-            y_lo, y_hi = row[:, :, iy, 0, None], row[:, :, iy, 1, None]  # [K, PH, 1]
-            hy, ly = w_row[:, :, iy, 0, None], w_row[:, :, iy, 1, None]
-            for ix in range(gx):
-                x_lo, x_hi = col[:, None, :, ix, 0], col[:, None, :, ix, 1]  # [K, 1, PW]
-                hx, lx = w_col[:, None, :, ix, 0], w_col[:, None, :, ix, 1]
-
-                def weighted(pixel: Tensor, weight: Tensor) -> Tensor:  # [K, PH, PW, C]
-                    return table.index_select(0, pixel.reshape(-1)).view(k, ph, pw, c).mul_(weight[..., None])
-
-                value = weighted(y_lo + x_lo, hy * hx)
-                value += weighted(y_lo + x_hi, hy * lx)
-                value += weighted(y_hi + x_lo, ly * hx)
-                value += weighted(y_hi + x_hi, ly * lx)
-                outside = ~(in_row[:, :, iy, None] & in_col[:, None, :, ix])  # or beyond this RoI's grid
-                out += value.masked_fill_(outside[..., None], 0.0)
-        return out / count_.view(-1, 1, 1, 1)
-
-    # RoIs with similar grids together (the loop runs to a chunk's largest grid), at most
-    # POINT_CHUNK numbers per step; the number of points only adds steps, not memory
-    grid = torch.stack([grid_h, grid_w], dim=1).clamp(min=1)
-    if int(grid.amax()) <= 2:
-        groups = [torch.arange(rois.shape[0], device=rois.device)]
-    else:
-        log_grid = torch.ceil(torch.log2(grid.double())).long()
-        key = log_grid[:, 0] * 64 + log_grid[:, 1]
-        groups = [torch.nonzero(key == g).flatten() for g in torch.unique(key).tolist()]
-    per_chunk = max(1, POINT_CHUNK // (ph * pw * c))
-    chunks = [chunk for group in groups for chunk in group.split(per_chunk)]
-    return _in_chunks(pool, chunks, batch * height * width, y1, x1, bin_h, bin_w, grid_h, grid_w, count)
+    k, bins, pixels_in_map = rois.shape[0], ph * pw, n * height * width
+    table = input.new_empty(pixels_in_map + 1, c)  # channels-last, and a last row of zeros for padding
+    table[:pixels_in_map].view(n, height, width, c).copy_(input.permute(0, 2, 3, 1))
+    table[pixels_in_map].zero_()
+    # no points when a grid side is <= 0 (torchvision's loops do not run; count is still >= 1)
+    points = grid_h.clamp(min=0) * grid_w.clamp(min=0)
+    order = torch.argsort(points, descending=True, stable=True)
+    sorted_points = points.index_select(0, order).tolist()
+    base = batch * pixels_in_map // n
+    out = input.new_empty(k, bins, c)
+    start = 0
+    while start < k:
+        most = max(1, sorted_points[start])
+        step = min(POINTS_PER_STEP, most)  # J: points added per step
+        padded = -(-most // step) * step
+        per_step = max(1, POINT_CHUNK // (bins * step * 4 * c))  # RoIs fetched per step
+        group = max(per_step, SETUP_ENTRIES // (bins * padded * 4) // per_step * per_step)
+        idx = order[start:start + group]
+        pixels, weights = _sampling_points(
+            y1=y1[idx], x1=x1[idx], bin_h=bin_h[idx], bin_w=bin_w[idx], grid_h=grid_h[idx],
+            grid_w=grid_w[idx], points=points[idx], padded=padded, ph=ph, pw=pw, height=height, width=width,
+            base=base[idx], zero_row=pixels_in_map)
+        m = idx.numel()
+        # [M, bins, steps, J, 4] -> [steps, M, bins, J, 4]: one step's entries of a block contiguous
+        pixels = pixels.view(m, bins, -1, step, 4).permute(2, 0, 1, 3, 4).contiguous()
+        weights = weights.view(m, bins, -1, step, 4, 1).permute(2, 0, 1, 3, 4, 5).contiguous()
+        for first in range(0, m, per_step):
+            rows = slice(first, min(first + per_step, m))
+            r = rows.stop - rows.start
+            steps = -(-max(1, sorted_points[start + first]) // step)  # this block's own largest grid
+            total = table.new_zeros(r, bins, c)
+            for s in range(steps):
+                values = table.index_select(0, pixels[s, rows].reshape(-1)).view(r, bins, step, 4, c)
+                values.mul_(weights[s, rows])
+                value = values[:, :, :, 0].add(values[:, :, :, 1])  # w1 v1 + w2 v2 + w3 v3 + w4 v4, J points at once
+                value += values[:, :, :, 2]
+                value += values[:, :, :, 3]
+                for j in range(step):  # ((sum + value_1) + value_2) + ...
+                    total += value[:, :, j]
+            torch.div(total, count[idx[rows]].view(-1, 1, 1), out=out[start + rows.start:start + rows.stop])
+        start += m
+    result = torch.empty_like(out)
+    result.index_copy_(0, order, out)
+    return result.view(k, ph, pw, c)
 
 
 class _RoIAlign(torch.autograd.Function):
@@ -458,13 +555,14 @@ class _RoIAlign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         (rois,) = ctx.saved_tensors
-        with torch.enable_grad():
+        with torch.enable_grad(), _one_thread():
             zeros = grad_output.new_zeros(ctx.input_shape, dtype=ctx.input_dtype).requires_grad_()
             pooled = _roi_align_sum_of_pixels(zeros, rois, *ctx.args)
             (grad_input,) = torch.autograd.grad(pooled, zeros, grad_output.to(pooled.dtype))
         return grad_input, None, None, None, None, None, None
 
 
+@_one_thread()
 def roi_align(
     input: Tensor,
     boxes: Boxes,
@@ -545,6 +643,47 @@ def _window_pixels(
     return pixels.reshape(k, ph, pw, -1), real.reshape(k, ph, pw, -1)
 
 
+def _roi_pool_by_window_size(input: Tensor, batch: Tensor, h_lo: Tensor, h_hi: Tensor, w_lo: Tensor,
+                             w_hi: Tensor) -> Tensor:
+    """RoIPool's forward, ``[K * PH * PW, C]``: the max of every sub-window ``[h_lo, h_hi) x [w_lo, w_hi)``.
+
+    The bins of all RoIs are sorted by their number of pixels; a block of bins of about the same size
+    lists its pixels row by row (padded with a row of -inf), one ``index_select`` fetches them from the
+    channels-last table and one ``amax`` reduces them -- far fewer, vectorised passes than
+    ``embedding_bag``'s max. Values are torchvision's: its kernel keeps ``v > maxval`` from
+    ``-FLT_MAX``, so NaN never wins (NaN is -inf here) and a bin is at least ``-FLT_MAX``; an empty bin is 0."""
+    n, c, height, width = input.shape
+    pixels_in_map = n * height * width
+    table = input.new_empty(pixels_in_map + 1, c)
+    torch.nan_to_num(input.permute(0, 2, 3, 1), nan=-math.inf, posinf=math.inf, neginf=-math.inf,
+                     out=table[:pixels_in_map].view(n, height, width, c))
+    table[pixels_in_map].fill_(-math.inf)
+    bin_h, bin_w = (h_hi - h_lo).clamp(min=0), (w_hi - w_lo).clamp(min=0)  # [K, PH], [K, PW]
+    ph, pw = bin_h.shape[1], bin_w.shape[1]
+    area = (bin_h[:, :, None] * bin_w[:, None, :]).reshape(-1)
+    first = ((batch[:, None] * height + h_lo).view(-1, ph, 1) * width + w_lo.view(-1, 1, pw)).reshape(-1)
+    bin_w = bin_w.view(-1, 1, pw).expand(-1, ph, -1).reshape(-1).clamp(min=1)
+    order = torch.argsort(area, descending=True, stable=True)
+    sorted_area = area.index_select(0, order).tolist()
+    out = table.new_empty(area.shape[0], c)
+    start = 0
+    while start < len(sorted_area):
+        most = max(1, sorted_area[start])
+        idx = order[start:start + max(1, POOL_CHUNK // (most * c))]
+        entry = torch.arange(most, device=input.device)
+        columns = bin_w.index_select(0, idx)[:, None]
+        pixels = first.index_select(0, idx)[:, None] + (entry // columns) * width + entry % columns
+        pixels = torch.where(entry < area.index_select(0, idx)[:, None], pixels, pixels_in_map)
+        values = table.index_select(0, pixels.reshape(-1)).view(idx.numel(), most, c)
+        torch.amax(values, dim=1, out=out[start:start + idx.numel()])
+        start += idx.numel()
+    out.clamp_(min=-FLT_MAX)
+    out.masked_fill_((area.index_select(0, order) == 0)[:, None], 0.0)
+    result = torch.empty_like(out)
+    return result.index_copy_(0, order, out)
+
+
+@_one_thread()
 def roi_pool(input: Tensor, boxes: Boxes, output_size, spatial_scale: float = 1.0) -> Tensor:
     """RoI max pooling (Fast R-CNN, sec. 2.1), same semantics as ``torchvision.ops.roi_pool``.
 
@@ -570,6 +709,9 @@ def roi_pool(input: Tensor, boxes: Boxes, output_size, spatial_scale: float = 1.
     h_lo, h_hi = _pool_windows(y1, roi_h, ph, height, rois.dtype)
     w_lo, w_hi = _pool_windows(x1, roi_w, pw, width, rois.dtype)
 
+    if not (torch.is_grad_enabled() and input.requires_grad):
+        out = _roi_pool_by_window_size(input.to(rois.dtype), batch, h_lo, h_hi, w_lo, w_hi)
+        return out.view(-1, ph, pw, c).permute(0, 3, 1, 2).contiguous().to(input.dtype)
     table = _pixel_table(input.to(rois.dtype))
     pixel_offset = (batch * height * width).view(-1, 1, 1).expand(-1, ph, pw)
 

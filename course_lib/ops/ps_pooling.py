@@ -28,6 +28,7 @@ from .pooling import (
     _bilinear_entries,
     _in_chunks,
     _no_rois,
+    _one_thread,
     _pool_windows,
     _prepare,
     _roi_chunks,
@@ -65,6 +66,7 @@ def _part_offsets(batch: Tensor, ph: int, pw: int, n: int, h: int, w: int) -> Te
     return (part * n + batch.view(-1, 1, 1)) * (h * w)
 
 
+@_one_thread()
 def ps_roi_pool(input: Tensor, boxes: Boxes, output_size, spatial_scale: float = 1.0) -> Tensor:
     """Position-sensitive RoI average pooling (R-FCN, sec. 2, eq. 1), as ``torchvision.ops.ps_roi_pool``.
 
@@ -108,6 +110,7 @@ def ps_roi_pool(input: Tensor, boxes: Boxes, output_size, spatial_scale: float =
     return out.permute(0, 3, 1, 2).contiguous().to(input.dtype)
 
 
+@_one_thread()
 def ps_roi_align(
     input: Tensor, boxes: Boxes, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1
 ) -> Tensor:

@@ -141,36 +141,57 @@ class PSRoIExplorer:
         self.draw()
 
     def draw(self):
+        """Render the figure as a PNG. The artists are built once per k (and the constrained layout solved
+        then); an RoI or class input only moves and recolours them, which is most of a redraw's cost saved."""
         k, c = self.controls["k"].value, self.controls["class_index"].value
-        fig = self.figure
-        fig.clear()
-        ax_image, ax_bins, ax_vote = fig.subplots(1, 3, width_ratios=[1.4, 1, 1.2])
-        ax_image.imshow(self.image.permute(1, 2, 0).numpy())
+        if getattr(self, "_artists_k", None) != k:
+            self._build(k)
         x1, y1, x2, y2 = self.roi()
-        ax_image.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="tab:orange", lw=2))
-        for t in range(1, k):  # the k x k grid on the RoI
-            ax_image.plot([x1 + t * (x2 - x1) / k] * 2, [y1, y2], color="tab:orange", lw=0.8)
-            ax_image.plot([x1, x2], [y1 + t * (y2 - y1) / k] * 2, color="tab:orange", lw=0.8)
-        ax_image.set_title(f"RoI and its {k}x{k} bins")
-        ax_image.axis("off")
+        artists = self._artists
+        artists["roi"].set_bounds(x1, y1, x2 - x1, y2 - y1)
+        for t, (column, row) in enumerate(artists["grid"], start=1):  # the k x k grid on the RoI
+            column.set_data([x1 + t * (x2 - x1) / k] * 2, [y1, y2])
+            row.set_data([x1, x2], [y1 + t * (y2 - y1) / k] * 2)
         bins = self.state.bins[c].numpy()
         limit = float(np.abs(self.state.bins.numpy()).max()) or 1.0
-        ax_bins.imshow(bins, cmap="RdBu_r", vmin=-limit, vmax=limit)
-        if k <= 7:
-            for i in range(k):
-                for j in range(k):
-                    ax_bins.text(j, i, f"{bins[i, j]:.2f}", ha="center", va="center", fontsize=8 if k < 7 else 6)
+        artists["bins"].set_data(bins)
+        artists["bins"].set_clim(-limit, limit)
+        for (i, j), text in artists["texts"].items():
+            text.set_text(f"{bins[i, j]:.2f}")
+        artists["bins_title"].set_text(f"bin scores of '{self.class_names[c]}'\n(bin (i, j) reads part (i, j)'s map)")
+        for i, (bar, p) in enumerate(zip(artists["bars"], self.state.probabilities.tolist())):
+            bar.set_width(p)
+            bar.set_facecolor("tab:orange" if i == c else "tab:blue")
+        buffer = io.BytesIO()
+        FigureCanvasAgg(self.figure).print_png(buffer)  # after a _build this also solves the layout ...
+        self.figure.set_layout_engine("none")  # ... which is then kept: an input moves artists, not axes
+        self.picture.value = buffer.getvalue()
+        self.draws += 1
+
+    def _build(self, k: int):
+        """The figure's axes and artists for k x k bins; the next draw lays them out (constrained layout) once."""
+        fig = self.figure
+        fig.clear()
+        fig.set_layout_engine("constrained")
+        ax_image, ax_bins, ax_vote = fig.subplots(1, 3, width_ratios=[1.4, 1, 1.2])
+        ax_image.imshow(self.image.permute(1, 2, 0).numpy())
+        roi = ax_image.add_patch(Rectangle((0, 0), 1, 1, fill=False, ec="tab:orange", lw=2))
+        grid = [(ax_image.plot([0, 0], [0, 0], color="tab:orange", lw=0.8)[0],
+                 ax_image.plot([0, 0], [0, 0], color="tab:orange", lw=0.8)[0]) for _ in range(1, k)]
+        ax_image.set_title(f"RoI and its {k}x{k} bins")
+        ax_image.axis("off")
+        bins = ax_bins.imshow(np.zeros((k, k)), cmap="RdBu_r", vmin=-1, vmax=1)
+        texts = {(i, j): ax_bins.text(j, i, "", ha="center", va="center", fontsize=8 if k < 7 else 6)
+                 for i in range(k) for j in range(k)} if k <= 7 else {}
         ax_bins.set_xticks(range(k)), ax_bins.set_yticks(range(k))
         ax_bins.set_xlabel("j (bin column)", fontsize=8), ax_bins.set_ylabel("i (bin row)", fontsize=8)
-        ax_bins.set_title(f"bin scores of '{self.class_names[c]}'\n(bin (i, j) reads part (i, j)'s map)", fontsize=9)
-        probabilities = self.state.probabilities.numpy()
-        colours = ["tab:orange" if i == c else "tab:blue" for i in range(len(probabilities))]
-        ax_vote.barh(range(len(probabilities)), probabilities, color=colours)
-        ax_vote.set_yticks(range(len(probabilities)), self.class_names, fontsize=8)
+        bins_title = ax_bins.set_title("\n", fontsize=9)
+        count = len(self.class_names)
+        bars = ax_vote.barh(range(count), np.zeros(count), color="tab:blue")
+        ax_vote.set_yticks(range(count), self.class_names, fontsize=8)
         ax_vote.invert_yaxis()
         ax_vote.set_xlim(0, 1)
         ax_vote.set_title("softmax of the votes")
-        buffer = io.BytesIO()
-        FigureCanvasAgg(fig).print_png(buffer)
-        self.picture.value = buffer.getvalue()
-        self.draws += 1
+        self._artists = {"roi": roi, "grid": grid, "bins": bins, "texts": texts, "bins_title": bins_title,
+                         "bars": list(bars)}
+        self._artists_k = k

@@ -93,6 +93,28 @@ def test_long_suppression_chain_falls_back_to_the_loop(monkeypatch):
     assert torch.equal(keep, torch.arange(0, n, 2))
 
 
+def test_batched_nms_all_classes_side_by_side_and_its_fallbacks(monkeypatch):
+    """Above the switch, all classes' IoU matrices at once ([G, M, M]); a chain longer than MAX_ROUNDS
+    or matrices over SIDE_BY_SIDE numbers go to the block algorithm. Same indices as torchvision's."""
+    n = 1200  # two interleaved chains: box k overlaps only box k + 2 of its class (IoU 6/14)
+    x = torch.arange(n, dtype=torch.float32) // 2 * 4
+    boxes = torch.stack([x, torch.zeros(n), x + 10, torch.full((n,), 10.0)], dim=1)
+    scores, idxs = torch.linspace(1, 0, n), torch.arange(n) % 2
+    sides = []
+    side_by_side = nms_module._greedy_nms_side_by_side
+    monkeypatch.setattr(nms_module, "_greedy_nms_side_by_side", lambda *a: sides.append(side_by_side(*a)) or sides[-1])
+    assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.4), tv.batched_nms(boxes, scores, idxs, 0.4))
+    assert sides[-1] is None  # 600 links: more than MAX_ROUNDS rounds
+    g = torch.Generator().manual_seed(3)
+    boxes = torch.rand(n, 4, generator=g) * 100
+    boxes[:, 2:] += boxes[:, :2]
+    idxs, scores = torch.randint(0, 80, (n,), generator=g), torch.rand(n, generator=g)
+    for limit in (nms_module.SIDE_BY_SIDE, 0):
+        monkeypatch.setattr(nms_module, "SIDE_BY_SIDE", limit)
+        assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.5), tv.batched_nms(boxes, scores, idxs, 0.5))
+        assert (sides[-1] is None) == (limit == 0)
+
+
 def test_threshold_is_compared_like_torchvision_in_double():
     # an IoU that is exactly a float32 value v; threshold slightly below v in double precision.
     # torchvision: v > threshold -> suppressed. A float32 comparison would round the threshold up
@@ -198,6 +220,14 @@ def test_batched_nms_of_empty_inputs():
         assert keep.shape == ref.shape == (0,) and keep.dtype == ref.dtype == torch.int64
     with pytest.raises(ValueError, match=r"batched_nms: boxes are empty, so scores must be empty too, got \[3\]"):
         ops.batched_nms(torch.zeros(0, 4), torch.zeros(3), torch.zeros(0, dtype=torch.int64), 0.5)
+
+
+def test_batched_nms_of_empty_boxes_and_none_like_torchvision():
+    """torchvision's own test_batched_nms_implementations calls batched_nms(empty, None, None, None)."""
+    for boxes in (torch.empty((0,)), torch.zeros(0, 4), torch.zeros(0, 4, dtype=torch.float64)):
+        keep, ref = ops.batched_nms(boxes, None, None, None), tv.batched_nms(boxes, None, None, None)
+        assert keep.shape == ref.shape == (0,) and keep.dtype == ref.dtype == torch.int64
+        assert keep.device == ref.device == boxes.device
 
 
 def test_batched_nms_rounds_shifted_coordinates_like_torchvision():

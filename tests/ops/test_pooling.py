@@ -64,6 +64,20 @@ def test_roi_align_equals_torchvision(seed, dtype):
                 torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
+def test_roi_align_non_finite_features_like_torchvision():
+    """A sampling point outside the map is torchvision's all-zero entry, 0 * (the image's pixel (0, 0)):
+    an inf or NaN there makes the bin NaN in torchvision, and in ours (padding points add nothing)."""
+    x = torch.randn(2, 3, 6, 7, generator=torch.Generator().manual_seed(0))
+    x[1, 1, 0, 0], x[0, 2, 0, 0], x[1, 0, 5, 6] = float("inf"), float("nan"), float("inf")
+    rois = torch.tensor([[1, -8.0, -8.0, 3.0, 4.0], [0, -5.0, 2.0, 2.0, 20.0], [1, 2.0, 3.0, 9.0, 12.0], [0, 1, 1, 2, 2]])
+    for sampling_ratio in (-1, 2):
+        for aligned in (False, True):
+            ours = ops.roi_align(x, rois, 3, 1.0, sampling_ratio, aligned)
+            theirs = tv.roi_align(x, rois, 3, 1.0, sampling_ratio, aligned)
+            assert theirs.isnan().any()
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("seed", range(24))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_roi_pool_equals_torchvision(seed, dtype):
@@ -72,6 +86,18 @@ def test_roi_pool_equals_torchvision(seed, dtype):
         ours = ops.roi_pool(x, rois, output_size, scale)
         assert ours.dtype == dtype
         torch.testing.assert_close(ours, tv.roi_pool(x, rois, output_size, scale), rtol=0, atol=0)
+
+
+def test_roi_pool_non_finite_features_like_torchvision():
+    """torchvision keeps ``v > maxval`` from -FLT_MAX: NaN never wins, -inf (or less than -FLT_MAX) gives -FLT_MAX."""
+    x = torch.randn(1, 3, 6, 7, generator=torch.Generator().manual_seed(0))
+    x[0, 0, 1, 1], x[0, 1, 2:4, 2:4], x[0, 2, 2:4, 2:4] = float("nan"), float("nan"), -float("inf")
+    x[0, 2, 0, 0] = float("inf")
+    rois = torch.tensor([[0, 0.0, 0.0, 5.0, 5.0], [0, 2.0, 2.0, 3.0, 3.0], [0, -9.0, -9.0, -8.0, -8.0]])
+    for dtype in (torch.float32, torch.float64):
+        ours, theirs = ops.roi_pool(x.to(dtype), rois.to(dtype), 2, 1.0), tv.roi_pool(x.to(dtype), rois.to(dtype), 2, 1.0)
+        assert not theirs.isnan().any() and (theirs == -3.4028234663852886e38).any()
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
 def test_roi_pool_rounds_half_away_from_zero_like_c():
