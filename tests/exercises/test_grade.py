@@ -1,0 +1,108 @@
+"""python -m course_lib.exercises.grade on a class of three, each handing in chapter 1's two exercises: alice pasted
+the reference solutions, bob a plausible wrong answer and an untouched stub, carol an endless loop. The gradebook
+holds exactly their rows, and carol's loop costs carol, not the run. Tiny notebooks written here."""
+import csv
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_lib.exercises import grade, load_solution
+
+REPO = Path(grade.__file__).resolve().parents[2]
+SETUP = "from course_lib.exercises import ch01 as ex"
+STUB_WINDOWS = ('def extract_windows(images, window, stride):\n    # YOUR CODE HERE\n'
+                '    raise NotImplementedError("Exercise 1: write extract_windows")\n')
+STUB_CONV = ('def linear_to_conv(linear, in_channels, kernel_size):\n    # YOUR CODE HERE\n'
+             '    raise NotImplementedError("Exercise 2: write linear_to_conv")\n')
+CHECK_WINDOWS = "\nextract_windows = ex.check_extract_windows(extract_windows)"
+CHECK_CONV = "\nlinear_to_conv = ex.check_linear_to_conv(linear_to_conv)"
+OFF_BY_ONE = '''def extract_windows(images, window, stride):  # range(0, H - window, stride) misses the last window
+    n, c, h, w = images.shape
+    tops, lefts = range(0, h - window, stride), range(0, w - window, stride)
+    crops = [images[:, :, t:t + window, l:l + window] for t in tops for l in lefts]
+    out = torch.stack(crops, 1).reshape(-1, c, window, window) if crops else images.new_zeros(0, c, window, window)
+    return out, (len(tops), len(lefts))
+'''
+HANGS = "def extract_windows(images, window, stride):\n    while True:\n        pass\n"
+
+
+def write(path, windows, conv):
+    """The chapter's exercise section as a student saves it: a set-up cell, then two cells tagged ``exercise``."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("## Exercises"), nbformat.v4.new_code_cell(SETUP + "\nimport torch")]
+    nb.cells += [nbformat.v4.new_code_cell(src, metadata={"tags": ["exercise"]})
+                 for src in (windows + CHECK_WINDOWS, conv + CHECK_CONV)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
+def solution(name):
+    return "import torch\nfrom torch import nn\n" + inspect.getsource(load_solution("ch01", name))
+
+
+def run(*args):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COURSE_SOLUTIONS": "1"}  # must be ignored: stubs stay stubs
+    return subprocess.run([sys.executable, "-m", "course_lib.exercises.grade", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_class_is_graded_into_one_row_per_student_and_exercise(tmp_path):
+    class_ = tmp_path / "submissions"
+    write(class_ / "alice" / "01_sliding_windows.ipynb", solution("extract_windows"), solution("linear_to_conv"))
+    write(class_ / "bob.ipynb", OFF_BY_ONE, STUB_CONV)
+    write(class_ / "carol" / "01_sliding_windows.ipynb", HANGS, STUB_CONV)
+    (class_ / "carol" / ".ipynb_checkpoints").mkdir()  # what JupyterLab leaves: skipped
+
+    out = tmp_path / "grades" / "gradebook.csv"
+    done = run(class_, "--out", out, "--timeout", "40", "--jobs", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["student", "notebook", "exercise", "status", "message"]
+    found = [row[:4] for row in rows[1:]]
+    assert found == [
+        ["alice", "01_sliding_windows.ipynb", "extract_windows", "passed"],
+        ["alice", "01_sliding_windows.ipynb", "linear_to_conv", "passed"],
+        ["bob", "bob.ipynb", "extract_windows", "failed"],
+        ["bob", "bob.ipynb", "linear_to_conv", "not attempted"],
+        ["carol", "01_sliding_windows.ipynb", "extract_windows", "timed out"],
+        ["carol", "01_sliding_windows.ipynb", "linear_to_conv", "blocked"],
+    ]
+    messages = [row[4] for row in rows[1:]]
+    assert messages[:2] == ["", ""]
+    assert messages[2].startswith("ExerciseFailed: ") and "(n - k) // s + 1" in messages[2], "the checker's hint"
+    assert messages[3].startswith("NotAttempted: ")
+    assert messages[4] == messages[5] == "cell 3: still running after 40 s, stopped (an endless loop? " \
+                                         "--timeout SECONDS allows more)"
+    assert "alice: 2 of 2 passed\nbob: 0 of 2 passed\ncarol: 0 of 2 passed" in done.stdout
+    assert "grading: 100%" in done.stderr, "the progress bar over submissions"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["gradebook.csv"], "no temporary left beside it"
+
+
+@pytest.mark.parametrize("extra, named", [("notes.txt", "notes.txt"), ("dave", "dave"), ("erin/old", "old")],
+                         ids=["stray-file", "empty-folder", "nested-folder"])
+def test_an_unrecognised_layout_is_refused_by_name_before_anything_runs(tmp_path, extra, named, capsys):
+    class_ = tmp_path / "submissions"
+    write(class_ / "alice.ipynb", STUB_WINDOWS, STUB_CONV)
+    if extra.endswith(".txt"):
+        (class_ / extra).write_text("hello")
+    else:
+        (class_ / extra).mkdir(parents=True)
+        if "/" in extra:
+            write(class_ / "erin" / "01.ipynb", STUB_WINDOWS, STUB_CONV)
+    out = tmp_path / "gradebook.csv"
+    assert grade.main([str(class_), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Not a layout of submissions:" in err and named in err and "NAME.ipynb or a folder NAME/" in err
+    assert not out.exists()
+
+
+def test_a_file_that_is_no_notebook_is_graded_unreadable_and_the_rest_goes_on(tmp_path):
+    class_ = tmp_path / "submissions"
+    (class_ / "frank").mkdir(parents=True)
+    (class_ / "frank" / "01.ipynb").write_text("print('a script')")
+    assert grade.grade_notebook("frank", class_ / "frank" / "01.ipynb", 5)[0]["status"] == "unreadable"
