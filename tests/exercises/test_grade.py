@@ -1,6 +1,7 @@
-"""python -m course_lib.exercises.grade on a class of three, each handing in chapter 1's two exercises: alice pasted
-the reference solutions, bob a plausible wrong answer and an untouched stub, carol an endless loop. The gradebook
-holds exactly their rows, and carol's loop costs carol, not the run. Tiny notebooks written here."""
+"""python -m course_lib.exercises.grade on a class of four, each handing in chapter 1's two exercises: alice pasted
+the reference solutions, bob a plausible wrong answer and an untouched stub, carol an endless loop, dave a crash.
+The gradebook holds exactly their rows; carol's loop and dave's dead kernel cost them, not the run. Tiny notebooks
+written here; the loop costs --timeout (40 s), the other notebooks run beside it (--jobs 2)."""
 import csv
 import inspect
 import os
@@ -29,6 +30,8 @@ OFF_BY_ONE = '''def extract_windows(images, window, stride):  # range(0, H - win
     return out, (len(tops), len(lefts))
 '''
 HANGS = "def extract_windows(images, window, stride):\n    while True:\n        pass\n"
+CRASHES = "def extract_windows(images, window, stride):  # a crash in native code\n    import os, signal\n" \
+          "    os.kill(os.getpid(), signal.SIGKILL)\n"
 
 
 def write(path, windows, conv):
@@ -57,6 +60,7 @@ def test_a_class_is_graded_into_one_row_per_student_and_exercise(tmp_path):
     write(class_ / "bob.ipynb", OFF_BY_ONE, STUB_CONV)
     write(class_ / "carol" / "01_sliding_windows.ipynb", HANGS, STUB_CONV)
     (class_ / "carol" / ".ipynb_checkpoints").mkdir()  # what JupyterLab leaves: skipped
+    write(class_ / "dave.ipynb", CRASHES, solution("linear_to_conv"))
 
     out = tmp_path / "grades" / "gradebook.csv"
     done = run(class_, "--out", out, "--timeout", "40", "--jobs", "2")
@@ -71,6 +75,8 @@ def test_a_class_is_graded_into_one_row_per_student_and_exercise(tmp_path):
         ["bob", "bob.ipynb", "linear_to_conv", "not attempted"],
         ["carol", "01_sliding_windows.ipynb", "extract_windows", "timed out"],
         ["carol", "01_sliding_windows.ipynb", "linear_to_conv", "blocked"],
+        ["dave", "dave.ipynb", "extract_windows", "kernel died"],
+        ["dave", "dave.ipynb", "linear_to_conv", "blocked"],
     ]
     messages = [row[4] for row in rows[1:]]
     assert messages[:2] == ["", ""]
@@ -78,7 +84,8 @@ def test_a_class_is_graded_into_one_row_per_student_and_exercise(tmp_path):
     assert messages[3].startswith("NotAttempted: ")
     assert messages[4] == messages[5] == "cell 3: still running after 40 s, stopped (an endless loop? " \
                                          "--timeout SECONDS allows more)"
-    assert "alice: 2 of 2 passed\nbob: 0 of 2 passed\ncarol: 0 of 2 passed" in done.stdout
+    assert messages[6] == messages[7] == "cell 3: the kernel died here (out of memory? a crash in native code?)"
+    assert "alice: 2 of 2 passed\nbob: 0 of 2 passed\ncarol: 0 of 2 passed\ndave: 0 of 2 passed" in done.stdout
     assert "grading: 100%" in done.stderr, "the progress bar over submissions"
     assert sorted(p.name for p in out.parent.iterdir()) == ["gradebook.csv"], "no temporary left beside it"
 
