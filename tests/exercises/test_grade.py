@@ -108,8 +108,20 @@ def test_an_unrecognised_layout_is_refused_by_name_before_anything_runs(tmp_path
     assert not out.exists()
 
 
-def test_a_file_that_is_no_notebook_is_graded_unreadable_and_the_rest_goes_on(tmp_path):
+def test_a_file_that_is_no_notebook_is_graded_unreadable(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "ci")  # grade() sets it for the kernels: keep it out of the other tests
     class_ = tmp_path / "submissions"
     (class_ / "frank").mkdir(parents=True)
     (class_ / "frank" / "01.ipynb").write_text("print('a script')")
-    assert grade.grade_notebook("frank", class_ / "frank" / "01.ipynb", 5)[0]["status"] == "unreadable"
+    out = tmp_path / "gradebook.csv"
+    assert grade.main([str(class_), "--out", str(out)]) == 0  # --jobs 1: checked here, one after the other
+    [row] = list(csv.DictReader(out.open()))
+    assert row["student"] == "frank" and row["status"] == "unreadable"
+    assert "01.ipynb is not a Jupyter notebook" in row["message"]
+    assert "frank: 0 of 1 passed" in capsys.readouterr().out
+
+
+def test_an_out_that_is_a_folder_is_refused_before_grading(tmp_path, capsys):
+    write(tmp_path / "submissions" / "alice.ipynb", STUB_WINDOWS, STUB_CONV)
+    assert grade.main([str(tmp_path / "submissions"), "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder: pass a file path" in capsys.readouterr().err
