@@ -9,8 +9,9 @@ after ``--timeout`` seconds. A loop that does not end or a kernel that dies cost
 ones after it are blocked); grading goes on with the next notebook.
 
 The gradebook is a CSV, one row per student x exercise: ``student, notebook, exercise, status, message``; status
-is one of passed, failed, not attempted, no check ran, timed out, kernel died, blocked, unreadable (the file is no
-notebook). A summary per student (passed of total) is printed at the end.
+is one of passed, failed, not attempted, no check ran, timed out, kernel died, blocked; a notebook gets a single row
+when it is unreadable (no notebook), has no exercises (no cell tagged ``exercise``) or could not be checked (the
+grader's own trouble, e.g. a kernel that never started). A summary per student (passed of total) is printed at the end.
 
 Why not nbgrader (0.9.6, the version for JupyterLab 4): it grades notebooks generated from a master copy by
 ``nbgrader generate_assignment``, with a grade id, points and a checksum in every graded cell's metadata, in its
@@ -73,10 +74,15 @@ def _exercise_name(source: str, number: int) -> str:
 
 def grade_notebook(student: str, path: Path, timeout: int) -> list[dict]:
     """The gradebook's rows of one notebook: checked in a fresh kernel, never raising for what the student wrote."""
+    row = dict(student=student, notebook=path.name, exercise="")
     try:
         found, blocker, _ = check_notebook(path, timeout)
     except Refused as e:
-        return [dict(student=student, notebook=path.name, exercise="", status="unreadable", message=str(e))]
+        return [{**row, "status": "unreadable", "message": str(e)}]
+    except Exception as e:  # noqa: BLE001 -- the grader's own trouble (a kernel that never started): the rest goes on
+        return [{**row, "status": "not checked", "message": f"{type(e).__name__}: {e} -- grade this notebook again"}]
+    if not found:
+        return [{**row, "status": "no exercises", "message": "no cell tagged 'exercise': is this the chapter's notebook?"}]
     rows = []
     for r in found:
         message = r.detail if r.status != "pass" else ""

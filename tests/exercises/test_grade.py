@@ -125,3 +125,20 @@ def test_an_out_that_is_a_folder_is_refused_before_grading(tmp_path, capsys):
     write(tmp_path / "submissions" / "alice.ipynb", STUB_WINDOWS, STUB_CONV)
     assert grade.main([str(tmp_path / "submissions"), "--out", str(tmp_path)]) == 2
     assert f"--out {tmp_path} is a folder: pass a file path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("outcome, status, said", [
+    (([], None, 1), "no exercises", "no cell tagged 'exercise'"),
+    (RuntimeError("Kernel didn't respond in 60 seconds"), "not checked", "RuntimeError: Kernel didn't respond"),
+], ids=["no-exercises", "kernel-never-started"])
+def test_a_notebook_without_exercises_or_a_grader_failure_still_gets_its_row(tmp_path, monkeypatch, outcome, status,
+                                                                            said):
+    def check_notebook(path, timeout):  # stands in for the kernel run
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(grade, "check_notebook", check_notebook)
+    [row] = grade.grade_notebook("gina", tmp_path / "01.ipynb", 5)
+    assert (row["student"], row["notebook"], row["exercise"], row["status"]) == ("gina", "01.ipynb", "", status)
+    assert said in row["message"]
