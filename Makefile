@@ -25,6 +25,7 @@ help:
 	@echo "make instructor [PROFILE=gpu] [CHAPTERS=\"05 07\"] [DATA=voc] [GPUS=4] - run the notebooks, write results/<profile>/report.md"
 	@echo "make weights - download the ImageNet weights the papers fine-tune (VGG16, ResNet-50/101) and the COCO R50-FPN into torchvision's cache"
 	@echo "make reference [COCO=data/real/coco] - torchvision's COCO Faster R-CNN weights scored by the course's pipeline (AP beside the published 37.0)"
+	@echo "make grade SUBMISSIONS=dir [OUT=gradebook.csv] [JOBS=2] - check every student's notebooks (ci profile, no solutions) into a CSV gradebook"
 	@echo "make gpu-check - CUDA tests, CUDA vs CPU, AMP steps at full scale, benchmarks on CUDA (skips without CUDA)"
 
 venv: $(STAMP)
@@ -90,6 +91,14 @@ weights: $(STAMP)
 COCO ?= data/real/coco
 reference: $(STAMP)
 	$(PY) -m course_lib.evaluation.reference --data $(COCO) --json results/reference.json
+
+# make grade SUBMISSIONS=submissions/: one NAME.ipynb or NAME/*.ipynb per student; see README "Grading a class".
+OUT ?= gradebook.csv
+JOBS ?= 1
+.PHONY: grade
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || { echo "make grade SUBMISSIONS=folder: the folder of students' notebooks"; exit 2; }
+	$(PY) -m course_lib.exercises.grade "$(SUBMISSIONS)" --out "$(OUT)" --jobs $(JOBS)
 
 # The GPU check runs on a GPU machine's own Python and torch when there is no .venv (no install needed there).
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 # exit status -> what it means (the worst over the notebooks checked is returned)
@@ -44,8 +45,8 @@ def _status(cell) -> tuple[str, str]:
     return ("pass", "; ".join(passed)) if passed else ("no check ran", "")
 
 
-def _first_line(cell) -> str:
-    return cell.source.strip().splitlines()[0][:60] if cell.source.strip() else ""
+def _first_line(source: str) -> str:
+    return source.strip().splitlines()[0][:60] if source.strip() else ""
 
 
 def _error(cell) -> str | None:
@@ -120,26 +121,50 @@ def _blocker(nb, stopped: tuple[int, int | None], timeout: int) -> tuple[int, st
     return None
 
 
-def _report(nb, stopped: tuple[int, int | None], timeout: int) -> int:
-    """Print the cell that failed, hung or died, and one line per exercise; return the exit status."""
+@dataclass
+class ExerciseResult:
+    """One exercise of a checked notebook: its number, its cell's source, and what became of it."""
+
+    number: int
+    source: str
+    status: str  # pass | FAIL | not attempted | no check ran | timed out | kernel died | blocked
+    detail: str
+
+
+def results(nb, stopped: tuple[int, int | None], timeout: int) -> tuple[list[ExerciseResult], tuple | None, int]:
+    """The exercises of an executed notebook, the blocking cell (see :func:`_blocker`) and the exit status."""
     blocker = _blocker(nb, stopped, timeout)
-    if blocker is not None:
-        print(f"  cell {blocker[0] + 1} ({_first_line(nb.cells[blocker[0]])}): {blocker[1]}")
     exercises = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code" and "exercise" in c.metadata.get("tags", [])]
-    if not exercises:
-        print("  (no cell tagged 'exercise')")
-    failed = False
+    found = []
     for n, (i, cell) in enumerate(exercises, 1):
         status, detail = _status(cell)
         if blocker is not None and i == blocker[0]:
             status, detail = STOPPED[blocker[2]], ""
         elif blocker is not None and i > blocker[0]:
             status, detail = "blocked", f"cell {blocker[0] + 1} above failed or stopped first: fix it, then check again"
-        failed |= status != "pass"
-        print(f"  exercise {n}: {status:<13} {_first_line(cell)}")
-        if detail and status != "pass":
-            print(f"      {detail[:300]}")
-    return blocker[2] if blocker is not None else EXERCISE_FAILED if failed else PASSED
+        found.append(ExerciseResult(n, cell.source, status, detail))
+    failed = any(r.status != "pass" for r in found)
+    return found, blocker, blocker[2] if blocker is not None else EXERCISE_FAILED if failed else PASSED
+
+
+def check_notebook(path: Path, timeout: int) -> tuple[list[ExerciseResult], tuple | None, int]:
+    """Read ``path`` (:class:`Refused` if it is no notebook), run it in a fresh kernel, return :func:`results`."""
+    nb = _read(path)
+    return results(nb, _execute(nb, path, timeout), timeout)
+
+
+def _report(nb, stopped: tuple[int, int | None], timeout: int) -> int:
+    """Print the cell that failed, hung or died, and one line per exercise; return the exit status."""
+    found, blocker, code = results(nb, stopped, timeout)
+    if blocker is not None:
+        print(f"  cell {blocker[0] + 1} ({_first_line(nb.cells[blocker[0]].source)}): {blocker[1]}")
+    if not found:
+        print("  (no cell tagged 'exercise')")
+    for r in found:
+        print(f"  exercise {r.number}: {r.status:<13} {_first_line(r.source)}")
+        if r.detail and r.status != "pass":
+            print(f"      {r.detail[:300]}")
+    return code
 
 
 def main(argv=None) -> int:
