@@ -1,7 +1,7 @@
 """python -m course_lib.exercises.grade on a class of four, each handing in chapter 1's two exercises: alice pasted
 the reference solutions, bob a plausible wrong answer and an untouched stub, carol an endless loop, dave a crash.
 The gradebook holds exactly their rows; carol's loop and dave's dead kernel cost them, not the run. Tiny notebooks
-written here; the loop costs --timeout (40 s), the other notebooks run beside it (--jobs 2)."""
+written here; the loop costs --timeout (25 s), the other notebooks run beside it (--jobs 2)."""
 import csv
 import inspect
 import os
@@ -63,7 +63,7 @@ def test_a_class_is_graded_into_one_row_per_student_and_exercise(tmp_path):
     write(class_ / "dave.ipynb", CRASHES, solution("linear_to_conv"))
 
     out = tmp_path / "grades" / "gradebook.csv"
-    done = run(class_, "--out", out, "--timeout", "40", "--jobs", "2")
+    done = run(class_, "--out", out, "--timeout", "25", "--jobs", "2")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["student", "notebook", "exercise", "status", "message"]
@@ -82,7 +82,7 @@ def test_a_class_is_graded_into_one_row_per_student_and_exercise(tmp_path):
     assert messages[:2] == ["", ""]
     assert messages[2].startswith("ExerciseFailed: ") and "(n - k) // s + 1" in messages[2], "the checker's hint"
     assert messages[3].startswith("NotAttempted: ")
-    assert messages[4] == messages[5] == "cell 3: still running after 40 s, stopped (an endless loop? " \
+    assert messages[4] == messages[5] == "cell 3: still running after 25 s, stopped (an endless loop? " \
                                          "--timeout SECONDS allows more)"
     assert messages[6] == messages[7] == "cell 3: the kernel died here (out of memory? a crash in native code?)"
     assert "alice: 2 of 2 passed\nbob: 0 of 2 passed\ncarol: 0 of 2 passed\ndave: 0 of 2 passed" in done.stdout
