@@ -19,8 +19,9 @@ per image) and what Fast R-CNN removes. Training has three stages (section 2.3):
 3. fit the class-specific box regressors by ridge regression (lambda = 1000) on the
    proposals with IoU > 0.6 with a ground-truth box.
 
-(2) and (3) are :meth:`RCNN.fit_detectors`. This module also holds what Fast R-CNN reuses
-from R-CNN: the foreground/background sampler and the per-class NMS post-processing.
+(2) and (3) are :meth:`RCNN.fit_detectors`. This module also holds what every later detector
+reuses from R-CNN: the per-class NMS post-processing (:func:`postprocess_detections`, called by
+the one second stage, ``roi_heads.RoIHeads``).
 """
 from __future__ import annotations
 

@@ -113,13 +113,12 @@ def test_postprocess_equals_torchvision_roi_heads():
                  torch.cat([xy[200:], xy[200:] + 5 + torch.rand(100, 2) * 100], 1)]
     logits, regression = torch.randn(300, 5) * 3, torch.randn(300, 20)
     sizes = [(240, 260), (200, 220)]
-    ours = heads.postprocess(logits, regression, proposals, sizes)
-    boxes, scores, labels = reference.postprocess_detections(logits, regression, proposals, sizes)
-    for o, b, s, lab in zip(ours, boxes, scores, labels):
-        assert len(b) > 10
-        torch.testing.assert_close(o["boxes"], b)
-        torch.testing.assert_close(o["scores"], s)
-        torch.testing.assert_close(o["labels"], lab)
+    ours = heads.postprocess_detections(logits, regression, proposals, sizes)
+    theirs = reference.postprocess_detections(logits, regression, proposals, sizes)
+    for o, t in zip(ours, theirs):  # boxes, scores, labels
+        for a, b in zip(o, t):
+            assert len(b) > 10
+            torch.testing.assert_close(a, b)
 
 
 def test_paper_shapes_of_vgg16_fast_rcnn():
@@ -131,7 +130,8 @@ def test_paper_shapes_of_vgg16_fast_rcnn():
     assert head.box_predictor.cls_score.weight.shape == (21, 4096)  # K + 1
     assert head.box_predictor.bbox_pred.weight.shape == (84, 4096)  # 4 (K + 1)
     assert head.box_roi_pool.output_size == 7 and head.box_roi_pool.spatial_scale == 1 / 16
-    assert head.rois_per_image == 64 and head.positive_fraction == 0.25 and head.bg_iou_thresh == (0.1, 0.5)
+    sampler = head.fg_bg_sampler
+    assert sampler.batch_size_per_image == 64 and sampler.positive_fraction == 0.25 and head.bg_iou_thresh == (0.1, 0.5)
     assert head.box_coder.weights == (10.0, 10.0, 5.0, 5.0)
     assert model.transform.min_size == (600,) and model.transform.max_size == 1000
     small = fast_rcnn_vgg16(num_classes=3, width=1 / 16)
