@@ -45,9 +45,9 @@ from course_lib.state_dict import read_state_dict
 
 from .faster_rcnn_fpn import fasterrcnn_resnet50_fpn
 from .fpn import FPN_LEVELS, FPN_ROI_LEVELS
-from .generalized_rcnn import GeneralizedRCNN, check_targets
+from .generalized_rcnn import GeneralizedRCNN
 from .roi_heads import RoIHeads
-from .transform import GeneralizedRCNNTransform
+from .transform import GeneralizedRCNNTransform, check_targets
 
 __all__ = ["EFPN", "EFPNBackbone", "EFPNExtension", "EFPNRoIHeads", "FeatureTextureTransfer", "ResidualBlock",
            "CrossResolutionDistillation", "efpn_resnet50_fpn", "efpn_from_fpn", "set_stage", "fbb_loss",

@@ -28,9 +28,9 @@ from torch import Tensor, nn
 
 from ..backbones.vgg import VGG16
 from ..ops import roi_pool
-from .rcnn import clean_proposals, clean_targets
+from .rcnn import clean_proposals
 from .roi_heads import FastRCNNPredictor, RoIHeads, fast_rcnn_loss, init_like_fast_rcnn
-from .transform import GeneralizedRCNNTransform, resize_boxes
+from .transform import GeneralizedRCNNTransform, check_targets, resize_boxes
 
 __all__ = [
     "RoIPool",
@@ -167,7 +167,7 @@ class FastRCNN(nn.Module):
         if self.training and targets is None:
             raise ValueError("Fast R-CNN in training mode needs targets; call model.eval() to detect.")
         original_sizes = [tuple(img.shape[-2:]) for img in images]
-        image_list, targets = self.transform(list(images), clean_targets(targets))
+        image_list, targets = self.transform(list(images), None if targets is None else check_targets(targets))
         # the proposals follow their image through the resize
         proposals = [resize_boxes(clean_proposals(p, size), size, new_size).to(image_list.tensors.device)
                      for p, size, new_size in zip(proposals, original_sizes, image_list.image_sizes)]

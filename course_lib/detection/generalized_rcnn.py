@@ -22,7 +22,8 @@ The contract is torchvision's, so detections feed pycocotools directly:
 ``targets``: a list of ``{"boxes": [N, 4] float (x1, y1, x2, y2), "labels": [N] int64 in 1..K}``.
 An image without objects has ``boxes`` of shape [0, 4] (an empty [0] tensor is accepted too) and
 trains as pure background. A box without positive width and height is an error (it has no area
-to learn from): the message names the image and the box, so the dataset can be fixed.
+to learn from): the message names the image and the box, so the dataset can be fixed -- the one
+rule of every detector, ``transform.check_targets``.
 """
 from __future__ import annotations
 
@@ -35,47 +36,9 @@ from course_lib.ops import AnchorGenerator, ImageList, MultiScaleRoIAlign
 
 from .roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
-from .transform import GeneralizedRCNNTransform, resize_boxes
+from .transform import GeneralizedRCNNTransform, check_targets, resize_boxes
 
-__all__ = ["GeneralizedRCNN", "FasterRCNN", "check_targets", "detection_loss"]
-
-
-def check_targets(targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
-    """Validated shallow copies of ``targets``: plain-tensor boxes of shape [N, 4], finite, with
-    positive width and height. Raises an error naming the image index and the offending box."""
-    if not isinstance(targets, (list, tuple)):
-        raise TypeError(f"targets must be a list of dicts (one per image), got {type(targets).__name__}")
-    checked = []
-    for i, target in enumerate(targets):
-        if not isinstance(target, dict) or "boxes" not in target:
-            raise ValueError(f"Target {i} must be a dict with 'boxes' and 'labels', got {target!r:.80}")
-        target = dict(target)
-        boxes = target["boxes"]
-        if not isinstance(boxes, Tensor):
-            raise TypeError(f"Target {i}: boxes must be a tensor, got {type(boxes).__name__}.")
-        boxes = boxes.as_subclass(Tensor)  # tv_tensors.BoundingBoxes -> plain tensor
-        if boxes.numel() == 0:
-            boxes = boxes.reshape(0, 4)  # an image without objects
-        if boxes.dim() != 2 or boxes.shape[-1] != 4:
-            raise ValueError(f"Target {i}: boxes must have shape [N, 4], got {tuple(boxes.shape)}.")
-        if not boxes.is_floating_point():
-            raise TypeError(f"Target {i}: boxes must be float (x1, y1, x2, y2) pixels, got {boxes.dtype}; "
-                            "convert them with boxes.float().")
-        if not torch.isfinite(boxes).all():
-            j = int(torch.where(~torch.isfinite(boxes).all(1))[0][0])
-            raise ValueError(f"Target {i}: box {j} = {boxes[j].tolist()} is not finite.")
-        degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(1)
-        if degenerate.any():
-            j = int(torch.where(degenerate)[0][0])
-            raise ValueError(
-                f"All boxes need a positive width and height (x1 < x2, y1 < y2). Found box {j} = "
-                f"{boxes[j].tolist()} in the target of image {i}. Remove such boxes from the dataset, "
-                "e.g. keep = course_lib.ops.remove_small_boxes(boxes, 1e-3).")
-        target["boxes"] = boxes
-        if isinstance(target.get("labels"), Tensor):
-            target["labels"] = target["labels"].as_subclass(Tensor).reshape(-1)
-        checked.append(target)
-    return checked
+__all__ = ["GeneralizedRCNN", "FasterRCNN", "detection_loss"]
 
 
 class GeneralizedRCNN(nn.Module):

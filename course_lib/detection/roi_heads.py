@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from course_lib.ops import BalancedPositiveNegativeSampler, BoxCoder, Matcher, box_iou
 
 from .rcnn import postprocess_detections as per_class_nms
+from .transform import check_targets as check_ground_truth
 
 __all__ = ["RoIHeads", "TwoMLPHead", "FastRCNNPredictor", "init_like_fast_rcnn", "box_deltas_of_labels",
            "fast_rcnn_loss", "fastrcnn_loss", "fastrcnn_loss_per_roi", "ohem_select"]
@@ -252,18 +253,10 @@ class RoIHeads(nn.Module):
     # ----------------------------------------------------------------------------- training
     @staticmethod
     def check_targets(targets: list[dict[str, Tensor]] | None) -> None:
+        """Training needs targets, checked by the one rule of every detector (``transform.check_targets``)."""
         if targets is None:
             raise ValueError("The RoI heads need targets in training mode (call model.eval() for inference).")
-        for i, t in enumerate(targets):
-            if "boxes" not in t or "labels" not in t:
-                raise ValueError(f"Target {i} needs 'boxes' and 'labels', got keys {sorted(t)}.")
-            if not t["boxes"].is_floating_point():
-                raise TypeError(f"Target {i}: boxes must be a float tensor, got {t['boxes'].dtype}.")
-            if t["labels"].dtype != torch.int64:
-                raise TypeError(f"Target {i}: labels must be int64, got {t['labels'].dtype}.")
-            if t["labels"].shape != t["boxes"].shape[:1]:
-                raise ValueError(f"Target {i}: {t['boxes'].shape[0]} boxes but labels of shape "
-                                 f"{tuple(t['labels'].shape)}; give one label per box.")
+        check_ground_truth(targets)
 
     def assign_targets_to_proposals(self, proposals: list[Tensor], gt_boxes: list[Tensor],
                                     gt_labels: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
