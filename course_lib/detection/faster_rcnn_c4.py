@@ -121,16 +121,17 @@ def _fasterrcnn_c4(depth: int, *, weights, num_classes, weights_backbone, traina
         config = {**PAPER_C4_CONFIG, **kwargs}
         anchor_sizes = tuple(config.pop("rpn_anchor_sizes", PAPER_ANCHOR_SIZES))
         # the C4 pieces, unless given: the paper's anchors, 14x14 RoIAlign on C4, conv5_x as the box head
-        if config.get("rpn_anchor_generator") is None:
+        if config.get("rpn") is None and config.get("rpn_anchor_generator") is None:
             config["rpn_anchor_generator"] = AnchorGenerator((anchor_sizes,), (PAPER_ASPECT_RATIOS,))
         elif "rpn_anchor_sizes" in kwargs:
             raise ValueError("Pass rpn_anchor_sizes or rpn_anchor_generator, not both.")
-        if config.get("box_roi_pool") is None:
-            config["box_roi_pool"] = SingleLevelRoIPool("0", output_size=14, spatial_scale=1 / 16, sampling_ratio=0)
-        if config.get("box_head") is None:
-            config["box_head"] = ResNetC5Head(resnet.layer4)
-        config["box_predictor"] = init_like_fast_rcnn(FastRCNNPredictor(resnet.layer4[-1].conv3.out_channels,
-                                                                        num_classes))
+        if config.get("roi_heads") is None:
+            if config.get("box_roi_pool") is None:
+                config["box_roi_pool"] = SingleLevelRoIPool("0", output_size=14, spatial_scale=1 / 16, sampling_ratio=0)
+            if config.get("box_head") is None:
+                config["box_head"] = ResNetC5Head(resnet.layer4)
+            config["box_predictor"] = init_like_fast_rcnn(FastRCNNPredictor(resnet.layer4[-1].conv3.out_channels,
+                                                                            num_classes))
         return FasterRCNN(ResNetC4(resnet), None, **config)
 
     return build_detector(make, f"a Faster R-CNN ResNet-{depth}-C4", weights=weights, num_classes=num_classes,

@@ -74,7 +74,7 @@ def _fasterrcnn_resnet_fpn(depth: int, *, weights, num_classes, weights_backbone
     def make(num_classes, weights_backbone, trainable_layers, norm_layer):
         backbone = resnet_fpn_backbone(depth, weights_backbone=weights_backbone, trainable_layers=trainable_layers,
                                        norm_layer=norm_layer, top_down=fpn_top_down, lateral=fpn_lateral, width=width)
-        if width != 1.0 and "box_head" not in kwargs and "box_predictor" not in kwargs:
+        if width != 1.0 and not {"box_head", "box_predictor", "roi_heads"} & set(kwargs):
             # the two fully connected layers (fc6, fc7: 1024-d, sec. 4.2) narrowed like the backbone
             pool = kwargs.get("box_roi_pool")
             resolution = 7 if pool is None else pool.output_size[0]

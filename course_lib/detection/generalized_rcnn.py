@@ -153,7 +153,10 @@ class FasterRCNN(GeneralizedRCNN):
     ResNet-50-FPN model): ``backbone`` must have an ``out_channels`` attribute and return a tensor
     or an ordered dict of feature maps; ``num_classes`` counts the background. Pass ``box_predictor``
     instead of ``num_classes`` for a custom predictor. Every piece can be replaced:
-    ``rpn_anchor_generator``, ``rpn_head``, ``box_roi_pool``, ``box_head``, ``box_predictor``.
+    ``rpn_anchor_generator``, ``rpn_head``, ``box_roi_pool``, ``box_head``, ``box_predictor``, and the two
+    stages whole: ``rpn=`` (a :class:`RegionProposalNetwork` or anything with its call) and ``roi_heads=``
+    (e.g. a :class:`RoIHeads` subclass overriding ``predict``: R-FCN, EFPN, a new head); the keywords of
+    a stage given whole must then be left out (``num_classes`` is not needed with ``roi_heads``).
 
     RPN: ``rpn_pre_nms_top_n_{train,test}`` boxes kept per level before NMS, ``rpn_post_nms_top_n_*``
     per image after it; ``rpn_nms_thresh``; anchors labelled with ``rpn_fg_iou_thresh`` /
@@ -181,39 +184,49 @@ class FasterRCNN(GeneralizedRCNN):
                  box_fg_iou_thresh: float = 0.5, box_bg_iou_thresh: float = 0.5,
                  box_batch_size_per_image: int = 512, box_positive_fraction: float = 0.25,
                  bbox_reg_weights: tuple[float, float, float, float] | None = None,
-                 size_divisible: int = 32):
+                 size_divisible: int = 32,
+                 # the two stages, whole
+                 rpn: nn.Module | None = None, roi_heads: nn.Module | None = None):
         if not hasattr(backbone, "out_channels"):
             raise ValueError("The backbone needs an attribute out_channels (the channels of its feature maps, "
                              "the same for all levels), e.g. backbone.out_channels = 256.")
-        if (num_classes is None) == (box_predictor is None):
+        for stage, given, pieces in (("rpn", rpn, dict(rpn_anchor_generator=rpn_anchor_generator, rpn_head=rpn_head)),
+                                     ("roi_heads", roi_heads, dict(box_roi_pool=box_roi_pool, box_head=box_head,
+                                                                   box_predictor=box_predictor))):
+            extra = [name for name, piece in pieces.items() if piece is not None]
+            if given is not None and extra:
+                raise ValueError(f"Pass {stage}= or its pieces {extra}, not both.")
+        if roi_heads is None and (num_classes is None) == (box_predictor is None):
             raise ValueError("Pass exactly one of num_classes (then a FastRCNNPredictor is built) and box_predictor; "
                              f"got num_classes={num_classes} and box_predictor={type(box_predictor).__name__}.")
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"num_classes counts the background too, so it must be >= 2, got {num_classes}.")
         out_channels = backbone.out_channels
 
-        if rpn_anchor_generator is None:
-            rpn_anchor_generator = _default_anchorgen()
-        if rpn_head is None:
-            rpn_head = RPNHead(out_channels, rpn_anchor_generator.num_anchors_per_location()[0])
-        rpn = RegionProposalNetwork(
-            rpn_anchor_generator, rpn_head, rpn_fg_iou_thresh, rpn_bg_iou_thresh,
-            rpn_batch_size_per_image, rpn_positive_fraction,
-            dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
-            dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
-            rpn_nms_thresh, score_thresh=rpn_score_thresh)
+        if rpn is None:
+            if rpn_anchor_generator is None:
+                rpn_anchor_generator = _default_anchorgen()
+            if rpn_head is None:
+                rpn_head = RPNHead(out_channels, rpn_anchor_generator.num_anchors_per_location()[0])
+            rpn = RegionProposalNetwork(
+                rpn_anchor_generator, rpn_head, rpn_fg_iou_thresh, rpn_bg_iou_thresh,
+                rpn_batch_size_per_image, rpn_positive_fraction,
+                dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
+                dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
+                rpn_nms_thresh, score_thresh=rpn_score_thresh)
 
-        if box_roi_pool is None:
-            box_roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
-        if box_head is None:
-            resolution = box_roi_pool.output_size[0]
-            box_head = TwoMLPHead(out_channels * resolution ** 2, 1024)
-        if box_predictor is None:
-            box_predictor = FastRCNNPredictor(1024, num_classes)
-        roi_heads = RoIHeads(
-            box_roi_pool, box_head, box_predictor, box_fg_iou_thresh, box_bg_iou_thresh,
-            box_batch_size_per_image, box_positive_fraction, bbox_reg_weights,
-            box_score_thresh, box_nms_thresh, box_detections_per_img)
+        if roi_heads is None:
+            if box_roi_pool is None:
+                box_roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+            if box_head is None:
+                resolution = box_roi_pool.output_size[0]
+                box_head = TwoMLPHead(out_channels * resolution ** 2, 1024)
+            if box_predictor is None:
+                box_predictor = FastRCNNPredictor(1024, num_classes)
+            roi_heads = RoIHeads(
+                box_roi_pool, box_head, box_predictor, box_fg_iou_thresh, box_bg_iou_thresh,
+                box_batch_size_per_image, box_positive_fraction, bbox_reg_weights,
+                box_score_thresh, box_nms_thresh, box_detections_per_img)
 
         transform = GeneralizedRCNNTransform(min_size, max_size, image_mean, image_std, size_divisible=size_divisible)
         super().__init__(backbone, rpn, roi_heads, transform)
