@@ -20,6 +20,7 @@ Weights are local files (nothing is downloaded in this course): ``weights`` = a 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Callable
 
 from torch import nn
@@ -27,13 +28,21 @@ from torch import nn
 from course_lib.backbones.resnet import backbone_training_setup
 from course_lib.state_dict import load_state_dict_checked, read_state_dict
 
-__all__ = ["build_detector", "COCO_NUM_CLASSES"]
+__all__ = ["build_detector", "read_weights", "COCO_NUM_CLASSES"]
 
 COCO_NUM_CLASSES = 91  # torchvision's default: COCO's category ids 1..90 plus the background
 PREDICTOR_KEY = "roi_heads.box_predictor.cls_score.weight"  # [num_classes, d]: where a file says its classes
 
 
-def build_detector(make: Callable[..., nn.Module], name: str, *, weights: str | os.PathLike | None,
+def read_weights(weights: str | os.PathLike | Mapping) -> tuple[dict, str]:
+    """``(state dict, how to name it in a message)`` of a builder's ``weights``: a local file, or a state dict already
+    in memory (EFPN's builder hands chapter 7's builder the top four levels of its own file this way)."""
+    if isinstance(weights, Mapping):
+        return dict(weights), "the given state dict"
+    return read_state_dict(weights), repr(os.fspath(weights))
+
+
+def build_detector(make: Callable[..., nn.Module], name: str, *, weights: str | os.PathLike | Mapping | None,
                    num_classes: int | None, weights_backbone: str | os.PathLike | None,
                    trainable_backbone_layers: int | None, num_classes_key: str = PREDICTOR_KEY) -> nn.Module:
     """torchvision's builder recipe around ``make(num_classes=, weights_backbone=, trainable_layers=, norm_layer=)``.
@@ -48,12 +57,13 @@ def build_detector(make: Callable[..., nn.Module], name: str, *, weights: str | 
     ``name`` describes the model in errors ("a Faster R-CNN ResNet-50-FPN").
     """
     for arg, value in (("weights", weights), ("weights_backbone", weights_backbone)):
-        if value is not None and not isinstance(value, (str, os.PathLike)):
+        if value is not None and not isinstance(value, (str, os.PathLike)) and not (
+                arg == "weights" and isinstance(value, Mapping)):
             raise TypeError(f"{arg} must be the path of a local state dict file (nothing is downloaded in this "
                             f"course), got {type(value).__name__}: save one with torch.save(model.state_dict(), path).")
     state_dict = None
     if weights is not None:
-        state_dict = read_state_dict(weights)
+        state_dict, source = read_weights(weights)
         weights_backbone = None
         if num_classes is None and num_classes_key in state_dict:
             num_classes = int(state_dict[num_classes_key].shape[0])
@@ -70,7 +80,7 @@ def build_detector(make: Callable[..., nn.Module], name: str, *, weights: str | 
                  norm_layer=norm_layer)
     if state_dict is not None:
         load_state_dict_checked(
-            model, state_dict, repr(os.fspath(weights)), model_name=f"{name} with num_classes={num_classes}",
+            model, state_dict, source, model_name=f"{name} with num_classes={num_classes}",
             fix="Save them with torch.save(model.state_dict(), path) from the same architecture "
                 "(pass num_classes to match the file).")
     return model

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from collections import OrderedDict
 
@@ -277,12 +276,8 @@ class EFPNRoIHeads(RoIHeads):
     def from_roi_heads(cls, heads: RoIHeads, *, small_box_head: nn.Module, small_box_predictor: nn.Module,
                        small_roi_size: float = 112.0) -> "EFPNRoIHeads":
         """EFPN heads with the settings and the (shared) modules of chapter 7's ``heads``, plus the P2' head."""
-        new = copy.copy(heads)  # same settings; the module dicts are copied below so the two do not alias
-        new._modules, new._parameters, new._buffers = (OrderedDict(heads._modules), OrderedDict(heads._parameters),
-                                                       OrderedDict(heads._buffers))
-        new.__class__ = cls
-        new._add_small_head(small_box_head, small_box_predictor, small_roi_size)
-        return new
+        return cls(heads.box_roi_pool, heads.box_head, heads.box_predictor, **heads.settings(),
+                   small_box_head=small_box_head, small_box_predictor=small_box_predictor, small_roi_size=small_roi_size)
 
     def _add_small_head(self, small_box_head: nn.Module, small_box_predictor: nn.Module, small_roi_size: float):
         if not (isinstance(small_roi_size, (int, float)) and small_roi_size > 0):
@@ -295,7 +290,7 @@ class EFPNRoIHeads(RoIHeads):
     @property
     def small_roi_size(self) -> float:
         """The routing threshold in pixels of the network's input (the pooler's ``small_roi_size``)."""
-        return self.box_roi_pool._rules["small_roi_size"]
+        return self.box_roi_pool.small_roi_size
 
     @small_roi_size.setter
     def small_roi_size(self, value: float) -> None:
@@ -360,10 +355,8 @@ def efpn_from_fpn(fpn: GeneralizedRCNN, *, small_roi_size: float = 112.0, ftt: s
                 m.reset_parameters()
     roi_heads = EFPNRoIHeads.from_roi_heads(heads, small_box_head=small_head, small_box_predictor=small_predictor,
                                             small_roi_size=small_roi_size)
-    rpn = copy.copy(fpn.rpn)
-    rpn._modules = OrderedDict(fpn.rpn._modules)
-    if rpn.featmap_names is None:
-        rpn.featmap_names = list(FPN_LEVELS)  # no anchors on P2' (the authors' code: RPN on P2..P6 only)
+    # chapter 7's RPN (head and anchors shared) on P2..P6: no anchors on P2' (the authors' code: RPN on P2..P6 only)
+    rpn = fpn.rpn.on_maps(fpn.rpn.featmap_names or list(FPN_LEVELS))
     return EFPN(backbone, rpn, roi_heads, fpn.transform)
 
 
@@ -384,13 +377,11 @@ def efpn_resnet50_fpn(*, num_classes: int | None = None, weights: str | os.PathL
                                       **kwargs)
         model = efpn_from_fpn(fpn, small_roi_size=small_roi_size, ftt=ftt, copy_head=weights is not None)
     else:
-        # chapter 7's builder loads the top four levels and heads (its checks, frozen batch norm, eps), from a
-        # temporary file holding just those keys; the extension and the P2' head are loaded here
+        # chapter 7's builder loads the top four levels and heads (its checks, frozen batch norm, eps) from just
+        # those keys; the extension and the P2' head are loaded here
         extension_keys = {k for k in state_dict if k.startswith(("backbone.extension.", "roi_heads.small_box_"))}
-        with tempfile.TemporaryDirectory() as tmp:
-            fpn_file = os.path.join(tmp, "fpn.pt")
-            torch.save({k: v for k, v in state_dict.items() if k not in extension_keys}, fpn_file)
-            fpn = fasterrcnn_resnet50_fpn(num_classes=num_classes, weights=fpn_file, **kwargs)
+        fpn = fasterrcnn_resnet50_fpn(num_classes=num_classes, weights={k: v for k, v in state_dict.items()
+                                                                         if k not in extension_keys}, **kwargs)
         model = efpn_from_fpn(fpn, small_roi_size=small_roi_size, ftt=ftt)
         own = {k for k in model.state_dict() if k.startswith(("backbone.extension.", "roi_heads.small_box_"))}
         if own != extension_keys:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from course_lib.ops import AnchorGenerator, ImageList, MultiScaleRoIAlign
 
+from .fpn import FPN_ROI_LEVELS, fpn_anchor_generator
 from .roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
 from .transform import GeneralizedRCNNTransform, check_targets, resize_boxes
@@ -140,12 +141,6 @@ def detection_loss(model: nn.Module, batch: tuple) -> dict[str, Tensor]:
     return model(*batch)
 
 
-def _default_anchorgen() -> AnchorGenerator:
-    """FPN's anchors (sec. 4.1): one size per level, 32^2 on P2 ... 512^2 on P6, 3 aspect ratios."""
-    anchor_sizes = ((32,), (64,), (128,), (256,), (512,))
-    return AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
-
-
 class FasterRCNN(GeneralizedRCNN):
     """Faster R-CNN (Ren et al., NeurIPS 2015) = RPN + Fast R-CNN sharing one backbone.
 
@@ -205,7 +200,7 @@ class FasterRCNN(GeneralizedRCNN):
 
         if rpn is None:
             if rpn_anchor_generator is None:
-                rpn_anchor_generator = _default_anchorgen()
+                rpn_anchor_generator = fpn_anchor_generator()
             if rpn_head is None:
                 rpn_head = RPNHead(out_channels, rpn_anchor_generator.num_anchors_per_location()[0])
             rpn = RegionProposalNetwork(
@@ -217,7 +212,7 @@ class FasterRCNN(GeneralizedRCNN):
 
         if roi_heads is None:
             if box_roi_pool is None:
-                box_roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+                box_roi_pool = MultiScaleRoIAlign(featmap_names=FPN_ROI_LEVELS, output_size=7, sampling_ratio=2)
             if box_head is None:
                 resolution = box_roi_pool.output_size[0]
                 box_head = TwoMLPHead(out_channels * resolution ** 2, 1024)

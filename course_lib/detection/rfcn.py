@@ -50,9 +50,8 @@ from course_lib.backbones.resnet import (
 )
 from course_lib.backbones.width import scale_channels
 from course_lib.ops import AnchorGenerator, ps_roi_pool
-from course_lib.state_dict import read_state_dict
 
-from .builder import build_detector
+from .builder import build_detector, read_weights
 from .generalized_rcnn import GeneralizedRCNN
 from .roi_heads import RoIHeads
 from .rpn import RegionProposalNetwork, RPNHead
@@ -218,9 +217,10 @@ def _rfcn(depth: int, *, weights, num_classes, weights_backbone, trainable_backb
                         f"it takes {sorted(PAPER_RFCN_CONFIG)} besides its own.")
     config = {**PAPER_RFCN_CONFIG, **kwargs}
     if weights is not None:  # rfcn_cls has k^2 (C + 1) rows, not one per class: read C + 1 (and check k) here
-        found = _num_classes_of(read_state_dict(weights), k, repr(os.fspath(weights)))
+        state_dict, source = read_weights(weights)
+        found = _num_classes_of(state_dict, k, source)
         if num_classes is not None and num_classes != found:
-            raise ValueError(f"num_classes={num_classes} disagrees with {os.fspath(weights)!r}, which was trained with "
+            raise ValueError(f"num_classes={num_classes} disagrees with {source}, which was trained with "
                              f"num_classes={found} (k={k}); pass num_classes={found} or None.")
         num_classes = found
 

@@ -239,6 +239,18 @@ class RoIHeads(nn.Module):
         self.smooth_l1_beta = smooth_l1_beta
         self.box_loss_weight = box_loss_weight
 
+    def settings(self) -> dict:
+        """The keyword arguments of these heads besides their three modules: ``type(heads)(pool, head, predictor,
+        **heads.settings())`` behaves as ``heads`` -- how a subclass is built around existing heads (EFPN)."""
+        sampler = self.fg_bg_sampler
+        return dict(fg_iou_thresh=self.proposal_matcher.high_threshold, bg_iou_thresh=self.bg_iou_thresh,
+                    batch_size_per_image=None if sampler is None else sampler.batch_size_per_image,
+                    positive_fraction=0.25 if sampler is None else sampler.positive_fraction,
+                    bbox_reg_weights=self.box_coder.weights, score_thresh=self.score_thresh,
+                    nms_thresh=self.nms_thresh, detections_per_img=self.detections_per_img,
+                    ohem_batch_size_per_image=self.ohem_batch_size_per_image, smooth_l1_beta=self.smooth_l1_beta,
+                    box_loss_weight=self.box_loss_weight)
+
     # ------------------------------------------------------------------------------ the head
     def predict(self, features: dict[str, Tensor], proposals: list[Tensor],
                 image_shapes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:

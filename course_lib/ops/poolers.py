@@ -31,11 +31,17 @@ from torch import Tensor, nn
 from .boxes import box_area
 from .pooling import _output_size, convert_boxes_to_roi_format, roi_align
 
-__all__ = ["LevelMapper", "MultiScaleRoIAlign", "MISSING_LEVEL_RULES"]
+__all__ = ["LevelMapper", "MultiScaleRoIAlign", "MISSING_LEVEL_RULES", "level_name"]
 
 #: what a RoI whose eq.-1 level has no feature map gets: "nearest" -- the available level nearest on eq. 1's
 #: log2 scale; "error" -- a ValueError that names the sizes and the levels there are.
 MISSING_LEVEL_RULES = ("nearest", "error")
+
+
+def level_name(level: int) -> str:
+    """The papers' name of pyramid level ``level`` (stride 2^level): ``"P2"`` .. ``"P6"``; level 1, EFPN's
+    extended level at stride 2 built from C2' (Deng et al. 2021, eq. 1), is ``"P2'"``."""
+    return "P2'" if level == 1 else f"P{level}"
 
 
 def _sizes(boxlists: Sequence[Tensor]) -> Tensor:
