@@ -120,11 +120,12 @@ def _fasterrcnn_c4(depth: int, *, weights, num_classes, weights_backbone, traina
         freeze_layers(resnet, trainable_layers)
         config = {**PAPER_C4_CONFIG, **kwargs}
         anchor_sizes = tuple(config.pop("rpn_anchor_sizes", PAPER_ANCHOR_SIZES))
+        aspect_ratios = tuple(config.pop("rpn_aspect_ratios", PAPER_ASPECT_RATIOS))
         # the C4 pieces, unless given: the paper's anchors, 14x14 RoIAlign on C4, conv5_x as the box head
         if config.get("rpn") is None and config.get("rpn_anchor_generator") is None:
-            config["rpn_anchor_generator"] = AnchorGenerator((anchor_sizes,), (PAPER_ASPECT_RATIOS,))
-        elif "rpn_anchor_sizes" in kwargs:
-            raise ValueError("Pass rpn_anchor_sizes or rpn_anchor_generator, not both.")
+            config["rpn_anchor_generator"] = AnchorGenerator((anchor_sizes,), (aspect_ratios,))
+        elif {"rpn_anchor_sizes", "rpn_aspect_ratios"} & set(kwargs):
+            raise ValueError("Pass rpn_anchor_sizes / rpn_aspect_ratios or rpn_anchor_generator (or rpn), not both.")
         if config.get("roi_heads") is None:
             if config.get("box_roi_pool") is None:
                 config["box_roi_pool"] = SingleLevelRoIPool("0", output_size=14, spatial_scale=1 / 16, sampling_ratio=0)

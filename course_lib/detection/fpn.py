@@ -47,11 +47,16 @@ FPN_LEVELS: dict[str, int] = {"0": 2, "1": 3, "2": 4, "3": 5, "pool": 6}
 FPN_ROI_LEVELS: list[str] = ["0", "1", "2", "3"]
 
 
-def fpn_anchor_generator(aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)) -> AnchorGenerator:
-    """FPN's anchors (sec. 4.1): one size per level, 8 times its stride -- 32^2 on P2 ... 512^2 on P6 -- with
-    3 aspect ratios (15 anchors in all); the default of ``FasterRCNN``, as torchvision's."""
-    sizes = tuple((8 * 2 ** level,) for level in FPN_LEVELS.values())
-    return AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
+def fpn_anchor_generator(sizes: tuple[int, ...] | None = None,
+                         aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)) -> AnchorGenerator:
+    """FPN's anchors (sec. 4.1): one size per level of ``FPN_LEVELS`` (P2..P6), by default 8 times its stride --
+    32^2 on P2 ... 512^2 on P6 -- with 3 aspect ratios (15 anchors in all); the default of ``FasterRCNN``, as
+    torchvision's. ``sizes``: one size per level instead (the FPN builders' ``rpn_anchor_sizes``)."""
+    if sizes is None:
+        sizes = tuple(8 * 2 ** level for level in FPN_LEVELS.values())
+    if len(sizes) != len(FPN_LEVELS):
+        raise ValueError(f"FPN's anchors have one size per level {list(FPN_LEVELS)} (P2..P6), got {tuple(sizes)}.")
+    return AnchorGenerator(tuple((int(s),) for s in sizes), (tuple(aspect_ratios),) * len(sizes))
 
 
 class ExtraFPNBlock(nn.Module):

@@ -155,7 +155,8 @@ class FasterRCNN(GeneralizedRCNN):
 
     RPN: ``rpn_pre_nms_top_n_{train,test}`` boxes kept per level before NMS, ``rpn_post_nms_top_n_*``
     per image after it; ``rpn_nms_thresh``; anchors labelled with ``rpn_fg_iou_thresh`` /
-    ``rpn_bg_iou_thresh``; ``rpn_batch_size_per_image`` x ``rpn_positive_fraction`` sampled.
+    ``rpn_bg_iou_thresh``; ``rpn_batch_size_per_image`` x ``rpn_positive_fraction`` sampled;
+    ``rpn_featmap_names``: the maps it runs on (None: all; R-FCN: ``["c4"]``).
     RoI heads: ``box_fg_iou_thresh`` / ``box_bg_iou_thresh``, ``box_batch_size_per_image`` x
     ``box_positive_fraction``; inference keeps scores > ``box_score_thresh``, NMS at
     ``box_nms_thresh``, at most ``box_detections_per_img``.
@@ -171,7 +172,7 @@ class FasterRCNN(GeneralizedRCNN):
                  rpn_post_nms_top_n_train: int = 2000, rpn_post_nms_top_n_test: int = 1000,
                  rpn_nms_thresh: float = 0.7, rpn_fg_iou_thresh: float = 0.7, rpn_bg_iou_thresh: float = 0.3,
                  rpn_batch_size_per_image: int = 256, rpn_positive_fraction: float = 0.5,
-                 rpn_score_thresh: float = 0.0,
+                 rpn_score_thresh: float = 0.0, rpn_featmap_names: list[str] | None = None,
                  # box (Fast R-CNN) head
                  box_roi_pool: nn.Module | None = None, box_head: nn.Module | None = None,
                  box_predictor: nn.Module | None = None, box_score_thresh: float = 0.05,
@@ -208,7 +209,7 @@ class FasterRCNN(GeneralizedRCNN):
                 rpn_batch_size_per_image, rpn_positive_fraction,
                 dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
                 dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
-                rpn_nms_thresh, score_thresh=rpn_score_thresh)
+                rpn_nms_thresh, score_thresh=rpn_score_thresh, featmap_names=rpn_featmap_names)
 
         if roi_heads is None:
             if box_roi_pool is None:
