@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from course_lib.ops import ImageList, LevelMapper, MultiScaleRoIAlign
+from course_lib.ops import ImageList, LevelMapper, MultiScaleRoIAlign, box_area
 from course_lib.state_dict import read_state_dict
 
 from .faster_rcnn_fpn import fasterrcnn_resnet50_fpn
@@ -50,7 +50,7 @@ from .transform import GeneralizedRCNNTransform, check_targets
 
 __all__ = ["EFPN", "EFPNBackbone", "EFPNExtension", "EFPNRoIHeads", "FeatureTextureTransfer", "ResidualBlock",
            "CrossResolutionDistillation", "efpn_resnet50_fpn", "efpn_from_fpn", "set_stage", "fbb_loss",
-           "positive_masks", "pixel_shuffle_eq4", "eq4_channel_order", "efpn_level_mapper", "EFPN_LEVELS", "P2_PRIME"]
+           "positive_masks", "pixel_shuffle_eq4", "eq4_channel_order", "EFPNLevelMapper", "efpn_level_mapper", "EFPN_LEVELS", "P2_PRIME"]
 
 P2_PRIME = "p2_prime"  # the name of the extended level in the feature dict
 #: the extended pyramid's names -> level numbers (stride 2^level): P2' is level 1 (stride 2), then FPN's table
@@ -243,19 +243,43 @@ class EFPNBackbone(nn.Module):
 # ----------------------------------------------------------------------------------- eq. 2: routing
 
 
-def efpn_level_mapper(small_roi_size: float = 112.0) -> LevelMapper:
-    """EFPN's routing rule (eq. 2 with sec. IV-A3) as the pooler applies it: a RoI with sqrt(w h) < ``small_roi_size``
-    goes to P2' (level 1); the others follow FPN's eq. 1 over P2..P5. 112 px at 800 px on COCO is where eq. 1 (k0 = 4,
-    clamped at 2) sends a RoI to P2 (k < 3); 56 px at 1400 px on TT100K. The same :class:`LevelMapper` the detector's
-    pooler builds (``roi_heads.box_roi_pool.map_levels``) and the widget draws."""
-    return LevelMapper(levels=[EFPN_LEVELS[n] for n in (P2_PRIME, *FPN_ROI_LEVELS)], small_roi_size=small_roi_size,
-                       small_roi_level=EFPN_LEVELS[P2_PRIME])
+class EFPNLevelMapper(LevelMapper):
+    """EFPN's routing rule (eq. 2 with sec. IV-A3), given to the RoI pooler as its level rule: a RoI with
+    sqrt(w h) < ``small_roi_size`` goes to P2' (level 1); the others follow FPN's eq. 1 (:class:`LevelMapper`) over
+    P2..P5. ``levels`` are all five, finest first; ``eq1_levels`` the four of eq. 1."""
+
+    def __init__(self, small_roi_size: float = 112.0, **eq1_options):
+        if not (isinstance(small_roi_size, (int, float)) and small_roi_size > 0):
+            raise ValueError(f"small_roi_size must be a positive number of pixels (paper: 112 on COCO, 56 on "
+                             f"TT100K), got {small_roi_size!r}")
+        super().__init__(levels=[EFPN_LEVELS[name] for name in FPN_ROI_LEVELS], **eq1_options)
+        self.threshold, self.small_level = float(small_roi_size), EFPN_LEVELS[P2_PRIME]
+        self.levels = [self.small_level, *self.eq1_levels]
+
+    def level(self, boxlists: list[Tensor]) -> Tensor:
+        k = super().level(boxlists)
+        sizes = torch.sqrt(torch.cat([box_area(boxes) for boxes in boxlists]))
+        return torch.where(sizes < self.threshold, torch.full_like(k, self.small_level), k)
+
+    def __call__(self, boxlists: list[Tensor]) -> Tensor:
+        k = self.level(boxlists)
+        return torch.searchsorted(torch.tensor(self.levels, dtype=torch.int64, device=k.device), k)
+
+    def __repr__(self) -> str:
+        return f"EFPNLevelMapper(small_roi_size={self.threshold}, levels={self.levels})"
+
+
+def efpn_level_mapper(small_roi_size: float = 112.0) -> EFPNLevelMapper:
+    """EFPN's routing rule (:class:`EFPNLevelMapper`): 112 px at 800 px on COCO is where eq. 1 (k0 = 4, clamped at
+    2) sends a RoI to P2 (k < 3); 56 px at 1400 px on TT100K. The very rule the detector's pooler applies
+    (``roi_heads.box_roi_pool.map_levels``)."""
+    return EFPNLevelMapper(small_roi_size)
 
 
 class EFPNRoIHeads(RoIHeads):
     """Chapter 7's RoI heads plus a second head for small RoIs on P2' (sec. IV-A3).
 
-    One pooler over P2', P2..P5 with EFPN's rule (:func:`efpn_level_mapper`: sqrt(wh) < ``small_roi_size`` -> P2',
+    One pooler over P2', P2..P5 with EFPN's rule (:class:`EFPNLevelMapper`: sqrt(wh) < ``small_roi_size`` -> P2',
     the rest by FPN's eq. 1) pools every RoI and says its level; ``predict`` -- the only method overridden -- scores
     the P2' RoIs with ``small_box_head``/``small_box_predictor`` and the others with the original ``box_head``/
     ``box_predictor``. Sampling, losses (OHEM included) and post-processing are the parent's, so at inference both
@@ -280,24 +304,21 @@ class EFPNRoIHeads(RoIHeads):
                    small_box_head=small_box_head, small_box_predictor=small_box_predictor, small_roi_size=small_roi_size)
 
     def _add_small_head(self, small_box_head: nn.Module, small_box_predictor: nn.Module, small_roi_size: float):
-        if not (isinstance(small_roi_size, (int, float)) and small_roi_size > 0):
-            raise ValueError(f"small_roi_size must be a positive number of pixels (paper: 112 on COCO, 56 on "
-                             f"TT100K), got {small_roi_size!r}")
         self.small_box_head = small_box_head
         self.small_box_predictor = small_box_predictor
         self.small_roi_size = small_roi_size
 
     @property
     def small_roi_size(self) -> float:
-        """The routing threshold in pixels of the network's input (the pooler's ``small_roi_size``)."""
-        return self.box_roi_pool.small_roi_size
+        """The routing threshold in pixels of the network's input (of the pooler's :class:`EFPNLevelMapper`)."""
+        return self.box_roi_pool.map_levels.threshold
 
     @small_roi_size.setter
     def small_roi_size(self, value: float) -> None:
         old = self.box_roi_pool  # chapter 7's pooler (or ours): keep its output size and sampling
         self.box_roi_pool = MultiScaleRoIAlign(
             [P2_PRIME, *FPN_ROI_LEVELS], output_size=old.output_size, sampling_ratio=old.sampling_ratio,
-            levels=EFPN_LEVELS, small_roi_size=float(value), small_roi_level=EFPN_LEVELS[P2_PRIME])
+            levels=EFPN_LEVELS, level_mapper=EFPNLevelMapper(value))
 
     def predict(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
                 ) -> tuple[Tensor, Tensor]:
