@@ -125,7 +125,7 @@ def _fasterrcnn_c4(depth: int, *, weights, num_classes, weights_backbone, traina
         if config.get("rpn") is None and config.get("rpn_anchor_generator") is None:
             config["rpn_anchor_generator"] = AnchorGenerator((anchor_sizes,), (aspect_ratios,))
         elif {"rpn_anchor_sizes", "rpn_aspect_ratios"} & set(kwargs):
-            raise ValueError("Pass rpn_anchor_sizes / rpn_aspect_ratios or rpn_anchor_generator (or rpn), not both.")
+            raise ValueError("Pass rpn_anchor_sizes or rpn_anchor_generator (rpn_aspect_ratios too), not both.")
         if config.get("roi_heads") is None:
             if config.get("box_roi_pool") is None:
                 config["box_roi_pool"] = SingleLevelRoIPool("0", output_size=14, spatial_scale=1 / 16, sampling_ratio=0)

@@ -73,7 +73,7 @@ def _fasterrcnn_resnet_fpn(depth: int, *, weights, num_classes, weights_backbone
     anchors = {key: kwargs.pop(key) for key in ("rpn_anchor_sizes", "rpn_aspect_ratios") if key in kwargs}
     if anchors:  # the spelling of every builder: one size per level here (P2..P6)
         if kwargs.get("rpn_anchor_generator") is not None:
-            raise ValueError("Pass rpn_anchor_sizes / rpn_aspect_ratios or rpn_anchor_generator, not both.")
+            raise ValueError("Pass rpn_anchor_sizes or rpn_anchor_generator (rpn_aspect_ratios too), not both.")
         kwargs["rpn_anchor_generator"] = fpn_anchor_generator(anchors.get("rpn_anchor_sizes"),
                                                               anchors.get("rpn_aspect_ratios", (0.5, 1.0, 2.0)))
 
