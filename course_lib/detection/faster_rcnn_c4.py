@@ -38,7 +38,7 @@ from .builder import build_detector
 from .generalized_rcnn import FasterRCNN
 from .roi_heads import FastRCNNPredictor, init_like_fast_rcnn
 
-__all__ = ["ResNetC4", "ResNetC5Head", "SingleLevelRoIPool", "fasterrcnn_resnet50_c4",
+__all__ = ["ResNetC4", "ResNetC5Head", "SingleLevelRoIPool", "build_resnet", "fasterrcnn_resnet50_c4",
            "fasterrcnn_resnet101_c4"]
 
 # 3 scales x 3 aspect ratios = 9 anchors per C4 position (Faster R-CNN sec. 3.1.1)
@@ -51,6 +51,19 @@ PAPER_C4_CONFIG = dict(
     box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5, box_batch_size_per_image=512, box_positive_fraction=0.25,
     bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100,
 )
+
+
+def build_resnet(depth: int, *, weights_backbone: str | os.PathLike | None, trainable_layers: int, norm_layer,
+                 width: float = 1.0, replace_stride_with_dilation: list[bool] | None = None) -> ResNet:
+    """The whole ResNet-``depth`` (50 or 101) a C4-style builder cuts its trunk and per-RoI head from (this chapter;
+    R-FCN's conv5_x a trous, ``replace_stride_with_dilation=[False, False, True]``): torchvision's ImageNet weights
+    from a local file when given, then the first ``5 - trainable_layers`` stages frozen."""
+    resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer, width=width,
+                                                   replace_stride_with_dilation=replace_stride_with_dilation)
+    if weights_backbone is not None:
+        load_torchvision_resnet(resnet, weights_backbone)
+    freeze_layers(resnet, trainable_layers)
+    return resnet
 
 
 class ResNetC4(nn.Module):
@@ -114,10 +127,8 @@ def _fasterrcnn_c4(depth: int, *, weights, num_classes, weights_backbone, traina
                          "R-CNN); to use another one, build the model and replace model.roi_heads.box_predictor.")
 
     def make(num_classes, weights_backbone, trainable_layers, norm_layer):
-        resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer, width=width)
-        if weights_backbone is not None:
-            load_torchvision_resnet(resnet, weights_backbone)
-        freeze_layers(resnet, trainable_layers)
+        resnet = build_resnet(depth, weights_backbone=weights_backbone, trainable_layers=trainable_layers,
+                              norm_layer=norm_layer, width=width)
         config = {**PAPER_C4_CONFIG, **kwargs}
         anchor_sizes = tuple(config.pop("rpn_anchor_sizes", PAPER_ANCHOR_SIZES))
         aspect_ratios = tuple(config.pop("rpn_aspect_ratios", PAPER_ASPECT_RATIOS))

@@ -40,18 +40,12 @@ import os
 
 from torch import Tensor, nn
 
-from course_lib.backbones.resnet import (
-    IntermediateLayerGetter,
-    ResNet,
-    freeze_layers,
-    load_torchvision_resnet,
-    resnet50,
-    resnet101,
-)
+from course_lib.backbones.resnet import IntermediateLayerGetter, ResNet
 from course_lib.backbones.width import scale_channels
 from course_lib.ops import AnchorGenerator, ps_roi_pool
 
 from .builder import build_detector, read_weights
+from .faster_rcnn_c4 import build_resnet
 from .generalized_rcnn import FasterRCNN
 from .roi_heads import RoIHeads
 from .rpn import RPNHead
@@ -225,13 +219,10 @@ def _rfcn(depth: int, *, weights, num_classes, weights_backbone, trainable_backb
         num_classes = found
 
     def make(*, num_classes, weights_backbone, trainable_layers, norm_layer):
-        resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer, width=width,
-                                                       replace_stride_with_dilation=[False, False, True])
-        if dilate_first_block:
+        resnet = build_resnet(depth, weights_backbone=weights_backbone, trainable_layers=trainable_layers,
+                              norm_layer=norm_layer, width=width, replace_stride_with_dilation=[False, False, True])
+        if dilate_first_block:  # a different sampling grid, the same weights: after loading them is the same
             dilate_res5a(resnet)
-        if weights_backbone is not None:
-            load_torchvision_resnet(resnet, weights_backbone)
-        freeze_layers(resnet, trainable_layers)
         backbone = RFCNBackbone(resnet)
         if "rpn" in stages:
             rpn = dict(rpn=stages["rpn"])
