@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from collections import OrderedDict
 
@@ -40,18 +39,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from course_lib.ops import ImageList, LevelMapper, MultiScaleRoIAlign
+from course_lib.ops import ImageList, LevelMapper, MultiScaleRoIAlign, box_area
 from course_lib.state_dict import read_state_dict
 
 from .faster_rcnn_fpn import fasterrcnn_resnet50_fpn
 from .fpn import FPN_LEVELS, FPN_ROI_LEVELS
-from .generalized_rcnn import GeneralizedRCNN, check_targets
+from .generalized_rcnn import GeneralizedRCNN
 from .roi_heads import RoIHeads
-from .transform import GeneralizedRCNNTransform
+from .transform import GeneralizedRCNNTransform, check_targets
 
 __all__ = ["EFPN", "EFPNBackbone", "EFPNExtension", "EFPNRoIHeads", "FeatureTextureTransfer", "ResidualBlock",
            "CrossResolutionDistillation", "efpn_resnet50_fpn", "efpn_from_fpn", "set_stage", "fbb_loss",
-           "positive_masks", "pixel_shuffle_eq4", "eq4_channel_order", "efpn_level_mapper", "EFPN_LEVELS", "P2_PRIME"]
+           "positive_masks", "pixel_shuffle_eq4", "eq4_channel_order", "EFPNLevelMapper", "efpn_level_mapper", "EFPN_LEVELS", "P2_PRIME"]
 
 P2_PRIME = "p2_prime"  # the name of the extended level in the feature dict
 #: the extended pyramid's names -> level numbers (stride 2^level): P2' is level 1 (stride 2), then FPN's table
@@ -244,19 +243,43 @@ class EFPNBackbone(nn.Module):
 # ----------------------------------------------------------------------------------- eq. 2: routing
 
 
-def efpn_level_mapper(small_roi_size: float = 112.0) -> LevelMapper:
-    """EFPN's routing rule (eq. 2 with sec. IV-A3) as the pooler applies it: a RoI with sqrt(w h) < ``small_roi_size``
-    goes to P2' (level 1); the others follow FPN's eq. 1 over P2..P5. 112 px at 800 px on COCO is where eq. 1 (k0 = 4,
-    clamped at 2) sends a RoI to P2 (k < 3); 56 px at 1400 px on TT100K. The same :class:`LevelMapper` the detector's
-    pooler builds (``roi_heads.box_roi_pool.map_levels``) and the widget draws."""
-    return LevelMapper(levels=[EFPN_LEVELS[n] for n in (P2_PRIME, *FPN_ROI_LEVELS)], small_roi_size=small_roi_size,
-                       small_roi_level=EFPN_LEVELS[P2_PRIME])
+class EFPNLevelMapper(LevelMapper):
+    """EFPN's routing rule (eq. 2 with sec. IV-A3), given to the RoI pooler as its level rule: a RoI with
+    sqrt(w h) < ``small_roi_size`` goes to P2' (level 1); the others follow FPN's eq. 1 (:class:`LevelMapper`) over
+    P2..P5. ``levels`` are all five, finest first; ``eq1_levels`` the four of eq. 1."""
+
+    def __init__(self, small_roi_size: float = 112.0, **eq1_options):
+        if not (isinstance(small_roi_size, (int, float)) and small_roi_size > 0):
+            raise ValueError(f"small_roi_size must be a positive number of pixels (paper: 112 on COCO, 56 on "
+                             f"TT100K), got {small_roi_size!r}")
+        super().__init__(levels=[EFPN_LEVELS[name] for name in FPN_ROI_LEVELS], **eq1_options)
+        self.threshold, self.small_level = float(small_roi_size), EFPN_LEVELS[P2_PRIME]
+        self.levels = [self.small_level, *self.eq1_levels]
+
+    def level(self, boxlists: list[Tensor]) -> Tensor:
+        k = super().level(boxlists)
+        sizes = torch.sqrt(torch.cat([box_area(boxes) for boxes in boxlists]))
+        return torch.where(sizes < self.threshold, torch.full_like(k, self.small_level), k)
+
+    def __call__(self, boxlists: list[Tensor]) -> Tensor:
+        k = self.level(boxlists)
+        return torch.searchsorted(torch.tensor(self.levels, dtype=torch.int64, device=k.device), k)
+
+    def __repr__(self) -> str:
+        return f"EFPNLevelMapper(small_roi_size={self.threshold}, levels={self.levels})"
+
+
+def efpn_level_mapper(small_roi_size: float = 112.0) -> EFPNLevelMapper:
+    """EFPN's routing rule (:class:`EFPNLevelMapper`): 112 px at 800 px on COCO is where eq. 1 (k0 = 4, clamped at
+    2) sends a RoI to P2 (k < 3); 56 px at 1400 px on TT100K. The very rule the detector's pooler applies
+    (``roi_heads.box_roi_pool.map_levels``)."""
+    return EFPNLevelMapper(small_roi_size)
 
 
 class EFPNRoIHeads(RoIHeads):
     """Chapter 7's RoI heads plus a second head for small RoIs on P2' (sec. IV-A3).
 
-    One pooler over P2', P2..P5 with EFPN's rule (:func:`efpn_level_mapper`: sqrt(wh) < ``small_roi_size`` -> P2',
+    One pooler over P2', P2..P5 with EFPN's rule (:class:`EFPNLevelMapper`: sqrt(wh) < ``small_roi_size`` -> P2',
     the rest by FPN's eq. 1) pools every RoI and says its level; ``predict`` -- the only method overridden -- scores
     the P2' RoIs with ``small_box_head``/``small_box_predictor`` and the others with the original ``box_head``/
     ``box_predictor``. Sampling, losses (OHEM included) and post-processing are the parent's, so at inference both
@@ -277,32 +300,25 @@ class EFPNRoIHeads(RoIHeads):
     def from_roi_heads(cls, heads: RoIHeads, *, small_box_head: nn.Module, small_box_predictor: nn.Module,
                        small_roi_size: float = 112.0) -> "EFPNRoIHeads":
         """EFPN heads with the settings and the (shared) modules of chapter 7's ``heads``, plus the P2' head."""
-        new = copy.copy(heads)  # same settings; the module dicts are copied below so the two do not alias
-        new._modules, new._parameters, new._buffers = (OrderedDict(heads._modules), OrderedDict(heads._parameters),
-                                                       OrderedDict(heads._buffers))
-        new.__class__ = cls
-        new._add_small_head(small_box_head, small_box_predictor, small_roi_size)
-        return new
+        return cls(heads.box_roi_pool, heads.box_head, heads.box_predictor, **heads.settings(),
+                   small_box_head=small_box_head, small_box_predictor=small_box_predictor, small_roi_size=small_roi_size)
 
     def _add_small_head(self, small_box_head: nn.Module, small_box_predictor: nn.Module, small_roi_size: float):
-        if not (isinstance(small_roi_size, (int, float)) and small_roi_size > 0):
-            raise ValueError(f"small_roi_size must be a positive number of pixels (paper: 112 on COCO, 56 on "
-                             f"TT100K), got {small_roi_size!r}")
         self.small_box_head = small_box_head
         self.small_box_predictor = small_box_predictor
         self.small_roi_size = small_roi_size
 
     @property
     def small_roi_size(self) -> float:
-        """The routing threshold in pixels of the network's input (the pooler's ``small_roi_size``)."""
-        return self.box_roi_pool._rules["small_roi_size"]
+        """The routing threshold in pixels of the network's input (of the pooler's :class:`EFPNLevelMapper`)."""
+        return self.box_roi_pool.map_levels.threshold
 
     @small_roi_size.setter
     def small_roi_size(self, value: float) -> None:
         old = self.box_roi_pool  # chapter 7's pooler (or ours): keep its output size and sampling
         self.box_roi_pool = MultiScaleRoIAlign(
             [P2_PRIME, *FPN_ROI_LEVELS], output_size=old.output_size, sampling_ratio=old.sampling_ratio,
-            levels=EFPN_LEVELS, small_roi_size=float(value), small_roi_level=EFPN_LEVELS[P2_PRIME])
+            levels=EFPN_LEVELS, level_mapper=EFPNLevelMapper(value))
 
     def predict(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
                 ) -> tuple[Tensor, Tensor]:
@@ -360,10 +376,8 @@ def efpn_from_fpn(fpn: GeneralizedRCNN, *, small_roi_size: float = 112.0, ftt: s
                 m.reset_parameters()
     roi_heads = EFPNRoIHeads.from_roi_heads(heads, small_box_head=small_head, small_box_predictor=small_predictor,
                                             small_roi_size=small_roi_size)
-    rpn = copy.copy(fpn.rpn)
-    rpn._modules = OrderedDict(fpn.rpn._modules)
-    if rpn.featmap_names is None:
-        rpn.featmap_names = list(FPN_LEVELS)  # no anchors on P2' (the authors' code: RPN on P2..P6 only)
+    # chapter 7's RPN (head and anchors shared) on P2..P6: no anchors on P2' (the authors' code: RPN on P2..P6 only)
+    rpn = fpn.rpn.on_maps(fpn.rpn.featmap_names or list(FPN_LEVELS))
     return EFPN(backbone, rpn, roi_heads, fpn.transform)
 
 
@@ -384,13 +398,11 @@ def efpn_resnet50_fpn(*, num_classes: int | None = None, weights: str | os.PathL
                                       **kwargs)
         model = efpn_from_fpn(fpn, small_roi_size=small_roi_size, ftt=ftt, copy_head=weights is not None)
     else:
-        # chapter 7's builder loads the top four levels and heads (its checks, frozen batch norm, eps), from a
-        # temporary file holding just those keys; the extension and the P2' head are loaded here
+        # chapter 7's builder loads the top four levels and heads (its checks, frozen batch norm, eps) from just
+        # those keys; the extension and the P2' head are loaded here
         extension_keys = {k for k in state_dict if k.startswith(("backbone.extension.", "roi_heads.small_box_"))}
-        with tempfile.TemporaryDirectory() as tmp:
-            fpn_file = os.path.join(tmp, "fpn.pt")
-            torch.save({k: v for k, v in state_dict.items() if k not in extension_keys}, fpn_file)
-            fpn = fasterrcnn_resnet50_fpn(num_classes=num_classes, weights=fpn_file, **kwargs)
+        fpn = fasterrcnn_resnet50_fpn(num_classes=num_classes, weights={k: v for k, v in state_dict.items()
+                                                                         if k not in extension_keys}, **kwargs)
         model = efpn_from_fpn(fpn, small_roi_size=small_roi_size, ftt=ftt)
         own = {k for k in model.state_dict() if k.startswith(("backbone.extension.", "roi_heads.small_box_"))}
         if own != extension_keys:

@@ -14,22 +14,23 @@ image and cuts every proposal's features out of the shared feature map (Figure 1
       -> training: sampled RoIs and the multi-task loss (section 2.3, eq. 1)
          testing: class-specific boxes, per-class NMS (section 3)
 
-The sampler and the post-processing are R-CNN's (:mod:`course_lib.detection.rcnn`) with
-Fast R-CNN's settings: 64 RoIs per image, 25% foreground, background IoU in [0.1, 0.5).
+The second stage -- sampling, the loss, the per-class NMS of R-CNN -- is
+:class:`~course_lib.detection.roi_heads.RoIHeads`, the one that chapters 5-8 use on an RPN's
+proposals; :class:`FastRCNNRoIHeads` only gives it this paper's settings: 64 RoIs per image, 25%
+foreground, background IoU in [0.1, 0.5), smooth L1 with beta = 1, NMS at 0.3.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.vgg import VGG16
-from ..ops import BoxCoder, roi_pool
-from .rcnn import clean_proposals, clean_targets, postprocess_detections, sample_rois
-from .roi_heads import FastRCNNPredictor, box_deltas_of_labels, init_like_fast_rcnn
-from .transform import GeneralizedRCNNTransform, resize_boxes
+from ..ops import roi_pool
+from .rcnn import clean_proposals
+from .roi_heads import FastRCNNPredictor, RoIHeads, fast_rcnn_loss, init_like_fast_rcnn
+from .transform import GeneralizedRCNNTransform, check_targets, resize_boxes
 
 __all__ = [
     "RoIPool",
@@ -52,7 +53,8 @@ class RoIPool(nn.Module):
         super().__init__()
         self.output_size, self.spatial_scale = output_size, spatial_scale
 
-    def forward(self, features: Tensor, rois: list[Tensor]) -> Tensor:
+    def forward(self, features: Tensor, rois: list[Tensor], image_shapes: list[tuple[int, int]] | None = None) -> Tensor:
+        """``image_shapes`` is not needed (the scale is known); it is the pooler call of :class:`RoIHeads`."""
         return roi_pool(features, rois, self.output_size, self.spatial_scale)
 
     def extra_repr(self) -> str:
@@ -96,50 +98,18 @@ class VGG16BoxHead(nn.Module):
 
 def smooth_l1(x: Tensor, beta: float = 1.0) -> Tensor:
     """Eq. 3: 0.5 x^2 if |x| < 1, |x| - 0.5 otherwise (``beta`` = 1; generalised as
-    0.5 x^2 / beta if |x| < beta, |x| - 0.5 beta otherwise). Less sensitive to outliers than L2."""
+    0.5 x^2 / beta if |x| < beta, |x| - 0.5 beta otherwise). Less sensitive to outliers than L2.
+    The loss (:func:`~course_lib.detection.roi_heads.fast_rcnn_loss`) uses torch's equal
+    ``F.smooth_l1_loss``; this is the formula to plot and read."""
     ax = x.abs()
     return torch.where(ax < beta, 0.5 * x ** 2 / beta, ax - 0.5 * beta)
 
 
-def fast_rcnn_loss(
-    class_logits: Tensor,
-    box_regression: Tensor,
-    labels: Tensor,
-    regression_targets: Tensor,
-    box_loss_weight: float = 1.0,
-    beta: float = 1.0,
-) -> tuple[Tensor, Tensor]:
-    """The multi-task loss, eq. 1, averaged over the R sampled RoIs:
-
-        L(p, u, t^u, v) = L_cls(p, u) + lambda [u >= 1] L_loc(t^u, v)
-
-    with ``L_cls = -log p_u`` (cross-entropy over K+1 classes) and
-    ``L_loc = sum_{i in x,y,w,h} smooth_L1(t^u_i - v_i)`` (eq. 2) on the offsets ``t^u``
-    predicted for the true class u; background RoIs (u = 0) have no box loss.
-    ``lambda`` = ``box_loss_weight`` = 1 in the paper. Returns ``(loss_classifier, loss_box_reg)``;
-    ``box_loss_weight`` is already applied to the second. With ``beta = 1/9`` this is
-    torchvision's ``fastrcnn_loss``.
-
-    Shapes: ``class_logits`` (R, K+1), ``box_regression`` (R, 4 (K+1)) or class-agnostic (R, 4),
-    ``labels`` (R,), ``regression_targets`` (R, 4).
-    """
-    if labels.numel() == 0:  # nothing sampled: zero losses that still reach the parameters
-        zero = class_logits.sum() * 0.0 + box_regression.sum() * 0.0
-        return zero, zero.clone()
-    loss_cls = F.cross_entropy(class_logits, labels)
-    fg = torch.where(labels > 0)[0]
-    offsets = box_deltas_of_labels(box_regression[fg], labels[fg])  # t^u of the true class
-    loss_loc = smooth_l1(offsets - regression_targets[fg], beta).sum() / labels.numel()
-    return loss_cls, box_loss_weight * loss_loc
-
-
-class FastRCNNRoIHeads(nn.Module):
-    """Everything after the backbone: sample RoIs (training), pool, classify and regress,
-    then the loss (training) or the detections (testing).
-
-    The head itself is :meth:`predict`, the same contract as chapter 5's
-    :class:`~course_lib.detection.roi_heads.RoIHeads`: ``(features, proposals, image_sizes) ->
-    (class_logits, box_regression)``; a variant overrides it and keeps sampling, loss and NMS.
+class FastRCNNRoIHeads(RoIHeads):
+    """Everything after the backbone: :class:`~course_lib.detection.roi_heads.RoIHeads` -- sample RoIs
+    (training), pool, classify and regress, then the loss (eq. 1, :func:`fast_rcnn_loss`) or the detections
+    (R-CNN's per-class NMS) -- with the Fast R-CNN paper's settings. Chapter 5 runs the same stage on an
+    RPN's proposals; a variant overrides :meth:`predict` only.
 
     Args:
         box_roi_pool: RoI pooling (7 x 7, scale 1/16).
@@ -150,7 +120,8 @@ class FastRCNNRoIHeads(nn.Module):
         bbox_reg_weights: (10, 10, 5, 5): the targets normalised "to have zero mean and unit
             variance" with the standard deviations (0.1, 0.1, 0.2, 0.2) of the authors' code.
         box_loss_weight: lambda of eq. 1 (1). ``smooth_l1_beta``: 1 (eq. 3).
-        score_thresh, nms_thresh, detections_per_img: test-time post-processing.
+        score_thresh, nms_thresh, detections_per_img: test-time post-processing (NMS at 0.3, the
+            authors' code).
     """
 
     def __init__(
@@ -170,55 +141,9 @@ class FastRCNNRoIHeads(nn.Module):
         nms_thresh: float = 0.3,
         detections_per_img: int = 100,
     ):
-        super().__init__()
-        self.box_roi_pool, self.box_head, self.box_predictor = box_roi_pool, box_head, box_predictor
-        self.rois_per_image, self.positive_fraction = rois_per_image, positive_fraction
-        self.fg_iou_thresh, self.bg_iou_thresh = fg_iou_thresh, tuple(bg_iou_thresh)
-        self.box_coder = BoxCoder(bbox_reg_weights)
-        self.box_loss_weight, self.smooth_l1_beta = box_loss_weight, smooth_l1_beta
-        self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
-
-    def select_training_samples(self, proposals: list[Tensor], targets: list[dict]) -> tuple[list[Tensor], Tensor, Tensor]:
-        """Sample each image's RoIs; returns the RoIs, their labels and regression targets."""
-        rois, labels, regression_targets = [], [], []
-        for props, target in zip(proposals, targets):
-            r, lab, matched = sample_rois(props, target["boxes"], target["labels"], self.rois_per_image,
-                                          self.positive_fraction, self.fg_iou_thresh, self.bg_iou_thresh)
-            rois.append(r)
-            labels.append(lab)
-            regression_targets.append(self.box_coder.encode_single(matched, r))
-        return rois, torch.cat(labels), torch.cat(regression_targets)
-
-    def predict(self, features: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]]
-                ) -> tuple[Tensor, Tensor]:
-        """Class logits (R, K+1) and class-specific offsets (R, 4 (K+1)) of the RoIs, in order:
-        RoI pooling -> fc6, fc7 -> the two sibling layers (Figure 1)."""
-        return self.box_predictor(self.box_head(self.box_roi_pool(features, proposals)))
-
-    def forward(self, features: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]],
-                targets: list[dict] | None = None) -> tuple[list[dict], dict[str, Tensor]]:
-        if self.training:
-            if targets is None:
-                raise ValueError("Fast R-CNN in training mode needs targets; call model.eval() to detect.")
-            proposals, labels, regression_targets = self.select_training_samples(proposals, targets)
-        class_logits, box_regression = self.predict(features, proposals, image_sizes)
-        if self.training:
-            loss_cls, loss_box = fast_rcnn_loss(class_logits, box_regression, labels, regression_targets,
-                                                self.box_loss_weight, self.smooth_l1_beta)
-            return [], {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
-        return self.postprocess(class_logits, box_regression, proposals, image_sizes), {}
-
-    def postprocess(self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
-                    image_sizes: list[tuple[int, int]]) -> list[dict]:
-        """Softmax scores and class-specific boxes of every RoI, then R-CNN's per-class NMS."""
-        scores = F.softmax(class_logits, -1).split([len(p) for p in proposals])
-        offsets = box_regression.split([len(p) for p in proposals])
-        detections = []
-        for s, t, props, size in zip(scores, offsets, proposals, image_sizes):
-            boxes = self.box_coder.decode_single(t, props).reshape(len(props), t.shape[1] // 4, 4)
-            detections.append(postprocess_detections(s[:, 1:], boxes[:, 1:], size, self.score_thresh,
-                                                      self.nms_thresh, self.detections_per_img))
-        return detections
+        super().__init__(box_roi_pool, box_head, box_predictor, fg_iou_thresh, bg_iou_thresh, rois_per_image,
+                         positive_fraction, bbox_reg_weights, score_thresh, nms_thresh, detections_per_img,
+                         box_loss_weight=box_loss_weight, smooth_l1_beta=smooth_l1_beta)
 
 
 class FastRCNN(nn.Module):
@@ -242,7 +167,7 @@ class FastRCNN(nn.Module):
         if self.training and targets is None:
             raise ValueError("Fast R-CNN in training mode needs targets; call model.eval() to detect.")
         original_sizes = [tuple(img.shape[-2:]) for img in images]
-        image_list, targets = self.transform(list(images), clean_targets(targets))
+        image_list, targets = self.transform(list(images), None if targets is None else check_targets(targets))
         # the proposals follow their image through the resize
         proposals = [resize_boxes(clean_proposals(p, size), size, new_size).to(image_list.tensors.device)
                      for p, size, new_size in zip(proposals, original_sizes, image_list.image_sizes)]

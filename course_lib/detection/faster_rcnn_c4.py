@@ -38,7 +38,7 @@ from .builder import build_detector
 from .generalized_rcnn import FasterRCNN
 from .roi_heads import FastRCNNPredictor, init_like_fast_rcnn
 
-__all__ = ["ResNetC4", "ResNetC5Head", "SingleLevelRoIPool", "fasterrcnn_resnet50_c4",
+__all__ = ["ResNetC4", "ResNetC5Head", "SingleLevelRoIPool", "build_resnet", "fasterrcnn_resnet50_c4",
            "fasterrcnn_resnet101_c4"]
 
 # 3 scales x 3 aspect ratios = 9 anchors per C4 position (Faster R-CNN sec. 3.1.1)
@@ -51,6 +51,19 @@ PAPER_C4_CONFIG = dict(
     box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5, box_batch_size_per_image=512, box_positive_fraction=0.25,
     bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100,
 )
+
+
+def build_resnet(depth: int, *, weights_backbone: str | os.PathLike | None, trainable_layers: int, norm_layer,
+                 width: float = 1.0, replace_stride_with_dilation: list[bool] | None = None) -> ResNet:
+    """The whole ResNet-``depth`` (50 or 101) a C4-style builder cuts its trunk and per-RoI head from (this chapter;
+    R-FCN's conv5_x a trous, ``replace_stride_with_dilation=[False, False, True]``): torchvision's ImageNet weights
+    from a local file when given, then the first ``5 - trainable_layers`` stages frozen."""
+    resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer, width=width,
+                                                   replace_stride_with_dilation=replace_stride_with_dilation)
+    if weights_backbone is not None:
+        load_torchvision_resnet(resnet, weights_backbone)
+    freeze_layers(resnet, trainable_layers)
+    return resnet
 
 
 class ResNetC4(nn.Module):
@@ -114,23 +127,23 @@ def _fasterrcnn_c4(depth: int, *, weights, num_classes, weights_backbone, traina
                          "R-CNN); to use another one, build the model and replace model.roi_heads.box_predictor.")
 
     def make(num_classes, weights_backbone, trainable_layers, norm_layer):
-        resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer, width=width)
-        if weights_backbone is not None:
-            load_torchvision_resnet(resnet, weights_backbone)
-        freeze_layers(resnet, trainable_layers)
+        resnet = build_resnet(depth, weights_backbone=weights_backbone, trainable_layers=trainable_layers,
+                              norm_layer=norm_layer, width=width)
         config = {**PAPER_C4_CONFIG, **kwargs}
         anchor_sizes = tuple(config.pop("rpn_anchor_sizes", PAPER_ANCHOR_SIZES))
+        aspect_ratios = tuple(config.pop("rpn_aspect_ratios", PAPER_ASPECT_RATIOS))
         # the C4 pieces, unless given: the paper's anchors, 14x14 RoIAlign on C4, conv5_x as the box head
-        if config.get("rpn_anchor_generator") is None:
-            config["rpn_anchor_generator"] = AnchorGenerator((anchor_sizes,), (PAPER_ASPECT_RATIOS,))
-        elif "rpn_anchor_sizes" in kwargs:
-            raise ValueError("Pass rpn_anchor_sizes or rpn_anchor_generator, not both.")
-        if config.get("box_roi_pool") is None:
-            config["box_roi_pool"] = SingleLevelRoIPool("0", output_size=14, spatial_scale=1 / 16, sampling_ratio=0)
-        if config.get("box_head") is None:
-            config["box_head"] = ResNetC5Head(resnet.layer4)
-        config["box_predictor"] = init_like_fast_rcnn(FastRCNNPredictor(resnet.layer4[-1].conv3.out_channels,
-                                                                        num_classes))
+        if config.get("rpn") is None and config.get("rpn_anchor_generator") is None:
+            config["rpn_anchor_generator"] = AnchorGenerator((anchor_sizes,), (aspect_ratios,))
+        elif {"rpn_anchor_sizes", "rpn_aspect_ratios"} & set(kwargs):
+            raise ValueError("Pass rpn_anchor_sizes or rpn_anchor_generator (rpn_aspect_ratios too), not both.")
+        if config.get("roi_heads") is None:
+            if config.get("box_roi_pool") is None:
+                config["box_roi_pool"] = SingleLevelRoIPool("0", output_size=14, spatial_scale=1 / 16, sampling_ratio=0)
+            if config.get("box_head") is None:
+                config["box_head"] = ResNetC5Head(resnet.layer4)
+            config["box_predictor"] = init_like_fast_rcnn(FastRCNNPredictor(resnet.layer4[-1].conv3.out_channels,
+                                                                            num_classes))
         return FasterRCNN(ResNetC4(resnet), None, **config)
 
     return build_detector(make, f"a Faster R-CNN ResNet-{depth}-C4", weights=weights, num_classes=num_classes,

@@ -32,7 +32,7 @@ from course_lib.backbones.width import scale_channels
 from course_lib.ops import MultiScaleRoIAlign
 
 from .builder import build_detector
-from .fpn import BackboneWithFPN, FeaturePyramidNetwork, LastLevelMaxPool
+from .fpn import BackboneWithFPN, FeaturePyramidNetwork, LastLevelMaxPool, fpn_anchor_generator
 from .generalized_rcnn import FasterRCNN
 from .roi_heads import FastRCNNPredictor, TwoMLPHead
 
@@ -70,11 +70,17 @@ def _fasterrcnn_resnet_fpn(depth: int, *, weights, num_classes, weights_backbone
             raise ValueError("Pass either rois_from_p2_only=True or box_roi_pool, not both.")
         # (f): the same 7x7 RoIAlign, but with a single level the level mapper sends every RoI to P2
         kwargs["box_roi_pool"] = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
+    anchors = {key: kwargs.pop(key) for key in ("rpn_anchor_sizes", "rpn_aspect_ratios") if key in kwargs}
+    if anchors:  # the spelling of every builder: one size per level here (P2..P6)
+        if kwargs.get("rpn_anchor_generator") is not None:
+            raise ValueError("Pass rpn_anchor_sizes or rpn_anchor_generator (rpn_aspect_ratios too), not both.")
+        kwargs["rpn_anchor_generator"] = fpn_anchor_generator(anchors.get("rpn_anchor_sizes"),
+                                                              anchors.get("rpn_aspect_ratios", (0.5, 1.0, 2.0)))
 
     def make(num_classes, weights_backbone, trainable_layers, norm_layer):
         backbone = resnet_fpn_backbone(depth, weights_backbone=weights_backbone, trainable_layers=trainable_layers,
                                        norm_layer=norm_layer, top_down=fpn_top_down, lateral=fpn_lateral, width=width)
-        if width != 1.0 and "box_head" not in kwargs and "box_predictor" not in kwargs:
+        if width != 1.0 and not {"box_head", "box_predictor", "roi_heads"} & set(kwargs):
             # the two fully connected layers (fc6, fc7: 1024-d, sec. 4.2) narrowed like the backbone
             pool = kwargs.get("box_roi_pool")
             resolution = 7 if pool is None else pool.output_size[0]
@@ -113,7 +119,9 @@ def fasterrcnn_resnet50_fpn(*, weights: str | os.PathLike | None = None, num_cla
         frozen_bn_eps: eps of the frozen batch norms (default: 0.0 with ``weights``, else 1e-5).
         width: channel multiplier of the backbone, the FPN's d = 256 and the 1024-d box head (1.0 = the paper's);
             the course's laptop profile trains a narrower copy of the same network (``PROFILE.det_width``).
-        **kwargs: any ``FasterRCNN`` keyword (``min_size``, ``rpn_post_nms_top_n_train``, ``box_roi_pool`` ...).
+        **kwargs: any ``FasterRCNN`` keyword (``min_size``, ``rpn_post_nms_top_n_train``, ``box_roi_pool``,
+            ``roi_heads`` ...), and ``rpn_anchor_sizes`` (one per level P2..P6; default 32 ... 512) /
+            ``rpn_aspect_ratios`` (0.5, 1, 2), the anchor keywords of every builder of the course.
     """
     return _fasterrcnn_resnet_fpn(50, weights=weights, num_classes=num_classes, weights_backbone=weights_backbone,
                                   trainable_backbone_layers=trainable_backbone_layers, fpn_top_down=fpn_top_down,

@@ -35,7 +35,10 @@ from collections import OrderedDict
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FPN_LEVELS", "FPN_ROI_LEVELS", "level_name", "ExtraFPNBlock", "FeaturePyramidNetwork",
+from course_lib.ops import AnchorGenerator
+from course_lib.ops.poolers import level_name  # the levels' names, for chapter 7's readers (chapter 3b uses them too)
+
+__all__ = ["FPN_LEVELS", "FPN_ROI_LEVELS", "fpn_anchor_generator", "level_name", "ExtraFPNBlock", "FeaturePyramidNetwork",
            "LastLevelMaxPool", "BackboneWithFPN"]
 
 #: torchvision's names of the FPN outputs -> level number k (stride 2^k): P2..P5 and P6 ("pool", RPN only).
@@ -44,10 +47,16 @@ FPN_LEVELS: dict[str, int] = {"0": 2, "1": 3, "2": 4, "3": 5, "pool": 6}
 FPN_ROI_LEVELS: list[str] = ["0", "1", "2", "3"]
 
 
-def level_name(level: int) -> str:
-    """The papers' name of pyramid level ``level`` (stride 2^level): ``"P2"`` .. ``"P6"``; level 1, EFPN's
-    extended level at stride 2 built from C2' (Deng et al. 2021, eq. 1), is ``"P2'"``."""
-    return "P2'" if level == 1 else f"P{level}"
+def fpn_anchor_generator(sizes: tuple[int, ...] | None = None,
+                         aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)) -> AnchorGenerator:
+    """FPN's anchors (sec. 4.1): one size per level of ``FPN_LEVELS`` (P2..P6), by default 8 times its stride --
+    32^2 on P2 ... 512^2 on P6 -- with 3 aspect ratios (15 anchors in all); the default of ``FasterRCNN``, as
+    torchvision's. ``sizes``: one size per level instead (the FPN builders' ``rpn_anchor_sizes``)."""
+    if sizes is None:
+        sizes = tuple(8 * 2 ** level for level in FPN_LEVELS.values())
+    if len(sizes) != len(FPN_LEVELS):
+        raise ValueError(f"FPN's anchors have one size per level {list(FPN_LEVELS)} (P2..P6), got {tuple(sizes)}.")
+    return AnchorGenerator(tuple((int(s),) for s in sizes), (tuple(aspect_ratios),) * len(sizes))
 
 
 class ExtraFPNBlock(nn.Module):

@@ -22,7 +22,8 @@ The contract is torchvision's, so detections feed pycocotools directly:
 ``targets``: a list of ``{"boxes": [N, 4] float (x1, y1, x2, y2), "labels": [N] int64 in 1..K}``.
 An image without objects has ``boxes`` of shape [0, 4] (an empty [0] tensor is accepted too) and
 trains as pure background. A box without positive width and height is an error (it has no area
-to learn from): the message names the image and the box, so the dataset can be fixed.
+to learn from): the message names the image and the box, so the dataset can be fixed -- the one
+rule of every detector, ``transform.check_targets``.
 """
 from __future__ import annotations
 
@@ -33,49 +34,12 @@ from torch import Tensor, nn
 
 from course_lib.ops import AnchorGenerator, ImageList, MultiScaleRoIAlign
 
+from .fpn import FPN_ROI_LEVELS, fpn_anchor_generator
 from .roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
-from .transform import GeneralizedRCNNTransform, resize_boxes
+from .transform import GeneralizedRCNNTransform, check_targets, resize_boxes
 
-__all__ = ["GeneralizedRCNN", "FasterRCNN", "check_targets", "detection_loss"]
-
-
-def check_targets(targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
-    """Validated shallow copies of ``targets``: plain-tensor boxes of shape [N, 4], finite, with
-    positive width and height. Raises an error naming the image index and the offending box."""
-    if not isinstance(targets, (list, tuple)):
-        raise TypeError(f"targets must be a list of dicts (one per image), got {type(targets).__name__}")
-    checked = []
-    for i, target in enumerate(targets):
-        if not isinstance(target, dict) or "boxes" not in target:
-            raise ValueError(f"Target {i} must be a dict with 'boxes' and 'labels', got {target!r:.80}")
-        target = dict(target)
-        boxes = target["boxes"]
-        if not isinstance(boxes, Tensor):
-            raise TypeError(f"Target {i}: boxes must be a tensor, got {type(boxes).__name__}.")
-        boxes = boxes.as_subclass(Tensor)  # tv_tensors.BoundingBoxes -> plain tensor
-        if boxes.numel() == 0:
-            boxes = boxes.reshape(0, 4)  # an image without objects
-        if boxes.dim() != 2 or boxes.shape[-1] != 4:
-            raise ValueError(f"Target {i}: boxes must have shape [N, 4], got {tuple(boxes.shape)}.")
-        if not boxes.is_floating_point():
-            raise TypeError(f"Target {i}: boxes must be float (x1, y1, x2, y2) pixels, got {boxes.dtype}; "
-                            "convert them with boxes.float().")
-        if not torch.isfinite(boxes).all():
-            j = int(torch.where(~torch.isfinite(boxes).all(1))[0][0])
-            raise ValueError(f"Target {i}: box {j} = {boxes[j].tolist()} is not finite.")
-        degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(1)
-        if degenerate.any():
-            j = int(torch.where(degenerate)[0][0])
-            raise ValueError(
-                f"All boxes need a positive width and height (x1 < x2, y1 < y2). Found box {j} = "
-                f"{boxes[j].tolist()} in the target of image {i}. Remove such boxes from the dataset, "
-                "e.g. keep = course_lib.ops.remove_small_boxes(boxes, 1e-3).")
-        target["boxes"] = boxes
-        if isinstance(target.get("labels"), Tensor):
-            target["labels"] = target["labels"].as_subclass(Tensor).reshape(-1)
-        checked.append(target)
-    return checked
+__all__ = ["GeneralizedRCNN", "FasterRCNN", "detection_loss"]
 
 
 class GeneralizedRCNN(nn.Module):
@@ -177,12 +141,6 @@ def detection_loss(model: nn.Module, batch: tuple) -> dict[str, Tensor]:
     return model(*batch)
 
 
-def _default_anchorgen() -> AnchorGenerator:
-    """FPN's anchors (sec. 4.1): one size per level, 32^2 on P2 ... 512^2 on P6, 3 aspect ratios."""
-    anchor_sizes = ((32,), (64,), (128,), (256,), (512,))
-    return AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
-
-
 class FasterRCNN(GeneralizedRCNN):
     """Faster R-CNN (Ren et al., NeurIPS 2015) = RPN + Fast R-CNN sharing one backbone.
 
@@ -190,11 +148,15 @@ class FasterRCNN(GeneralizedRCNN):
     ResNet-50-FPN model): ``backbone`` must have an ``out_channels`` attribute and return a tensor
     or an ordered dict of feature maps; ``num_classes`` counts the background. Pass ``box_predictor``
     instead of ``num_classes`` for a custom predictor. Every piece can be replaced:
-    ``rpn_anchor_generator``, ``rpn_head``, ``box_roi_pool``, ``box_head``, ``box_predictor``.
+    ``rpn_anchor_generator``, ``rpn_head``, ``box_roi_pool``, ``box_head``, ``box_predictor``, and the two
+    stages whole: ``rpn=`` (a :class:`RegionProposalNetwork` or anything with its call) and ``roi_heads=``
+    (e.g. a :class:`RoIHeads` subclass overriding ``predict``: R-FCN, EFPN, a new head); the keywords of
+    a stage given whole must then be left out (``num_classes`` is not needed with ``roi_heads``).
 
     RPN: ``rpn_pre_nms_top_n_{train,test}`` boxes kept per level before NMS, ``rpn_post_nms_top_n_*``
     per image after it; ``rpn_nms_thresh``; anchors labelled with ``rpn_fg_iou_thresh`` /
-    ``rpn_bg_iou_thresh``; ``rpn_batch_size_per_image`` x ``rpn_positive_fraction`` sampled.
+    ``rpn_bg_iou_thresh``; ``rpn_batch_size_per_image`` x ``rpn_positive_fraction`` sampled;
+    ``rpn_featmap_names``: the maps it runs on (None: all; R-FCN: ``["c4"]``).
     RoI heads: ``box_fg_iou_thresh`` / ``box_bg_iou_thresh``, ``box_batch_size_per_image`` x
     ``box_positive_fraction``; inference keeps scores > ``box_score_thresh``, NMS at
     ``box_nms_thresh``, at most ``box_detections_per_img``.
@@ -210,7 +172,7 @@ class FasterRCNN(GeneralizedRCNN):
                  rpn_post_nms_top_n_train: int = 2000, rpn_post_nms_top_n_test: int = 1000,
                  rpn_nms_thresh: float = 0.7, rpn_fg_iou_thresh: float = 0.7, rpn_bg_iou_thresh: float = 0.3,
                  rpn_batch_size_per_image: int = 256, rpn_positive_fraction: float = 0.5,
-                 rpn_score_thresh: float = 0.0,
+                 rpn_score_thresh: float = 0.0, rpn_featmap_names: list[str] | None = None,
                  # box (Fast R-CNN) head
                  box_roi_pool: nn.Module | None = None, box_head: nn.Module | None = None,
                  box_predictor: nn.Module | None = None, box_score_thresh: float = 0.05,
@@ -218,39 +180,49 @@ class FasterRCNN(GeneralizedRCNN):
                  box_fg_iou_thresh: float = 0.5, box_bg_iou_thresh: float = 0.5,
                  box_batch_size_per_image: int = 512, box_positive_fraction: float = 0.25,
                  bbox_reg_weights: tuple[float, float, float, float] | None = None,
-                 size_divisible: int = 32):
+                 size_divisible: int = 32,
+                 # the two stages, whole
+                 rpn: nn.Module | None = None, roi_heads: nn.Module | None = None):
         if not hasattr(backbone, "out_channels"):
             raise ValueError("The backbone needs an attribute out_channels (the channels of its feature maps, "
                              "the same for all levels), e.g. backbone.out_channels = 256.")
-        if (num_classes is None) == (box_predictor is None):
+        for stage, given, pieces in (("rpn", rpn, dict(rpn_anchor_generator=rpn_anchor_generator, rpn_head=rpn_head)),
+                                     ("roi_heads", roi_heads, dict(box_roi_pool=box_roi_pool, box_head=box_head,
+                                                                   box_predictor=box_predictor))):
+            extra = [name for name, piece in pieces.items() if piece is not None]
+            if given is not None and extra:
+                raise ValueError(f"Pass {stage}= or its pieces {extra}, not both.")
+        if roi_heads is None and (num_classes is None) == (box_predictor is None):
             raise ValueError("Pass exactly one of num_classes (then a FastRCNNPredictor is built) and box_predictor; "
                              f"got num_classes={num_classes} and box_predictor={type(box_predictor).__name__}.")
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"num_classes counts the background too, so it must be >= 2, got {num_classes}.")
         out_channels = backbone.out_channels
 
-        if rpn_anchor_generator is None:
-            rpn_anchor_generator = _default_anchorgen()
-        if rpn_head is None:
-            rpn_head = RPNHead(out_channels, rpn_anchor_generator.num_anchors_per_location()[0])
-        rpn = RegionProposalNetwork(
-            rpn_anchor_generator, rpn_head, rpn_fg_iou_thresh, rpn_bg_iou_thresh,
-            rpn_batch_size_per_image, rpn_positive_fraction,
-            dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
-            dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
-            rpn_nms_thresh, score_thresh=rpn_score_thresh)
+        if rpn is None:
+            if rpn_anchor_generator is None:
+                rpn_anchor_generator = fpn_anchor_generator()
+            if rpn_head is None:
+                rpn_head = RPNHead(out_channels, rpn_anchor_generator.num_anchors_per_location()[0])
+            rpn = RegionProposalNetwork(
+                rpn_anchor_generator, rpn_head, rpn_fg_iou_thresh, rpn_bg_iou_thresh,
+                rpn_batch_size_per_image, rpn_positive_fraction,
+                dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
+                dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
+                rpn_nms_thresh, score_thresh=rpn_score_thresh, featmap_names=rpn_featmap_names)
 
-        if box_roi_pool is None:
-            box_roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
-        if box_head is None:
-            resolution = box_roi_pool.output_size[0]
-            box_head = TwoMLPHead(out_channels * resolution ** 2, 1024)
-        if box_predictor is None:
-            box_predictor = FastRCNNPredictor(1024, num_classes)
-        roi_heads = RoIHeads(
-            box_roi_pool, box_head, box_predictor, box_fg_iou_thresh, box_bg_iou_thresh,
-            box_batch_size_per_image, box_positive_fraction, bbox_reg_weights,
-            box_score_thresh, box_nms_thresh, box_detections_per_img)
+        if roi_heads is None:
+            if box_roi_pool is None:
+                box_roi_pool = MultiScaleRoIAlign(featmap_names=FPN_ROI_LEVELS, output_size=7, sampling_ratio=2)
+            if box_head is None:
+                resolution = box_roi_pool.output_size[0]
+                box_head = TwoMLPHead(out_channels * resolution ** 2, 1024)
+            if box_predictor is None:
+                box_predictor = FastRCNNPredictor(1024, num_classes)
+            roi_heads = RoIHeads(
+                box_roi_pool, box_head, box_predictor, box_fg_iou_thresh, box_bg_iou_thresh,
+                box_batch_size_per_image, box_positive_fraction, bbox_reg_weights,
+                box_score_thresh, box_nms_thresh, box_detections_per_img)
 
         transform = GeneralizedRCNNTransform(min_size, max_size, image_mean, image_std, size_divisible=size_divisible)
         super().__init__(backbone, rpn, roi_heads, transform)

@@ -19,12 +19,12 @@ per image) and what Fast R-CNN removes. Training has three stages (section 2.3):
 3. fit the class-specific box regressors by ridge regression (lambda = 1000) on the
    proposals with IoU > 0.6 with a ground-truth box.
 
-(2) and (3) are :meth:`RCNN.fit_detectors`. This module also holds what Fast R-CNN reuses
-from R-CNN: the foreground/background sampler and the per-class NMS post-processing.
+(2) and (3) are :meth:`RCNN.fit_detectors`. This module also holds what every later detector
+reuses from R-CNN: the per-class NMS post-processing (:func:`postprocess_detections`, called by
+the one second stage, ``roi_heads.RoIHeads``).
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,11 +35,9 @@ from tqdm.auto import tqdm
 
 from ..backbones.vgg import VGG16
 from ..ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
-from .transform import IMAGENET_MEAN, IMAGENET_STD
+from .transform import IMAGENET_MEAN, IMAGENET_STD, as_float_rgb, check_targets
 
 __all__ = [
-    "prepare_image",
-    "clean_targets",
     "clean_proposals",
     "context_boxes",
     "warp_regions",
@@ -54,41 +52,8 @@ __all__ = [
 ]
 
 # ----------------------------------------------------------------------------------
-# Inputs: images, targets and proposals, checked and cleaned
+# Inputs: proposals, cleaned (images and targets: transform.as_float_rgb and check_targets)
 # ----------------------------------------------------------------------------------
-def prepare_image(image: Tensor) -> Tensor:
-    """A CxHxW image as float RGB in [0, 1]: uint8 is divided by 255, grayscale repeated 3x."""
-    if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] not in (1, 3):
-        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-        raise ValueError(f"Expected an image tensor of shape (3, H, W) or (1, H, W), got {shape}.")
-    if image.shape[-1] < 1 or image.shape[-2] < 1:
-        raise ValueError(f"The image is empty: shape {tuple(image.shape)}.")
-    image = image.as_subclass(Tensor)  # tv_tensors.Image -> plain tensor
-    image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
-
-
-def clean_targets(targets: Sequence[dict] | None) -> list[dict] | None:
-    """Plain-tensor copies of the targets with degenerate ground-truth boxes (zero width or
-    height) removed, with a warning: such a box has no area, no IoU and no regression target."""
-    if targets is None:
-        return None
-    out = []
-    for i, t in enumerate(targets):
-        if "boxes" not in t or "labels" not in t:
-            raise ValueError(f"targets[{i}] needs 'boxes' (N x 4, x1 y1 x2 y2) and 'labels' (N), got keys {list(t)}.")
-        boxes = t["boxes"].as_subclass(Tensor).float().reshape(-1, 4)
-        labels = t["labels"].as_subclass(Tensor).long().reshape(-1)
-        if len(boxes) != len(labels):
-            raise ValueError(f"targets[{i}] has {len(boxes)} boxes but {len(labels)} labels.")
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        if not keep.all():
-            warnings.warn(f"targets[{i}]: ignoring {int((~keep).sum())} ground-truth box(es) of zero width or "
-                          f"height: {boxes[~keep].tolist()}", stacklevel=3)
-        out.append({**t, "boxes": boxes[keep], "labels": labels[keep]})
-    return out
-
-
 def clean_proposals(proposals: Tensor, image_size: tuple[int, int]) -> Tensor:
     """Proposals (N x 4) clipped to the image, without the ones of zero width or height."""
     proposals = torch.as_tensor(proposals).as_subclass(Tensor).float()
@@ -419,7 +384,7 @@ class RCNN(nn.Module):
         self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
 
     def normalize(self, image: Tensor) -> Tensor:
-        image = prepare_image(image).to(self.image_mean.device)
+        image = as_float_rgb(image).to(self.image_mean.device)
         return (image - self.image_mean) / self.image_std
 
     def region_features(self, image: Tensor, boxes: Tensor) -> Tensor:
@@ -435,7 +400,7 @@ class RCNN(nn.Module):
     def finetune_loss(self, images: Sequence[Tensor], proposals: Sequence[Tensor], targets: Sequence[dict]) -> dict[str, Tensor]:
         """Cross-entropy of the (K+1)-way classifier on a mini-batch of warped regions drawn
         from ``images``: ``finetune_batch_size`` in all (128 in the paper), 25% foreground."""
-        targets = clean_targets(targets)
+        targets = check_targets(targets)
         per_image = max(1, self.finetune_batch_size // max(1, len(images)))
         crops, labels = [], []
         for image, props, target in zip(images, proposals, targets):
@@ -470,9 +435,9 @@ class RCNN(nn.Module):
         ground truth G it overlaps most, when that IoU exceeds ``regression_iou`` (0.6).
         Returns counts and the training accuracy of the classifiers on labelled regions.
         """
+        targets = check_targets(targets)
         was_training = self.training
         self.eval()
-        targets = clean_targets(targets)
         feats, ys, reg_targets, reg_classes = [], [], [], []
         for image, props, target in tqdm(list(zip(images, proposals, targets)), desc="R-CNN features",
                                          disable=not progress, leave=False):

@@ -40,23 +40,15 @@ import os
 
 from torch import Tensor, nn
 
-from course_lib.backbones.resnet import (
-    IntermediateLayerGetter,
-    ResNet,
-    freeze_layers,
-    load_torchvision_resnet,
-    resnet50,
-    resnet101,
-)
+from course_lib.backbones.resnet import IntermediateLayerGetter, ResNet
 from course_lib.backbones.width import scale_channels
 from course_lib.ops import AnchorGenerator, ps_roi_pool
-from course_lib.state_dict import read_state_dict
 
-from .builder import build_detector
-from .generalized_rcnn import GeneralizedRCNN
+from .builder import build_detector, read_weights
+from .faster_rcnn_c4 import build_resnet
+from .generalized_rcnn import FasterRCNN
 from .roi_heads import RoIHeads
-from .rpn import RegionProposalNetwork, RPNHead
-from .transform import GeneralizedRCNNTransform
+from .rpn import RPNHead
 
 __all__ = ["RFCN", "RFCNBackbone", "PSScoreMaps", "PSRoIPool", "RFCNRoIHeads", "position_sensitive_vote",
            "rfcn_resnet50", "rfcn_resnet101", "PAPER_RFCN_CONFIG"]
@@ -189,9 +181,9 @@ class RFCNRoIHeads(RoIHeads):
         return class_logits, box_regression
 
 
-class RFCN(GeneralizedRCNN):
+class RFCN(FasterRCNN):
     """transform -> :class:`RFCNBackbone` (C4, C5) -> RPN on C4 -> :class:`RFCNRoIHeads` on C5 ->
-    postprocess. torchvision's contract (see :mod:`course_lib.detection.generalized_rcnn`): train mode
+    postprocess: a :class:`FasterRCNN` built with ``roi_heads=RFCNRoIHeads(...)`` and ``rpn_featmap_names=["c4"]``. torchvision's contract (see :mod:`course_lib.detection.generalized_rcnn`): train mode
     returns ``{"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}``, eval mode one
     ``{"boxes", "labels", "scores"}`` per image in its original pixels."""
 
@@ -212,45 +204,45 @@ def _num_classes_of(state: dict[str, Tensor], k: int, source: str) -> int:
 
 def _rfcn(depth: int, *, weights, num_classes, weights_backbone, trainable_backbone_layers, k, box_maps,
           dilate_first_block, width, kwargs) -> RFCN:
+    stages = {name: kwargs.pop(name) for name in ("rpn", "roi_heads") if name in kwargs}  # given whole
     unknown = sorted(set(kwargs) - set(PAPER_RFCN_CONFIG))
     if unknown:
         raise TypeError(f"rfcn_resnet{depth}() got unexpected keyword arguments {unknown}; "
-                        f"it takes {sorted(PAPER_RFCN_CONFIG)} besides its own.")
+                        f"it takes {sorted(PAPER_RFCN_CONFIG)}, rpn and roi_heads besides its own.")
     config = {**PAPER_RFCN_CONFIG, **kwargs}
     if weights is not None:  # rfcn_cls has k^2 (C + 1) rows, not one per class: read C + 1 (and check k) here
-        found = _num_classes_of(read_state_dict(weights), k, repr(os.fspath(weights)))
+        state_dict, source = read_weights(weights)
+        found = _num_classes_of(state_dict, k, source)
         if num_classes is not None and num_classes != found:
-            raise ValueError(f"num_classes={num_classes} disagrees with {os.fspath(weights)!r}, which was trained with "
+            raise ValueError(f"num_classes={num_classes} disagrees with {source}, which was trained with "
                              f"num_classes={found} (k={k}); pass num_classes={found} or None.")
         num_classes = found
 
     def make(*, num_classes, weights_backbone, trainable_layers, norm_layer):
-        resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer, width=width,
-                                                       replace_stride_with_dilation=[False, False, True])
-        if dilate_first_block:
+        resnet = build_resnet(depth, weights_backbone=weights_backbone, trainable_layers=trainable_layers,
+                              norm_layer=norm_layer, width=width, replace_stride_with_dilation=[False, False, True])
+        if dilate_first_block:  # a different sampling grid, the same weights: after loading them is the same
             dilate_res5a(resnet)
-        if weights_backbone is not None:
-            load_torchvision_resnet(resnet, weights_backbone)
-        freeze_layers(resnet, trainable_layers)
         backbone = RFCNBackbone(resnet)
-        anchors = AnchorGenerator((tuple(config["rpn_anchor_sizes"]),), (tuple(config["rpn_aspect_ratios"]),))
-        rpn = RegionProposalNetwork(
-            anchors, RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0],
-                             conv_channels=scale_channels(config["rpn_conv_channels"], width)),
-            config["rpn_fg_iou_thresh"], config["rpn_bg_iou_thresh"],
-            config["rpn_batch_size_per_image"], config["rpn_positive_fraction"],
-            dict(training=config["rpn_pre_nms_top_n_train"], testing=config["rpn_pre_nms_top_n_test"]),
-            dict(training=config["rpn_post_nms_top_n_train"], testing=config["rpn_post_nms_top_n_test"]),
-            config["rpn_nms_thresh"], featmap_names=["c4"])
-        roi_heads = RFCNRoIHeads(
+        if "rpn" in stages:
+            rpn = dict(rpn=stages["rpn"])
+        else:  # the RPN on C4: 3 x 3 anchors, a 512-d 3x3 conv (sec. 2 and 4.1)
+            anchors = AnchorGenerator((tuple(config["rpn_anchor_sizes"]),), (tuple(config["rpn_aspect_ratios"]),))
+            rpn = dict(rpn_anchor_generator=anchors, rpn_featmap_names=["c4"],
+                       rpn_head=RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0],
+                                        conv_channels=scale_channels(config["rpn_conv_channels"], width)))
+        roi_heads = stages.get("roi_heads") or RFCNRoIHeads(
             PSScoreMaps(backbone.c5_channels, num_classes, k=k, box_maps=box_maps,
                         reduced_channels=scale_channels(1024, width)),
-            config["box_fg_iou_thresh"], config["box_bg_iou_thresh"], config["box_batch_size_per_image"],
-            config["box_positive_fraction"], config["bbox_reg_weights"], config["box_score_thresh"],
-            config["box_nms_thresh"], config["box_detections_per_img"],
-            ohem_batch_size_per_image=config["ohem_batch_size_per_image"], smooth_l1_beta=config["smooth_l1_beta"])
-        transform = GeneralizedRCNNTransform(config["min_size"], config["max_size"], size_divisible=32)
-        return RFCN(backbone, rpn, roi_heads, transform)
+            **{key: config[f"box_{key}"] for key in ("fg_iou_thresh", "bg_iou_thresh", "batch_size_per_image",
+                                                     "positive_fraction", "score_thresh", "nms_thresh",
+                                                     "detections_per_img")},
+            bbox_reg_weights=config["bbox_reg_weights"], ohem_batch_size_per_image=config["ohem_batch_size_per_image"],
+            smooth_l1_beta=config["smooth_l1_beta"])
+        rpn_settings = {key: value for key, value in config.items() if key.startswith("rpn_")
+                        and key not in ("rpn_anchor_sizes", "rpn_aspect_ratios", "rpn_conv_channels")}
+        return RFCN(backbone, min_size=config["min_size"], max_size=config["max_size"], roi_heads=roi_heads, **rpn,
+                    **rpn_settings)
 
     return build_detector(make, f"an R-FCN ResNet-{depth} (k={k}, box_maps={box_maps})", weights=weights,
                           num_classes=num_classes, weights_backbone=weights_backbone,
@@ -278,7 +270,8 @@ def rfcn_resnet101(*, weights: str | os.PathLike | None = None, num_classes: int
         width: channel multiplier of the ResNet, the RPN's 512-d conv and the 1024-d ``conv_new_1`` (1.0 = the
             paper's); the course's laptop profile trains a narrower copy of the same network (``PROFILE.det_width``).
         **kwargs: any key of :data:`PAPER_RFCN_CONFIG`, e.g. ``min_size=300``,
-            ``rpn_post_nms_top_n_test=100``, ``ohem_batch_size_per_image=None`` (no OHEM).
+            ``rpn_post_nms_top_n_test=100``, ``ohem_batch_size_per_image=None`` (no OHEM); or ``rpn=`` /
+            ``roi_heads=`` to replace a stage whole (as every builder of the course).
     """
     return _rfcn(101, weights=weights, num_classes=num_classes, weights_backbone=weights_backbone,
                  trainable_backbone_layers=trainable_backbone_layers, k=k, box_maps=box_maps,

@@ -1,5 +1,8 @@
-"""The second stage of Faster R-CNN: the Fast R-CNN detector on the RPN's proposals (Girshick,
-"Fast R-CNN", ICCV 2015, sec. 2; Ren et al. 2015, sec. 3.2).
+"""The second stage of every detector in the course: the Fast R-CNN detector (Girshick, "Fast R-CNN",
+ICCV 2015, sec. 2), on selective-search proposals in chapter 4 (``fast_rcnn.FastRCNNRoIHeads`` gives
+it that paper's settings) and on an RPN's proposals from chapter 5 on (Ren et al. 2015, sec. 3.2).
+One sampler, one loss (:func:`fast_rcnn_loss`, with the per-RoI form for OHEM), one post-processing
+(R-CNN's per-class NMS, ``rcnn.postprocess_detections``), one ``select_training_samples`` contract.
 
 For every proposal (a region of interest, RoI), RoI pooling cuts a fixed-size feature map
 (7x7 on FPN levels, 14x14 on C4), a *box head* turns it into a vector and a *predictor* gives
@@ -44,18 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from course_lib.ops import (
-    BalancedPositiveNegativeSampler,
-    BoxCoder,
-    Matcher,
-    batched_nms,
-    box_iou,
-    clip_boxes_to_image,
-    remove_small_boxes,
-)
+from course_lib.ops import BalancedPositiveNegativeSampler, BoxCoder, Matcher, box_iou
+
+from .rcnn import postprocess_detections as per_class_nms
+from .transform import check_targets as check_ground_truth
 
 __all__ = ["RoIHeads", "TwoMLPHead", "FastRCNNPredictor", "init_like_fast_rcnn", "box_deltas_of_labels",
-           "fastrcnn_loss", "fastrcnn_loss_per_roi", "ohem_select"]
+           "fast_rcnn_loss", "fastrcnn_loss", "fastrcnn_loss_per_roi", "ohem_select"]
 
 
 class TwoMLPHead(nn.Module):
@@ -149,27 +147,38 @@ def ohem_select(losses: Tensor, rois_per_image: list[int], batch_size_per_image:
     return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.int64, device=losses.device)
 
 
-def fastrcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: list[Tensor],
-                  regression_targets: list[Tensor], beta: float = 1 / 9) -> tuple[Tensor, Tensor]:
-    """Fast R-CNN eq. 1: cross-entropy over all sampled RoIs, plus smooth L1 (``beta`` = 1/9, torchvision's)
-    between the foreground RoIs' deltas *for their true class u* and their targets v, divided by the
-    number of sampled RoIs (the [u >= 1] indicator zeroes the background's box term).
+def fast_rcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: Tensor, regression_targets: Tensor,
+                   box_loss_weight: float = 1.0, beta: float = 1.0) -> tuple[Tensor, Tensor]:
+    """The multi-task loss (Fast R-CNN eq. 1), averaged over the R sampled RoIs -- the one loss of every
+    second stage in the course (chapters 4-8):
 
-    ``box_regression`` is class-specific [R, 4 (K + 1)] (torchvision) or class-agnostic [R, 4]
-    (R-FCN): then every foreground RoI's loss reads the one set of deltas."""
-    labels = torch.cat(labels, dim=0)
-    regression_targets = torch.cat(regression_targets, dim=0)
+        L(p, u, t^u, v) = L_cls(p, u) + lambda [u >= 1] L_loc(t^u, v)
+
+    with ``L_cls = -log p_u`` (cross-entropy over K + 1 classes) and ``L_loc = sum_{i in x,y,w,h}
+    smooth_L1(t^u_i - v_i)`` (eq. 2, smooth L1 of eq. 3 with ``beta``: 1 in the paper and the R-FCN code,
+    1/9 in torchvision) on the deltas ``t^u`` predicted for the true class u, divided by R; background RoIs
+    (u = 0) have no box loss. ``lambda`` = ``box_loss_weight`` (1 in the paper) is applied to the second of
+    the returned ``(loss_classifier, loss_box_reg)``. With ``beta = 1/9`` this is torchvision's ``fastrcnn_loss``.
+
+    Shapes: ``class_logits`` [R, K + 1], ``box_regression`` class-specific [R, 4 (K + 1)] or class-agnostic
+    [R, 4] (R-FCN: every foreground RoI reads the one set of deltas), ``labels`` [R], ``regression_targets`` [R, 4].
+    The per-RoI form, for OHEM, is :func:`fastrcnn_loss_per_roi`."""
     if labels.numel() == 0:  # no RoI at all (an empty image without proposals): no NaN from a mean over nothing
         zero = class_logits.sum() * 0.0 + box_regression.sum() * 0.0
         return zero, zero.clone()
     _check_box_regression(class_logits, box_regression)
-
     classification_loss = F.cross_entropy(class_logits, labels)
-
     foreground = torch.where(labels > 0)[0]
-    deltas = box_deltas_of_labels(box_regression[foreground], labels[foreground])
+    deltas = box_deltas_of_labels(box_regression[foreground], labels[foreground])  # t^u of the true class
     box_loss = F.smooth_l1_loss(deltas, regression_targets[foreground], beta=beta, reduction="sum") / labels.numel()
-    return classification_loss, box_loss
+    return classification_loss, box_loss_weight * box_loss
+
+
+def fastrcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: list[Tensor],
+                  regression_targets: list[Tensor], beta: float = 1 / 9) -> tuple[Tensor, Tensor]:
+    """:func:`fast_rcnn_loss` with torchvision's call (one tensor per image, ``beta`` = 1/9)."""
+    return fast_rcnn_loss(class_logits, box_regression, torch.cat(labels, dim=0), torch.cat(regression_targets, dim=0),
+                          beta=beta)
 
 
 class RoIHeads(nn.Module):
@@ -184,13 +193,18 @@ class RoIHeads(nn.Module):
             The three are used by the default :meth:`predict` only; a head that overrides
             ``predict`` may pass ``None`` for those it does not have.
         fg_iou_thresh, bg_iou_thresh: RoI is foreground if IoU >= fg, background if < bg (0.5, 0.5).
+            ``bg_iou_thresh=(lo, hi)``: background only in [lo, hi), RoIs below ``lo`` are ignored (Fast
+            R-CNN sec. 2.3: [0.1, 0.5), "a heuristic for hard example mining"; an image without objects
+            is all background).
         batch_size_per_image, positive_fraction: RoIs sampled per image (512, 0.25).
             ``batch_size_per_image=None``: no sampling, every labelled RoI (proposals + gt boxes)
             is used (the R-FCN code's ``batch_size = -1``, for OHEM).
         bbox_reg_weights: BoxCoder weights, (10, 10, 5, 5) when None.
         score_thresh, nms_thresh, detections_per_img: inference (0.05, 0.5, 100).
 
-    Keyword-only (not in torchvision):
+    The defaults are torchvision's values (its ``FasterRCNN``'s), so a new head can be built from
+    its three modules alone. Keyword-only (not in torchvision):
+        box_loss_weight: lambda of Fast R-CNN eq. 1 (1).
         ohem_batch_size_per_image: B for online hard example mining (see the module docstring);
             None (default) = the loss of every sampled RoI, as torchvision.
         smooth_l1_beta: of the box loss; 1/9 (torchvision). The R-FCN and py-faster-rcnn code use
@@ -198,16 +212,20 @@ class RoIHeads(nn.Module):
     """
 
     def __init__(self, box_roi_pool: nn.Module | None, box_head: nn.Module | None, box_predictor: nn.Module | None,
-                 fg_iou_thresh: float, bg_iou_thresh: float, batch_size_per_image: int | None,
-                 positive_fraction: float, bbox_reg_weights: tuple[float, float, float, float] | None,
-                 score_thresh: float, nms_thresh: float, detections_per_img: int, *,
-                 ohem_batch_size_per_image: int | None = None, smooth_l1_beta: float = 1 / 9):
+                 fg_iou_thresh: float = 0.5, bg_iou_thresh: float | tuple[float, float] = 0.5,
+                 batch_size_per_image: int | None = 512, positive_fraction: float = 0.25,
+                 bbox_reg_weights: tuple[float, float, float, float] | None = None,
+                 score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100, *,
+                 ohem_batch_size_per_image: int | None = None, smooth_l1_beta: float = 1 / 9,
+                 box_loss_weight: float = 1.0):
         super().__init__()
         if ohem_batch_size_per_image is not None and ohem_batch_size_per_image < 1:
             raise ValueError(f"ohem_batch_size_per_image must be None (no OHEM) or >= 1 (R-FCN: 128), "
                              f"got {ohem_batch_size_per_image}.")
         self.box_similarity = box_iou
-        self.proposal_matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
+        # the background's range [lo, hi): lo = 0 (torchvision) unless a pair is given (Fast R-CNN)
+        self.bg_iou_thresh = tuple(bg_iou_thresh) if isinstance(bg_iou_thresh, (tuple, list)) else (0.0, bg_iou_thresh)
+        self.proposal_matcher = Matcher(fg_iou_thresh, self.bg_iou_thresh[1], allow_low_quality_matches=False)
         self.fg_bg_sampler = (None if batch_size_per_image is None
                               else BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction))
         self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0) if bbox_reg_weights is None else bbox_reg_weights)
@@ -219,6 +237,19 @@ class RoIHeads(nn.Module):
         self.detections_per_img = detections_per_img
         self.ohem_batch_size_per_image = ohem_batch_size_per_image
         self.smooth_l1_beta = smooth_l1_beta
+        self.box_loss_weight = box_loss_weight
+
+    def settings(self) -> dict:
+        """The keyword arguments of these heads besides their three modules: ``type(heads)(pool, head, predictor,
+        **heads.settings())`` behaves as ``heads`` -- how a subclass is built around existing heads (EFPN)."""
+        sampler = self.fg_bg_sampler
+        return dict(fg_iou_thresh=self.proposal_matcher.high_threshold, bg_iou_thresh=self.bg_iou_thresh,
+                    batch_size_per_image=None if sampler is None else sampler.batch_size_per_image,
+                    positive_fraction=0.25 if sampler is None else sampler.positive_fraction,
+                    bbox_reg_weights=self.box_coder.weights, score_thresh=self.score_thresh,
+                    nms_thresh=self.nms_thresh, detections_per_img=self.detections_per_img,
+                    ohem_batch_size_per_image=self.ohem_batch_size_per_image, smooth_l1_beta=self.smooth_l1_beta,
+                    box_loss_weight=self.box_loss_weight)
 
     # ------------------------------------------------------------------------------ the head
     def predict(self, features: dict[str, Tensor], proposals: list[Tensor],
@@ -234,18 +265,10 @@ class RoIHeads(nn.Module):
     # ----------------------------------------------------------------------------- training
     @staticmethod
     def check_targets(targets: list[dict[str, Tensor]] | None) -> None:
+        """Training needs targets, checked by the one rule of every detector (``transform.check_targets``)."""
         if targets is None:
             raise ValueError("The RoI heads need targets in training mode (call model.eval() for inference).")
-        for i, t in enumerate(targets):
-            if "boxes" not in t or "labels" not in t:
-                raise ValueError(f"Target {i} needs 'boxes' and 'labels', got keys {sorted(t)}.")
-            if not t["boxes"].is_floating_point():
-                raise TypeError(f"Target {i}: boxes must be a float tensor, got {t['boxes'].dtype}.")
-            if t["labels"].dtype != torch.int64:
-                raise TypeError(f"Target {i}: labels must be int64, got {t['labels'].dtype}.")
-            if t["labels"].shape != t["boxes"].shape[:1]:
-                raise ValueError(f"Target {i}: {t['boxes'].shape[0]} boxes but labels of shape "
-                                 f"{tuple(t['labels'].shape)}; give one label per box.")
+        check_ground_truth(targets)
 
     def assign_targets_to_proposals(self, proposals: list[Tensor], gt_boxes: list[Tensor],
                                     gt_labels: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
@@ -257,11 +280,14 @@ class RoIHeads(nn.Module):
                 clamped = torch.zeros(proposals_in_image.shape[0], dtype=torch.int64, device=device)
                 labels_in_image = torch.zeros(proposals_in_image.shape[0], dtype=torch.int64, device=device)
             else:
-                matched = self.proposal_matcher(box_iou(gt_boxes_in_image, proposals_in_image))
+                iou = box_iou(gt_boxes_in_image, proposals_in_image)
+                matched = self.proposal_matcher(iou)
                 clamped = matched.clamp(min=0)
                 labels_in_image = gt_labels_in_image[clamped].to(torch.int64)
                 labels_in_image[matched == self.proposal_matcher.BELOW_LOW_THRESHOLD] = 0
                 labels_in_image[matched == self.proposal_matcher.BETWEEN_THRESHOLDS] = -1
+                if self.bg_iou_thresh[0] > 0:  # too far from every object to be a useful background
+                    labels_in_image[iou.max(dim=0).values < self.bg_iou_thresh[0]] = -1
             matched_idxs.append(clamped)
             labels.append(labels_in_image)
         return matched_idxs, labels
@@ -313,19 +339,12 @@ class RoIHeads(nn.Module):
         all_boxes, all_scores, all_labels = [], [], []
         for boxes, scores, image_shape in zip(pred_boxes.split(boxes_per_image, 0),
                                               pred_scores.split(boxes_per_image, 0), image_shapes):
-            boxes = clip_boxes_to_image(boxes, image_shape)
-            labels = torch.arange(num_classes, device=class_logits.device).view(1, -1).expand_as(scores)
-            # drop the background column, then one row per (RoI, class)
-            boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
-
-            keep = torch.where(scores > self.score_thresh)[0]
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = remove_small_boxes(boxes, min_size=1e-2)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-            all_boxes.append(boxes[keep])
-            all_scores.append(scores[keep])
-            all_labels.append(labels[keep])
+            # R-CNN's per-class NMS (R-CNN sec. 2.2) on the object classes, the background column dropped
+            detections = per_class_nms(scores[:, 1:], boxes[:, 1:], image_shape, self.score_thresh,
+                                       self.nms_thresh, self.detections_per_img)
+            all_boxes.append(detections["boxes"])
+            all_scores.append(detections["scores"])
+            all_labels.append(detections["labels"])
         return all_boxes, all_scores, all_labels
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
@@ -343,8 +362,9 @@ class RoIHeads(nn.Module):
             if self.ohem_batch_size_per_image is not None:
                 class_logits, box_regression, labels, regression_targets = self.hard_examples(
                     class_logits, box_regression, labels, regression_targets)
-            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets,
-                                                          beta=self.smooth_l1_beta)
+            loss_classifier, loss_box_reg = fast_rcnn_loss(class_logits, box_regression, torch.cat(labels),
+                                                           torch.cat(regression_targets), self.box_loss_weight,
+                                                           self.smooth_l1_beta)
             return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
 
         boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)

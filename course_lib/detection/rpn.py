@@ -156,6 +156,16 @@ class RegionProposalNetwork(nn.Module):
         self.score_thresh = score_thresh
         self.min_size = 1e-3
 
+    def on_maps(self, featmap_names: list[str]) -> "RegionProposalNetwork":
+        """This RPN -- its anchor generator and head shared, not copied, and its settings -- run on the maps
+        ``featmap_names`` only (EFPN: FPN's P2..P6, no anchors on the extended P2')."""
+        rpn = RegionProposalNetwork(
+            self.anchor_generator, self.head, self.proposal_matcher.high_threshold, self.proposal_matcher.low_threshold,
+            self.fg_bg_sampler.batch_size_per_image, self.fg_bg_sampler.positive_fraction, dict(self._pre_nms_top_n),
+            dict(self._post_nms_top_n), self.nms_thresh, self.score_thresh, featmap_names)
+        rpn.min_size = self.min_size
+        return rpn.train(self.training)
+
     def _mode(self, mode: str | None) -> str:
         if mode is None:
             return "training" if self.training else "testing"

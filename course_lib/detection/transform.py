@@ -9,6 +9,9 @@ RoI heads (torchvision's ``GeneralizedRCNNTransform``, numerically identical):
    multiples of ``size_divisible`` = 32 (the stride of C5: every level of the pyramid then has
    an integer size and aligns with the image);
 4. after detection, **postprocess** maps the boxes back to each original image size.
+
+It also holds the two input checks every detector of the course (R-CNN to EFPN) runs, written once:
+:func:`as_float_rgb` for an image and :func:`check_targets` for the ground truth.
 """
 from __future__ import annotations
 
@@ -19,11 +22,80 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib.ops import ImageList
+from course_lib.segmentation.common import IMAGENET_MEAN, IMAGENET_STD, to_float_images
 
-__all__ = ["GeneralizedRCNNTransform", "resize_boxes"]
+__all__ = ["GeneralizedRCNNTransform", "resize_boxes", "as_float_rgb", "check_targets"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+def as_float_rgb(image: Tensor, index: int = 0) -> Tensor:
+    """Image ``index`` of a batch, a ``[C, H, W]`` tensor (a ``tv_tensors.Image`` too), as a plain float RGB
+    image in [0, 1]: uint8 is divided by 255, a 1-channel (grayscale) image repeated to 3 channels (what
+    torchvision's broadcasting does too). Anything else is an error that names the image."""
+    if not isinstance(image, Tensor) or image.dim() != 3:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"Image {index} must be a [C, H, W] tensor, got {shape}.")
+    image = image.as_subclass(Tensor)  # tv_tensors.Image -> plain tensor
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)  # grayscale: same gray in R, G and B
+    elif image.shape[0] != 3:
+        raise ValueError(f"Image {index} has {image.shape[0]} channels (shape {tuple(image.shape)}); "
+                         "the detector takes RGB (3) or grayscale (1). Drop an alpha channel with image[:3].")
+    if min(image.shape[-2:]) == 0:
+        raise ValueError(f"Image {index} is empty (shape {tuple(image.shape)}).")
+    if not (image.dtype == torch.uint8 or image.is_floating_point()):
+        raise TypeError(f"Image {index} has dtype {image.dtype}; pass float images in [0, 1] or uint8.")
+    return to_float_images(image)
+
+
+def check_targets(targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """The one check of the ground truth, run by every detector (R-CNN, Fast R-CNN, ``GeneralizedRCNN`` and
+    so Faster R-CNN C4/FPN, R-FCN, EFPN, and the RoI heads themselves). Returns shallow copies with plain
+    tensors: ``boxes`` [N, 4] float (x1, y1, x2, y2) pixels, ``labels`` [N] int64. An image without objects
+    has boxes of shape [0, 4] (an empty [0] tensor is accepted too) and trains as pure background.
+
+    The rule for a degenerate box: a box without positive width and height (x1 >= x2 or y1 >= y2) has no area,
+    no IoU and no regression target, and is an **error** that names the image and the box -- never silently
+    dropped -- so the dataset gets fixed where it is built (``CocoDetection`` drops such annotations, with a
+    warning naming them). Non-finite boxes, non-float boxes, non-int64 labels and a box/label count mismatch are
+    errors too."""
+    if not isinstance(targets, (list, tuple)):
+        raise TypeError(f"targets must be a list of dicts (one per image), got {type(targets).__name__}")
+    checked = []
+    for i, target in enumerate(targets):
+        if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
+            keys = sorted(target) if isinstance(target, dict) else f"{target!r:.80}"
+            raise ValueError(f"Target {i} needs 'boxes' and 'labels', got {keys}.")
+        target = dict(target)
+        boxes, labels = target["boxes"], target["labels"]
+        if not isinstance(boxes, Tensor) or not isinstance(labels, Tensor):
+            raise TypeError(f"Target {i}: boxes and labels must be tensors, got {type(boxes).__name__} and "
+                            f"{type(labels).__name__}.")
+        boxes, labels = boxes.as_subclass(Tensor), labels.as_subclass(Tensor).reshape(-1)  # tv_tensors -> plain
+        if boxes.numel() == 0:
+            boxes = boxes.reshape(0, 4)  # an image without objects
+        if boxes.dim() != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"Target {i}: boxes must have shape [N, 4], got {tuple(boxes.shape)}.")
+        if not boxes.is_floating_point():
+            raise TypeError(f"Target {i}: boxes must be float (x1, y1, x2, y2) pixels, got {boxes.dtype}; "
+                            "convert them with boxes.float().")
+        if labels.dtype != torch.int64:
+            raise TypeError(f"Target {i}: labels must be int64, got {labels.dtype}.")
+        if labels.shape != boxes.shape[:1]:
+            raise ValueError(f"Target {i}: {boxes.shape[0]} boxes but labels of shape "
+                             f"{tuple(target['labels'].shape)}; give one label per box.")
+        if not torch.isfinite(boxes).all():
+            j = int(torch.where(~torch.isfinite(boxes).all(1))[0][0])
+            raise ValueError(f"Target {i}: box {j} = {boxes[j].tolist()} is not finite.")
+        degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(1)
+        if degenerate.any():
+            j = int(torch.where(degenerate)[0][0])
+            raise ValueError(
+                f"All boxes need a positive width and height (x1 < x2, y1 < y2). Found box {j} = "
+                f"{boxes[j].tolist()} in the target of image {i}. Remove such boxes from the dataset, "
+                "e.g. keep = course_lib.ops.remove_small_boxes(boxes, 1e-3).")
+        target["boxes"], target["labels"] = boxes, labels
+        checked.append(target)
+    return checked
 
 
 def resize_boxes(boxes: Tensor, original_size: tuple[int, int], new_size: tuple[int, int]) -> Tensor:
@@ -74,7 +146,7 @@ class GeneralizedRCNNTransform(nn.Module):
             targets = [dict(t) for t in targets]  # shallow copies: the caller's dicts stay as they were
         resized = []
         for i, image in enumerate(images):
-            image = self.normalize(self._check_image(image, i))
+            image = self.normalize(as_float_rgb(image, i))
             target = targets[i] if targets is not None else None
             image, target = self.resize(image, target)
             resized.append(image)
@@ -82,25 +154,6 @@ class GeneralizedRCNNTransform(nn.Module):
                 targets[i] = target
         image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in resized]
         return ImageList(self.batch_images(resized, self.size_divisible), image_sizes), targets
-
-    @staticmethod
-    def _check_image(image: Tensor, index: int) -> Tensor:
-        if not isinstance(image, Tensor) or image.dim() != 3:
-            shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-            raise ValueError(f"Image {index} must be a [C, H, W] tensor, got {shape}.")
-        image = image.as_subclass(Tensor)  # tv_tensors.Image -> plain tensor
-        if image.shape[0] == 1:
-            image = image.expand(3, -1, -1)  # grayscale: same gray in R, G and B
-        elif image.shape[0] != 3:
-            raise ValueError(f"Image {index} has {image.shape[0]} channels (shape {tuple(image.shape)}); "
-                             "the detector takes RGB (3) or grayscale (1). Drop an alpha channel with image[:3].")
-        if min(image.shape[-2:]) == 0:
-            raise ValueError(f"Image {index} is empty (shape {tuple(image.shape)}).")
-        if image.dtype == torch.uint8:
-            image = image.float() / 255
-        elif not image.is_floating_point():
-            raise TypeError(f"Image {index} has dtype {image.dtype}; pass float images in [0, 1] or uint8.")
-        return image
 
     def normalize(self, image: Tensor) -> Tensor:
         mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)

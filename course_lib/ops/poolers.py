@@ -31,11 +31,17 @@ from torch import Tensor, nn
 from .boxes import box_area
 from .pooling import _one_thread, _output_size, convert_boxes_to_roi_format, roi_align
 
-__all__ = ["LevelMapper", "MultiScaleRoIAlign", "MISSING_LEVEL_RULES"]
+__all__ = ["LevelMapper", "MultiScaleRoIAlign", "MISSING_LEVEL_RULES", "level_name"]
 
 #: what a RoI whose eq.-1 level has no feature map gets: "nearest" -- the available level nearest on eq. 1's
 #: log2 scale; "error" -- a ValueError that names the sizes and the levels there are.
 MISSING_LEVEL_RULES = ("nearest", "error")
+
+
+def level_name(level: int) -> str:
+    """The papers' name of pyramid level ``level`` (stride 2^level): ``"P2"`` .. ``"P6"``; level 1, EFPN's
+    extended level at stride 2 built from C2' (Deng et al. 2021, eq. 1), is ``"P2'"``."""
+    return "P2'" if level == 1 else f"P{level}"
 
 
 def _sizes(boxlists: Sequence[Tensor]) -> Tensor:
@@ -200,6 +206,9 @@ class MultiScaleRoIAlign(nn.Module):
             With explicit levels the maps' sizes are checked against them on the first call.
         missing_level, small_roi_size, small_roi_level: see :class:`LevelMapper` (``"nearest"`` / ``"error"``
             for a RoI whose level has no map; EFPN's small-object rule).
+        level_mapper: the level rule itself, a :class:`LevelMapper` (or subclass: a detector's own rule, e.g.
+            EFPN's in ``course_lib.detection.efpn``) whose ``levels`` are the maps' levels; ``None``: eq. 1
+            (with the options above) over the levels found.
 
     ``forward(x, boxes, image_shapes, *, return_levels=False)``: ``x`` an (ordered) dict of
     ``Tensor[N, C, H_l, W_l]``, ``boxes`` a list of ``Tensor[L_i, 4]`` in image coordinates, ``image_shapes``
@@ -221,6 +230,7 @@ class MultiScaleRoIAlign(nn.Module):
         missing_level: str = "nearest",
         small_roi_size: Optional[float] = None,
         small_roi_level: Optional[int] = None,
+        level_mapper: Optional[LevelMapper] = None,
     ):
         super().__init__()
         if isinstance(featmap_names, str):
@@ -241,7 +251,7 @@ class MultiScaleRoIAlign(nn.Module):
         if missing_level not in MISSING_LEVEL_RULES:  # fail at construction, not at the first batch
             raise ValueError(f"missing_level must be one of {MISSING_LEVEL_RULES}, got {missing_level!r}")
         self.scales: Optional[list[float]] = None
-        self.map_levels: Optional[LevelMapper] = None
+        self.map_levels: Optional[LevelMapper] = level_mapper
         self.feature_levels: Optional[list[int]] = None  # the level of each pooled map, in the dict's order
 
     @property
@@ -275,8 +285,11 @@ class MultiScaleRoIAlign(nn.Module):
         if len(set(feature_levels)) != len(feature_levels):
             raise ValueError(f"MultiScaleRoIAlign: two maps share a level: {dict(zip(names, feature_levels))}; "
                              "pool each level from one map (pass featmap_names without the duplicate)")
-        mapper = LevelMapper(levels=feature_levels, canonical_scale=self.canonical_scale,
-                             canonical_level=self.canonical_level, **self._rules)
+        mapper = self.map_levels or LevelMapper(levels=feature_levels, canonical_scale=self.canonical_scale,
+                                                canonical_level=self.canonical_level, **self._rules)
+        if sorted(mapper.levels) != sorted(feature_levels):
+            raise ValueError(f"MultiScaleRoIAlign: the level rule {mapper} is for the levels {mapper.levels}, but the "
+                             f"maps have the levels {dict(zip(names, feature_levels))}.")
         self.scales, self.map_levels, self.feature_levels = [2.0 ** -k for k in feature_levels], mapper, feature_levels
 
     @_one_thread()  # the level mapping's small ops too: see _one_thread

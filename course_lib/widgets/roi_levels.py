@@ -10,7 +10,7 @@ are assigned to the pyramid level P2'" (COCO, 800 px; 56 px on Tsinghua-Tencent 
 
 Nothing here re-implements the rule: :func:`level_mapper` builds the ``course_lib.ops.LevelMapper`` that the
 detector's ``MultiScaleRoIAlign`` builds for the same levels and options, and the level names come from
-``course_lib.detection.fpn.level_name``.
+``course_lib.ops.poolers.level_name`` (beside the mapper: chapter 3b needs no chapter-7 module).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from matplotlib.patches import Rectangle
 
-from course_lib.detection.fpn import level_name
 from course_lib.ops import LevelMapper
+from course_lib.ops.poolers import level_name
 
 from ._figure import FigureView
 

@@ -343,3 +343,27 @@ def test_two_images_overfit_the_p2_prime_head(efpn):
         for box, label in zip(t["boxes"], t["labels"]):
             same = det["labels"] == label
             assert same.any() and box_iou(box[None], det["boxes"][same]).max() > 0.5
+
+
+def test_the_routing_rule_lives_in_efpn_and_the_pooler_takes_it():
+    """EFPN's rule is EFPNLevelMapper (efpn.py), handed to ops' MultiScaleRoIAlign as its level rule; a rule for other
+    levels than the maps' is refused on the first call."""
+    from collections import OrderedDict
+
+    from course_lib.detection.efpn import EFPN_LEVELS, EFPNLevelMapper
+    from course_lib.detection.fpn import FPN_ROI_LEVELS
+    from course_lib.ops import LevelMapper, MultiScaleRoIAlign
+
+    rule = EFPNLevelMapper(24.0)
+    boxes = [torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 30.0, 30.0], [0.0, 0.0, 400.0, 400.0]])]
+    assert rule.levels == [1, 2, 3, 4, 5] and rule.level(boxes).tolist() == [1, 2, 4]
+    assert rule(boxes).tolist() == [0, 1, 3]  # indices into levels
+    torch.testing.assert_close(rule.level(boxes)[1:], LevelMapper(2, 5).level(boxes)[1:])  # eq. 1 above 24 px
+    features = OrderedDict((name, torch.rand(1, 2, 64 // 2 ** k, 64 // 2 ** k)) for name, k in EFPN_LEVELS.items())
+    pooled, levels = MultiScaleRoIAlign(list(EFPN_LEVELS)[:-1], 2, 2, levels=EFPN_LEVELS, level_mapper=rule)(
+        features, boxes, [(64, 64)], return_levels=True)
+    assert pooled.shape == (3, 2, 2, 2) and levels.tolist() == [1, 2, 4]
+    with pytest.raises(ValueError, match="is for the levels"):
+        MultiScaleRoIAlign(FPN_ROI_LEVELS, 2, 2, level_mapper=rule)(features, boxes, [(64, 64)])
+    with pytest.raises(ValueError, match="small_roi_size must be a positive"):
+        EFPNLevelMapper(0)

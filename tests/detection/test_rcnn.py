@@ -237,11 +237,15 @@ def test_rcnn_bad_inputs_train_and_detect_without_nan():
     targets = [empty_target, target, zero_width, target]
     model = _small_rcnn()
     model.train()
-    with pytest.warns(UserWarning, match="zero width"):
-        loss = model(images, props, targets)["loss_classifier"]
+    # a box of zero width is an error naming the image and the box (transform.check_targets, every detector's rule)
+    with pytest.raises(ValueError, match=r"box 0 = \[10.0, 10.0, 10.0, 50.0\] in the target of image 2"):
+        model(images, props, targets)
+    with pytest.raises(ValueError, match="image 2"):
+        model.fit_detectors(images, props, targets, progress=False)
+    targets[2] = {"boxes": zero_width["boxes"][1:], "labels": zero_width["labels"][1:]}  # the dataset fixed
+    loss = model(images, props, targets)["loss_classifier"]
     assert torch.isfinite(loss)
-    with pytest.warns(UserWarning, match="zero width"):
-        stats = model.fit_detectors(images, props, targets, progress=False)
+    stats = model.fit_detectors(images, props, targets, progress=False)
     assert all(math.isfinite(v) for v in stats.values())
     assert all(torch.isfinite(p).all() for p in model.parameters())
     model.eval()

@@ -106,3 +106,24 @@ def test_grayscale_uint8_and_bad_images():
         t([gray, gray], [{"boxes": torch.zeros(0, 4)}])
     with pytest.raises(ValueError, match="aspect ratio"):
         GeneralizedRCNNTransform(8, 16)([torch.rand(3, 1, 1000)])
+
+
+def test_check_targets_is_the_one_rule_of_every_detector():
+    """transform.check_targets: plain copies of valid targets; a degenerate box is an error naming image and box."""
+    from course_lib.detection.transform import check_targets
+
+    ok = {"boxes": torch.tensor([[1.0, 2.0, 3.0, 4.0]]), "labels": torch.tensor([1])}
+    empty = {"boxes": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}  # an image without objects
+    checked = check_targets([ok, empty])
+    assert checked[1]["boxes"].shape == (0, 4) and checked[0] is not ok
+    bad = {"boxes": torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 9.0]]), "labels": torch.tensor([1, 2])}
+    with pytest.raises(ValueError, match=r"box 1 = \[5.0, 5.0, 5.0, 9.0\] in the target of image 1"):
+        check_targets([ok, bad])
+    with pytest.raises(TypeError, match="Target 0: boxes must be float"):
+        check_targets([{"boxes": torch.tensor([[1, 2, 3, 4]]), "labels": torch.tensor([1])}])
+    with pytest.raises(TypeError, match="Target 0: labels must be int64"):
+        check_targets([{"boxes": ok["boxes"], "labels": torch.tensor([1], dtype=torch.int32)}])
+    with pytest.raises(ValueError, match="Target 0: 1 boxes but labels of shape"):
+        check_targets([{"boxes": ok["boxes"], "labels": torch.tensor([1, 2])}])
+    with pytest.raises(ValueError, match="box 0 .* is not finite"):
+        check_targets([{"boxes": torch.tensor([[0.0, 0.0, float("nan"), 1.0]]), "labels": torch.tensor([1])}])
