@@ -74,10 +74,10 @@ def _detection_loss(model, batch):
 
 def _detector_kwargs(profile) -> dict:
     """The profile's detector sizes, as chapters 5 and 7 pass them (paper: 800/1333 px, 2000 proposals, 512 RoIs)."""
-    return dict(min_size=profile.det_min_size, max_size=profile.det_max_size,
-                rpn_pre_nms_top_n_train=profile.fpn_proposals_train, rpn_post_nms_top_n_train=profile.fpn_proposals_train,
-                rpn_pre_nms_top_n_test=profile.fpn_proposals_test, rpn_post_nms_top_n_test=profile.fpn_proposals_test,
-                box_batch_size_per_image=profile.fpn_rois_per_image)
+    return dict(min_size=profile.resize.faster_rcnn.min_size, max_size=profile.resize.faster_rcnn.max_size,
+                rpn_pre_nms_top_n_train=profile.proposals.train, rpn_post_nms_top_n_train=profile.proposals.train,
+                rpn_pre_nms_top_n_test=profile.proposals.test, rpn_post_nms_top_n_test=profile.proposals.test,
+                box_batch_size_per_image=profile.proposals.rois_per_image)
 
 
 def _detector(builder, num_classes=21, own_config=False):
@@ -123,7 +123,7 @@ def _fcn8s(profile):
     def loss(model, b):
         return nn.functional.cross_entropy(model(b[0]), b[1], ignore_index=255)
 
-    return FCN8s(21, width=profile.seg_width), loss, batch
+    return FCN8s(21, width=profile.segmentation.width), loss, batch
 
 
 TRAINING_CASES: list[TrainingCase] = [
@@ -319,8 +319,8 @@ def main(argv=None) -> int:
             except Exception as e:  # one failure must not hide the other rows
                 rows.append((f"{case.chapter} {case.name}: CUDA = CPU", "FAIL", f"{type(e).__name__}: {e}"[:200]))
     for case in TRAINING_CASES:
-        size = gpu.multi_image_size if case.detector else (gpu.seg_crop_size, gpu.seg_crop_size)
-        batch = gpu.det_batch_size if case.detector else gpu.seg_batch_size
+        size = gpu.data.multiscale_size if case.detector else (gpu.segmentation.crop_size, gpu.segmentation.crop_size)
+        batch = gpu.detector.batch_size if case.detector else gpu.segmentation.batch_size
         try:
             r = train_steps(case, gpu, steps=args.steps, batch_size=batch, image_size=size, device="cuda", amp=True)
             ok = torch.isfinite(torch.tensor(r["loss"])).item()

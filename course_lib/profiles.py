@@ -10,6 +10,14 @@ Default: ``gpu`` when CUDA is available, else ``cpu``. ``make test`` sets ``ci``
 
 Profiles change sizes and schedules, never the code path: a notebook runs the same
 cells in every profile, only with smaller numbers.
+
+One form: a :class:`Profile` is a few groups (frozen dataclasses), each named for what reads it --
+``PROFILE.data`` (the synthetic datasets), ``PROFILE.segmentation`` (FCN / U-Net training),
+``PROFILE.detector`` (every ResNet detector), ``PROFILE.resize`` (each detector's transform),
+``PROFILE.proposals`` (RPN / RoI counts), ``PROFILE.steps`` (each detector training run) ... Their defaults
+are the papers' values (and the course's full-scale data), so the ``gpu`` profile is ``Profile("gpu", ...)``
+plus its machine; ``ci`` and ``cpu`` write out only what they shrink. A number that no profile changes is
+a module constant below, not a field.
 """
 from __future__ import annotations
 
@@ -17,272 +25,178 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-__all__ = ["Profile", "PROFILES", "get_profile", "profile_names", "check_targets"]
+__all__ = ["Profile", "PROFILES", "get_profile", "profile_names", "check_targets", "replace", "flatten",
+           "OVERFIT_STEPS", "EFPN_SMALL_ROI_SIZE"]
+
+# every training chapter overfits two images first (engine.overfit / overfit_detector): Adam steps, in every profile
+OVERFIT_STEPS = 300
+# EFPN: RoIs with sqrt(wh) below this go to P2' (Deng et al. 2021, sec. IV-A3: 56 px at 1400 px on TT100K)
+EFPN_SMALL_ROI_SIZE = 56.0
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """The offline synthetic datasets (data_scripts/make_synthetic.py, course_lib.data.synthetic): images, size."""
+    segmentation_images: int = 1500
+    segmentation_side: int = 384  # square
+    small_objects_images: int = 1000  # small objects, modelled on Tsinghua-Tencent 100K
+    small_objects_size: tuple[int, int] = (1024, 1024)  # (height, width)
+    multiscale_images: int = 2000  # multi-scale objects for the R-CNN family and FPN
+    multiscale_size: tuple[int, int] = (800, 1024)
+
+
+@dataclass(frozen=True)
+class PatchTraining:
+    """Chapter 1: the sliding-window patch classifiers."""
+    steps: int = 4000
+    batch_size: int = 256  # patches per step
+
+
+@dataclass(frozen=True)
+class SegmentationTraining:
+    """Chapters 2-3: each FCN and U-Net training run."""
+    steps: int = 20000
+    batch_size: int = 8
+    crop_size: int = 320  # training crop side (pixels)
+    width: float = 1.0  # channel width multiplier (1.0 = paper)
+
+
+@dataclass(frozen=True)
+class SelectiveSearch:
+    """Selective search proposals: chapter 4's R-CNN and Fast R-CNN, and chapter 5's speed comparison."""
+    images: int = 200  # images given proposals (training + evaluation)
+    mode: str = "fast"  # strategies: "single" or R-CNN's "fast" (8 strategies)
+    max_proposals: int = 2000  # per image (R-CNN: ~2000)
+
+
+@dataclass(frozen=True)
+class RCNNNetwork:
+    """Chapter 4's VGG16: R-CNN's, which Fast R-CNN starts from."""
+    width: float = 1.0  # VGG16 channel width multiplier (1.0 = paper)
+    warp_size: int = 224  # R-CNN's warped region side (paper: 224 for VGG16; context 16 * size / 224)
+
+
+@dataclass(frozen=True)
+class DetectorTraining:
+    """Chapters 5-8: every ResNet detector, its optimiser (engine.detector_optimizer) and batch."""
+    width: float = 1.0  # channel width multiplier (1.0 = paper)
+    rfcn_depth: int = 101  # ResNet depth of R-FCN and of its C4 comparison (chapter 6)
+    c4_anchor_sizes: tuple[int, ...] = (128, 256, 512)  # the single-level (C4, R-FCN) RPN's 3 scales (600 px)
+    optimizer: str = "sgd"  # "sgd" (the papers' recipe, fine-tuning from ImageNet) or "adamw" (from scratch)
+    lr: float = 0.02 * 4 / 16  # FPN's 0.02 for 16 images, scaled linearly to batch_size = 4
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class Resize:
+    """A detector transform's resize: shorter side, longer side cap (pixels)."""
+    min_size: int
+    max_size: int
+
+
+@dataclass(frozen=True)
+class DetectorResize:
+    """Each detector's transform."""
+    fast_rcnn: Resize = Resize(600, 1000)  # chapter 4 (Fast R-CNN paper)
+    faster_rcnn: Resize = Resize(800, 1333)  # chapter 5's C4 and make gpu-check (Detectron's 800 / 1333)
+    rfcn: Resize = Resize(600, 1000)  # chapter 6's R-FCN and C4 (R-FCN paper)
+    fpn: Resize = Resize(800, 1333)  # chapter 7's FPN, C4 and ablation runs (FPN paper)
+    efpn: Resize = Resize(1400, 1400)  # chapter 8's 1x input; the teacher sees 2x (EFPN: TT100K at 1400 x 1400)
+
+
+@dataclass(frozen=True)
+class ProposalCounts:
+    """How many regions the RPNs keep and the RoI heads sample, per image."""
+    train: int = 2000  # RPN top-n per level before NMS and per image after it, training (FPN paper; C4, FPN, EFPN)
+    test: int = 1000  # the same at test time
+    rois_per_image: int = 512  # RoIs sampled per image for the Fast R-CNN loss
+    rfcn: int = 300  # R-FCN's RPN proposals after NMS, training and test (R-FCN paper)
+    rfcn_ohem_rois: int = 128  # R-FCN's OHEM: RoIs back-propagated per image (R-FCN paper)
+    efpn_ohem_rois: int = 128  # EFPN stage 3's OHEM: the hardest of the rois_per_image sampled
+
+
+@dataclass(frozen=True)
+class TrainingSteps:
+    """Optimiser steps of each detector training run (batch: ``detector.batch_size``, chapter 4: 2 images)."""
+    rcnn: int = 1000  # chapter 4: R-CNN fine-tuning (128 warped regions each)
+    fast_rcnn: int = 4000  # chapter 4: Fast R-CNN
+    faster_rcnn: int = 20000  # chapter 5: Faster R-CNN R50-C4
+    rfcn: int = 20000  # chapter 6: R-FCN and its C4 comparison
+    rfcn_ablation: int = 20000  # chapter 6: each k = 1 / 3 run
+    fpn: int = 20000  # chapter 7: FPN and C4
+    fpn_ablation: int = 20000  # chapter 7: each ablation (no top-down / no lateral / P2-only)
+    efpn_fpn: int = 20000  # chapter 8, stage 1: the FPN baseline
+    efpn_distill: int = 10000  # stage 2: the extension by cross-resolution distillation
+    efpn_head: int = 5000  # stage 3: the P2' head with OHEM
+    efpn_ablation: int = 5000  # stage-2 steps of each ablation (Tables II and IV in miniature)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What the speed measurements time."""
+    rfcn_rois: tuple[int, ...] = (300, 2000)  # chapter 6's head timing: RoI counts (R-FCN's Table 3)
+    efpn_images: int = 20  # chapter 8's Table III: images timed per model
 
 
 @dataclass(frozen=True)
 class Profile:
     name: str
     description: str
-    device: str  # "cpu" or "cuda"
-    amp: bool  # mixed precision (CUDA only)
-    num_workers: int
-
-    # --- offline synthetic datasets (data_scripts/make_synthetic.py) ---
-    seg_num_images: int  # segmentation scenes
-    seg_image_size: int  # square side in pixels
-    small_num_images: int  # small objects, modelled on Tsinghua-Tencent 100K
-    small_image_size: tuple[int, int]  # (height, width)
-    multi_num_images: int  # multi-scale objects for the R-CNN family and FPN
-    multi_image_size: tuple[int, int]  # (height, width)
-
-    # --- chapters 1-3: sliding window, FCN, U-Net ---
-    seg_train_steps: int  # optimiser steps per FCN / U-Net training run
-    seg_batch_size: int
-    seg_crop_size: int  # training crop side (pixels)
-    seg_width: float  # channel width multiplier of the trained models (1.0 = paper)
-    window_train_steps: int  # chapter 1: optimiser steps of the sliding-window patch classifiers
-    window_batch_size: int  # chapter 1: patches per step
-
-    # --- every training chapter: overfit two images first (loss down >= 90 %, then found on those images) ---
-    overfit_steps: int  # Adam steps on two training images (engine.overfit)
-
-    # --- chapters 4-8: detectors ---
-    det_width: float  # channel width multiplier of the trained ResNet detectors (1.0 = paper)
-    det_optimizer: str  # "sgd" (the papers' recipe, fine-tuning from ImageNet) or "adamw" (from scratch, few steps)
-    det_lr: float  # its base learning rate (engine.detector_optimizer)
-    c4_anchor_sizes: tuple[int, ...]  # the single-level (C4, R-FCN) RPN's 3 anchor scales (paper: 128-512 at 600 px)
-    det_min_size: int  # transform: shorter side (paper: 800)
-    det_max_size: int  # transform: longer side cap (paper: 1333)
-    det_train_steps: int
-    det_batch_size: int
-
-    # --- chapter 4: R-CNN and Fast R-CNN (selective search proposals, VGG16) ---
-    lineage_num_images: int  # images given selective search proposals (training + evaluation)
-    lineage_ss_mode: str  # selective search strategies: "single" or R-CNN's "fast" (8 strategies)
-    lineage_max_proposals: int  # proposals per image (R-CNN: ~2000)
-    lineage_width: float  # VGG16 channel width multiplier (1.0 = paper)
-    lineage_warp_size: int  # R-CNN's warped region side (paper: 224 for VGG16; context 16 * size / 224)
-    lineage_min_size: int  # Fast R-CNN transform: shorter side (paper: 600)
-    lineage_max_size: int  # longer side cap (paper: 1000)
-    lineage_rcnn_steps: int  # R-CNN fine-tuning steps (128 warped regions each)
-    lineage_train_steps: int  # Fast R-CNN training steps (2 images each)
-    faster_rcnn_train_steps: int  # chapter 5: Faster R-CNN R50-C4 training steps (det_batch_size images each)
-
-    # --- chapter 7: FPN (RPN / RoI sampling sizes shared by the FPN and C4 runs, and the ablations) ---
-    fpn_proposals_train: int  # RPN top-n per level before NMS and per image after it, training (paper: 2000)
-    fpn_proposals_test: int  # the same at test time (paper: 1000)
-    fpn_rois_per_image: int  # RoIs sampled per image for the Fast R-CNN loss (paper: 512)
-    fpn_ablation_steps: int  # optimiser steps of each ablation run (no top-down / no lateral / P2-only)
-    fpn_min_size: int  # image size of the FPN / C4 / ablation runs (= det_min_size but in ci, where 5 detectors train)
-    fpn_max_size: int  # longer side cap of those runs (= det_max_size but in ci)
-
-    # --- chapter 6: R-FCN (and the C4 detector it is compared with, trained on the same schedule) ---
-    rfcn_depth: int  # ResNet depth of R-FCN and of its C4 comparison (paper: 101)
-    rfcn_min_size: int  # transform: shorter side (paper: 600)
-    rfcn_max_size: int  # longer side cap (paper: 1000)
-    rfcn_train_steps: int  # optimiser steps of the R-FCN and C4 runs (det_batch_size images each)
-    rfcn_ablation_steps: int  # steps of each k = 1 / 3 run of the k ablation
-    rfcn_proposals: int  # RPN proposals per image after NMS, training and test (paper: 300)
-    rfcn_ohem_rois: int  # OHEM: RoIs back-propagated per image (paper: 128)
-    rfcn_timing_rois: tuple[int, ...]  # RoI counts of the notebook's head timing (paper's Table 3: 300 and 2000)
-
-    # --- chapter 8: EFPN (the small-object set; paper: TT100K images resized to 1400 x 1400, sec. IV-A3) ---
-    efpn_min_size: int  # shorter side of the 1x input (paper: 1400 on TT100K); the teacher sees 2x
-    efpn_max_size: int  # longer side cap (square images: = efpn_min_size)
-    efpn_small_roi_size: float  # RoIs with sqrt(wh) below this go to P2' (paper: 56 at 1400 px on TT100K)
-    efpn_fpn_steps: int  # stage 1: the FPN baseline
-    efpn_distill_steps: int  # stage 2: the extension by cross-resolution distillation
-    efpn_head_steps: int  # stage 3: the P2' head with OHEM
-    efpn_ohem_rois: int  # OHEM: RoIs back-propagated per image, the hardest of the fpn_rois_per_image sampled
-    efpn_ablation_steps: int  # stage-2 steps of each ablation (Tables II and IV in miniature)
-    efpn_bench_images: int  # images timed per model in the Table III comparison
+    device: str = "cuda"  # "cpu" or "cuda"
+    amp: bool = True  # mixed precision (CUDA only)
+    num_workers: int = 8
+    data: SyntheticData = SyntheticData()
+    patches: PatchTraining = PatchTraining()
+    segmentation: SegmentationTraining = SegmentationTraining()
+    selective_search: SelectiveSearch = SelectiveSearch()
+    rcnn: RCNNNetwork = RCNNNetwork()
+    detector: DetectorTraining = DetectorTraining()
+    resize: DetectorResize = DetectorResize()
+    proposals: ProposalCounts = ProposalCounts()
+    steps: TrainingSteps = TrainingSteps()
+    timing: Timing = Timing()
 
 
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
-        name="ci",
-        description="tiny data and schedules for CI (every notebook < 60 s on 2 CPU cores)",
-        device="cpu",
-        amp=False,
-        num_workers=0,
-        seg_num_images=12,
-        seg_image_size=128,
-        small_num_images=8,
-        small_image_size=(256, 256),
-        multi_num_images=12,
-        multi_image_size=(256, 256),
-        seg_train_steps=4,
-        seg_batch_size=2,
-        seg_crop_size=96,
-        seg_width=0.125,
-        window_train_steps=40,
-        window_batch_size=64,
-        overfit_steps=300,
-        det_width=0.125,
-        det_optimizer="adamw",
-        det_lr=2e-3,
-        c4_anchor_sizes=(32, 64, 128),
-        det_min_size=256,
-        det_max_size=320,
-        det_train_steps=2,
-        det_batch_size=2,
-        lineage_num_images=4,
-        lineage_ss_mode="single",
-        lineage_max_proposals=50,
-        lineage_width=0.125,
-        lineage_warp_size=64,
-        lineage_min_size=256,
-        lineage_max_size=320,
-        lineage_rcnn_steps=1,
-        lineage_train_steps=2,
-        faster_rcnn_train_steps=2,
-        fpn_proposals_train=100,
-        fpn_proposals_test=50,
-        fpn_rois_per_image=32,
-        fpn_ablation_steps=1,
-        fpn_min_size=128,
-        fpn_max_size=160,
-        rfcn_depth=50,
-        rfcn_min_size=128,
-        rfcn_max_size=160,
-        rfcn_train_steps=2,
-        rfcn_ablation_steps=1,
-        rfcn_proposals=50,
-        rfcn_ohem_rois=16,
-        rfcn_timing_rois=(10, 40),
-        efpn_min_size=256,
-        efpn_max_size=256,
-        efpn_small_roi_size=56.0,
-        efpn_fpn_steps=2,
-        efpn_distill_steps=2,
-        efpn_head_steps=2,
-        efpn_ohem_rois=4,
-        efpn_ablation_steps=1,
-        efpn_bench_images=1,
+        "ci", "tiny data and schedules for CI (every notebook < 60 s on 2 CPU cores)",
+        device="cpu", amp=False, num_workers=0,
+        data=SyntheticData(segmentation_images=12, segmentation_side=128, small_objects_images=8,
+                           small_objects_size=(256, 256), multiscale_images=12, multiscale_size=(256, 256)),
+        patches=PatchTraining(steps=40, batch_size=64),
+        segmentation=SegmentationTraining(steps=4, batch_size=2, crop_size=96, width=0.125),
+        selective_search=SelectiveSearch(images=4, mode="single", max_proposals=50),
+        rcnn=RCNNNetwork(width=0.125, warp_size=64),
+        detector=DetectorTraining(width=0.125, rfcn_depth=50, c4_anchor_sizes=(32, 64, 128), optimizer="adamw",
+                                  lr=2e-3, batch_size=2),
+        # chapters 6 and 7 train several detectors each: their images are the smallest
+        resize=DetectorResize(fast_rcnn=Resize(256, 320), faster_rcnn=Resize(256, 320), rfcn=Resize(128, 160),
+                              fpn=Resize(128, 160), efpn=Resize(256, 256)),
+        proposals=ProposalCounts(train=100, test=50, rois_per_image=32, rfcn=50, rfcn_ohem_rois=16, efpn_ohem_rois=4),
+        steps=TrainingSteps(rcnn=1, fast_rcnn=2, faster_rcnn=2, rfcn=2, rfcn_ablation=1, fpn=2, fpn_ablation=1,
+                            efpn_fpn=2, efpn_distill=2, efpn_head=2, efpn_ablation=1),
+        timing=Timing(rfcn_rois=(10, 40), efpn_images=1),
     ),
     "cpu": Profile(
-        name="cpu",
-        description="a laptop: meaningful results in minutes on a CPU",
-        device="cpu",
-        amp=False,
-        num_workers=2,
-        seg_num_images=120,
-        seg_image_size=192,
-        small_num_images=60,
-        small_image_size=(512, 512),
-        multi_num_images=120,
-        multi_image_size=(384, 384),
-        seg_train_steps=300,
-        seg_batch_size=4,
-        seg_crop_size=160,
-        seg_width=0.25,
-        window_train_steps=1500,
-        window_batch_size=128,
-        overfit_steps=300,
-        det_width=0.25,
-        det_optimizer="adamw",
-        det_lr=2e-3,
-        c4_anchor_sizes=(64, 128, 256),
-        det_min_size=384,
-        det_max_size=512,
-        det_train_steps=400,
-        det_batch_size=2,
-        lineage_num_images=16,
-        lineage_ss_mode="fast",
-        lineage_max_proposals=300,
-        lineage_width=0.25,
-        lineage_warp_size=224,
-        lineage_min_size=384,
-        lineage_max_size=512,
-        lineage_rcnn_steps=20,
-        lineage_train_steps=400,
-        faster_rcnn_train_steps=600,
-        fpn_proposals_train=600,
-        fpn_proposals_test=300,
-        fpn_rois_per_image=64,
-        fpn_ablation_steps=100,
-        fpn_min_size=384,
-        fpn_max_size=512,
-        rfcn_depth=50,
-        rfcn_min_size=384,
-        rfcn_max_size=512,
-        rfcn_train_steps=320,
-        rfcn_ablation_steps=60,
-        rfcn_proposals=300,
-        rfcn_ohem_rois=64,
-        rfcn_timing_rois=(300, 2000),
-        efpn_min_size=384,
-        efpn_max_size=384,
-        efpn_small_roi_size=56.0,
-        efpn_fpn_steps=300,
-        efpn_distill_steps=100,
-        efpn_head_steps=100,
-        efpn_ohem_rois=32,
-        efpn_ablation_steps=40,
-        efpn_bench_images=2,
+        "cpu", "a laptop: meaningful results in minutes on a CPU",
+        device="cpu", amp=False, num_workers=2,
+        data=SyntheticData(segmentation_images=120, segmentation_side=192, small_objects_images=60,
+                           small_objects_size=(512, 512), multiscale_images=120, multiscale_size=(384, 384)),
+        patches=PatchTraining(steps=1500, batch_size=128),
+        segmentation=SegmentationTraining(steps=300, batch_size=4, crop_size=160, width=0.25),
+        selective_search=SelectiveSearch(images=16, max_proposals=300),
+        rcnn=RCNNNetwork(width=0.25),
+        detector=DetectorTraining(width=0.25, rfcn_depth=50, c4_anchor_sizes=(64, 128, 256), optimizer="adamw",
+                                  lr=2e-3, batch_size=2),
+        resize=DetectorResize(fast_rcnn=Resize(384, 512), faster_rcnn=Resize(384, 512), rfcn=Resize(384, 512),
+                              fpn=Resize(384, 512), efpn=Resize(384, 384)),
+        proposals=ProposalCounts(train=600, test=300, rois_per_image=64, rfcn_ohem_rois=64, efpn_ohem_rois=32),
+        steps=TrainingSteps(rcnn=20, fast_rcnn=400, faster_rcnn=600, rfcn=320, rfcn_ablation=60, fpn=400,
+                            fpn_ablation=100, efpn_fpn=300, efpn_distill=100, efpn_head=100, efpn_ablation=40),
+        timing=Timing(efpn_images=2),
     ),
-    "gpu": Profile(
-        name="gpu",
-        description="instructors: full-scale models and schedules on CUDA with mixed precision",
-        device="cuda",
-        amp=True,
-        num_workers=8,
-        seg_num_images=1500,
-        seg_image_size=384,
-        small_num_images=1000,
-        small_image_size=(1024, 1024),
-        multi_num_images=2000,
-        multi_image_size=(800, 1024),
-        seg_train_steps=20000,
-        seg_batch_size=8,
-        seg_crop_size=320,
-        seg_width=1.0,
-        window_train_steps=4000,
-        window_batch_size=256,
-        overfit_steps=300,
-        det_width=1.0,
-        det_optimizer="sgd",
-        det_lr=0.02 * 4 / 16,  # FPN's 0.02 for 16 images, scaled linearly to det_batch_size = 4
-        c4_anchor_sizes=(128, 256, 512),
-        det_min_size=800,
-        det_max_size=1333,
-        det_train_steps=20000,
-        det_batch_size=4,
-        lineage_num_images=200,
-        lineage_ss_mode="fast",
-        lineage_max_proposals=2000,
-        lineage_width=1.0,
-        lineage_warp_size=224,
-        lineage_min_size=600,
-        lineage_max_size=1000,
-        lineage_rcnn_steps=1000,
-        lineage_train_steps=4000,
-        faster_rcnn_train_steps=20000,
-        fpn_proposals_train=2000,
-        fpn_proposals_test=1000,
-        fpn_rois_per_image=512,
-        fpn_ablation_steps=20000,
-        fpn_min_size=800,
-        fpn_max_size=1333,
-        rfcn_depth=101,
-        rfcn_min_size=600,
-        rfcn_max_size=1000,
-        rfcn_train_steps=20000,
-        rfcn_ablation_steps=20000,
-        rfcn_proposals=300,
-        rfcn_ohem_rois=128,
-        rfcn_timing_rois=(300, 2000),
-        efpn_min_size=1400,
-        efpn_max_size=1400,
-        efpn_small_roi_size=56.0,
-        efpn_fpn_steps=20000,
-        efpn_distill_steps=10000,
-        efpn_head_steps=5000,
-        efpn_ohem_rois=128,
-        efpn_ablation_steps=5000,
-        efpn_bench_images=20,
-    ),
+    # the papers' values: every default above
+    "gpu": Profile("gpu", "instructors: full-scale models and schedules on CUDA with mixed precision"),
 }
 
 
@@ -317,8 +231,24 @@ def get_profile(name: str | None = None) -> Profile:
 
 
 def replace(profile: Profile, **changes) -> Profile:
-    """A copy of ``profile`` with some fields changed (for experiments in a notebook)."""
+    """A copy of ``profile`` with some fields changed (for experiments in a notebook): a top-level field by its
+    value, a group's fields by a dict, e.g. ``replace(PROFILE, amp=False, detector=dict(batch_size=2))``."""
+    for group, value in changes.items():
+        if isinstance(value, dict):
+            changes[group] = dataclasses.replace(getattr(profile, group), **value)
     return dataclasses.replace(profile, **changes)
+
+
+def flatten(config, prefix: str = "") -> dict:
+    """Every value of a profile (or of one of its groups) by its path: ``{"detector.width": 0.25, ...}``."""
+    values = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            values.update(flatten(value, f"{prefix}{field.name}."))
+        else:
+            values[prefix + field.name] = value
+    return values
 
 
 def check_targets(profile: Profile, results: dict[str, tuple[float, float]], *, stated_for: str = "cpu") -> str:

@@ -62,8 +62,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     total_bytes = 0
     for name in names:
-        count = {"segmentation": profile.seg_num_images, "small_objects": profile.small_num_images,
-                 "multiscale": profile.multi_num_images}[name]
+        count = {"segmentation": profile.data.segmentation_images,
+                 "small_objects": profile.data.small_objects_images, "multiscale": profile.data.multiscale_images}[name]
         workers = args.workers or (1 if count <= 100 else min(8, os.cpu_count() or 1))
         t0 = time.perf_counter()
         path, built = build_dataset(name, out, profile, seed=args.seed, skip_existing=args.skip_existing,

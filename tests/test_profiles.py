@@ -2,7 +2,99 @@ import dataclasses
 
 import pytest
 
-from course_lib.profiles import PROFILES, get_profile
+from course_lib import profiles
+from course_lib.profiles import PROFILES, flatten, get_profile, replace
+
+# Every value of every profile as it was before the fields were grouped (course_lib/profiles.py at a758d78), under
+# its old flat name, with where it lives now: a regrouping cannot change a number silently.
+# (old name, new path or module constant, (ci, cpu, gpu))
+BEFORE_THE_GROUPS = [
+    ("device", "device", ("cpu", "cpu", "cuda")),
+    ("amp", "amp", (False, False, True)),
+    ("num_workers", "num_workers", (0, 2, 8)),
+    ("seg_num_images", "data.segmentation_images", (12, 120, 1500)),
+    ("seg_image_size", "data.segmentation_side", (128, 192, 384)),
+    ("small_num_images", "data.small_objects_images", (8, 60, 1000)),
+    ("small_image_size", "data.small_objects_size", ((256, 256), (512, 512), (1024, 1024))),
+    ("multi_num_images", "data.multiscale_images", (12, 120, 2000)),
+    ("multi_image_size", "data.multiscale_size", ((256, 256), (384, 384), (800, 1024))),
+    ("seg_train_steps", "segmentation.steps", (4, 300, 20000)),
+    ("seg_batch_size", "segmentation.batch_size", (2, 4, 8)),
+    ("seg_crop_size", "segmentation.crop_size", (96, 160, 320)),
+    ("seg_width", "segmentation.width", (0.125, 0.25, 1.0)),
+    ("window_train_steps", "patches.steps", (40, 1500, 4000)),
+    ("window_batch_size", "patches.batch_size", (64, 128, 256)),
+    ("overfit_steps", "OVERFIT_STEPS", (300, 300, 300)),
+    ("det_width", "detector.width", (0.125, 0.25, 1.0)),
+    ("det_optimizer", "detector.optimizer", ("adamw", "adamw", "sgd")),
+    ("det_lr", "detector.lr", (0.002, 0.002, 0.005)),
+    ("c4_anchor_sizes", "detector.c4_anchor_sizes", ((32, 64, 128), (64, 128, 256), (128, 256, 512))),
+    ("det_min_size", "resize.faster_rcnn.min_size", (256, 384, 800)),
+    ("det_max_size", "resize.faster_rcnn.max_size", (320, 512, 1333)),
+    ("det_train_steps", "steps.fpn", (2, 400, 20000)),
+    ("det_batch_size", "detector.batch_size", (2, 2, 4)),
+    ("lineage_num_images", "selective_search.images", (4, 16, 200)),
+    ("lineage_ss_mode", "selective_search.mode", ("single", "fast", "fast")),
+    ("lineage_max_proposals", "selective_search.max_proposals", (50, 300, 2000)),
+    ("lineage_width", "rcnn.width", (0.125, 0.25, 1.0)),
+    ("lineage_warp_size", "rcnn.warp_size", (64, 224, 224)),
+    ("lineage_min_size", "resize.fast_rcnn.min_size", (256, 384, 600)),
+    ("lineage_max_size", "resize.fast_rcnn.max_size", (320, 512, 1000)),
+    ("lineage_rcnn_steps", "steps.rcnn", (1, 20, 1000)),
+    ("lineage_train_steps", "steps.fast_rcnn", (2, 400, 4000)),
+    ("faster_rcnn_train_steps", "steps.faster_rcnn", (2, 600, 20000)),
+    ("fpn_proposals_train", "proposals.train", (100, 600, 2000)),
+    ("fpn_proposals_test", "proposals.test", (50, 300, 1000)),
+    ("fpn_rois_per_image", "proposals.rois_per_image", (32, 64, 512)),
+    ("fpn_ablation_steps", "steps.fpn_ablation", (1, 100, 20000)),
+    ("fpn_min_size", "resize.fpn.min_size", (128, 384, 800)),
+    ("fpn_max_size", "resize.fpn.max_size", (160, 512, 1333)),
+    ("rfcn_depth", "detector.rfcn_depth", (50, 50, 101)),
+    ("rfcn_min_size", "resize.rfcn.min_size", (128, 384, 600)),
+    ("rfcn_max_size", "resize.rfcn.max_size", (160, 512, 1000)),
+    ("rfcn_train_steps", "steps.rfcn", (2, 320, 20000)),
+    ("rfcn_ablation_steps", "steps.rfcn_ablation", (1, 60, 20000)),
+    ("rfcn_proposals", "proposals.rfcn", (50, 300, 300)),
+    ("rfcn_ohem_rois", "proposals.rfcn_ohem_rois", (16, 64, 128)),
+    ("rfcn_timing_rois", "timing.rfcn_rois", ((10, 40), (300, 2000), (300, 2000))),
+    ("efpn_min_size", "resize.efpn.min_size", (256, 384, 1400)),
+    ("efpn_max_size", "resize.efpn.max_size", (256, 384, 1400)),
+    ("efpn_small_roi_size", "EFPN_SMALL_ROI_SIZE", (56.0, 56.0, 56.0)),
+    ("efpn_fpn_steps", "steps.efpn_fpn", (2, 300, 20000)),
+    ("efpn_distill_steps", "steps.efpn_distill", (2, 100, 10000)),
+    ("efpn_head_steps", "steps.efpn_head", (2, 100, 5000)),
+    ("efpn_ohem_rois", "proposals.efpn_ohem_rois", (4, 32, 128)),
+    ("efpn_ablation_steps", "steps.efpn_ablation", (1, 40, 5000)),
+    ("efpn_bench_images", "timing.efpn_images", (1, 2, 20)),
+]
+
+
+def test_every_value_is_as_before_the_groups():
+    for old, new, expected in BEFORE_THE_GROUPS:
+        if new.isupper():  # the same in every profile: a module constant
+            got = (getattr(profiles, new),) * 3
+        else:
+            got = tuple(flatten(PROFILES[name])[new] for name in ("ci", "cpu", "gpu"))
+        assert got == expected, f"{old} (now {new}): (ci, cpu, gpu) = {got}, before {expected}"
+    paths = {new for _, new, _ in BEFORE_THE_GROUPS if not new.isupper()} | {"name", "description"}
+    for profile in PROFILES.values():
+        assert set(flatten(profile)) == paths, "a field was added or lost: say what it was before in the table"
+
+
+def test_the_gpu_profile_is_the_defaults():
+    """The papers' values are the defaults: the gpu profile states nothing but its name."""
+    gpu = PROFILES["gpu"]
+    assert gpu == profiles.Profile(gpu.name, gpu.description)
+    assert gpu.resize.faster_rcnn == profiles.Resize(800, 1333), "the gpu profile uses the papers' 800/1333 px"
+
+
+def test_replace_changes_a_field_or_a_groups_fields():
+    ci = PROFILES["ci"]
+    changed = replace(ci, amp=True, detector=dict(batch_size=3))
+    assert changed.amp and changed.detector.batch_size == 3 and changed.detector.width == ci.detector.width
+    assert ci.detector.batch_size == 2, "the profile itself is unchanged"
+    with pytest.raises(TypeError):
+        replace(ci, detector=dict(batch=3))
 
 
 def test_env_selects_profile(monkeypatch):
@@ -29,13 +121,12 @@ def test_default_without_cuda_is_cpu(monkeypatch):
 
 
 def test_profiles_grow_from_ci_to_gpu():
-    """Profiles change sizes and schedules only: every numeric field is ordered ci <= cpu <= gpu."""
-    ci, cpu, gpu = PROFILES["ci"], PROFILES["cpu"], PROFILES["gpu"]
-    for field in dataclasses.fields(ci):
-        a, b, c = (getattr(p, field.name) for p in (ci, cpu, gpu))
-        if isinstance(a, (int, float)) and not isinstance(a, bool) and field.name != "num_workers":
-            assert a <= b <= c, f"{field.name}: ci={a}, cpu={b}, gpu={c}"
-    assert gpu.det_min_size == 800 and gpu.det_max_size == 1333, "the gpu profile uses the papers' 800/1333 px"
+    """Profiles change sizes and schedules only: every numeric value is ordered ci <= cpu <= gpu."""
+    ci, cpu, gpu = (flatten(PROFILES[name]) for name in ("ci", "cpu", "gpu"))
+    for path, a in ci.items():
+        b, c = cpu[path], gpu[path]
+        if isinstance(a, (int, float)) and not isinstance(a, bool) and path != "num_workers":
+            assert a <= b <= c, f"{path}: ci={a}, cpu={b}, gpu={c}"
 
 
 def test_check_targets_asserts_in_the_profile_they_are_stated_for():

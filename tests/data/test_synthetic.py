@@ -63,17 +63,17 @@ def test_layout_marker_and_splits(ci_data):
     seg = ci_data / "segmentation"
     marker = json.loads((seg / "DONE.json").read_text())
     assert marker["dataset"] == "segmentation" and marker["seed"] == 0 and marker["profile"] == "ci"
-    assert marker["num_images"] == CI.seg_num_images
+    assert marker["num_images"] == CI.data.segmentation_images
     train = (seg / "splits" / "train.txt").read_text().split()
     val = (seg / "splits" / "val.txt").read_text().split()
-    assert len(train) + len(val) == CI.seg_num_images and not set(train) & set(val) and val
+    assert len(train) + len(val) == CI.data.segmentation_images and not set(train) & set(val) and val
     for stem in train + val:
         for sub in ("images", "masks", "instances"):
             assert (seg / sub / f"{stem}.png").is_file()
     classes = json.loads((seg / "classes.json").read_text())
     assert [c["name"] for c in classes["classes"]][:1] == ["background"] and classes["ignore_index"] == 255
-    for name, count, size in (("small_objects", CI.small_num_images, CI.small_image_size),
-                              ("multiscale", CI.multi_num_images, CI.multi_image_size)):
+    for name, count, size in (("small_objects", CI.data.small_objects_images, CI.data.small_objects_size),
+                              ("multiscale", CI.data.multiscale_images, CI.data.multiscale_size)):
         images = sorted((ci_data / name / "images").glob("*.jpg"))
         assert len(images) == count
         marker = json.loads((ci_data / name / "DONE.json").read_text())
@@ -221,7 +221,7 @@ def test_segmentation_has_touching_instances_separated_by_background(ci_data):
         for a, b in pairs:
             between = ndimage.binary_dilation(inst == a) & ndimage.binary_dilation(inst == b) & (inst == 0)
             membrane_values += mask[between].tolist()
-    assert images_with_touching >= 0.75 * CI.seg_num_images
+    assert images_with_touching >= 0.75 * CI.data.segmentation_images
     membrane_values = np.array(membrane_values)
     assert len(membrane_values) > 50 and (membrane_values == 0).mean() > 0.9, np.bincount(membrane_values % 256)
 

@@ -1,4 +1,4 @@
-"""The width multiplier: the laptop profile trains a narrower copy of the same detectors (PROFILE.det_width).
+"""The width multiplier: the laptop profile trains a narrower copy of the same detectors (PROFILE.detector.width).
 
 Width 1.0 must be the paper's network exactly (the torchvision-identity tests elsewhere cover that); a smaller
 width must keep every layer, stride and block and only narrow the channels, consistently through the heads.

@@ -25,8 +25,8 @@ FULLSIZE = os.environ.get("COURSE_FULLSIZE_TESTS") == "1"
 @pytest.mark.parametrize("case", gpu_check.TRAINING_CASES, ids=lambda c: f"{c.chapter}-{c.name}")
 def test_one_training_step_at_the_gpu_profiles_sizes(case):
     gpu = PROFILES["gpu"]
-    assert (gpu.det_min_size, gpu.fpn_proposals_train, gpu.fpn_rois_per_image) == (800, 2000, 512)
-    size = (64, 80) if case.detector else (gpu.seg_crop_size, gpu.seg_crop_size)
+    assert (gpu.resize.faster_rcnn.min_size, gpu.proposals.train, gpu.proposals.rois_per_image) == (800, 2000, 512)
+    size = (64, 80) if case.detector else (gpu.segmentation.crop_size, gpu.segmentation.crop_size)
     result = gpu_check.train_steps(case, gpu, steps=1, batch_size=1, image_size=size, device="cpu", amp=False)
     assert math.isfinite(result["loss"])
 
@@ -47,7 +47,7 @@ def test_the_checks_code_runs_on_the_cpu_at_ci_sizes():
     """The CUDA-vs-CPU comparison and the training steps of make gpu-check, CPU against CPU at small sizes."""
     fpn = next(c for c in gpu_check.TRAINING_CASES if c.name == "Faster R-CNN R50-FPN")
     ci = PROFILES["ci"]
-    small = replace(ci, det_min_size=ci.fpn_min_size, det_max_size=ci.fpn_max_size)  # 128 px, as chapter 7 in ci
+    small = replace(ci, resize=dict(faster_rcnn=ci.resize.fpn))  # 128 px, as chapter 7 in ci
     name, status, detail = gpu_check._equivalence(fpn, small, devices=("cpu", "cpu"), image_size=(64, 80))
     assert status == "ok" and "features 0.0e+00" in detail and "roi head 0.0e+00" in detail, detail
     result = gpu_check.train_steps(fpn, small, steps=2, batch_size=1, image_size=(64, 80), device="cpu", amp=False)

@@ -28,12 +28,13 @@ __all__ = ["SYNTHETIC_DATASETS", "build_dataset", "dataset_params"]
 
 def dataset_params(name: str, profile, seed: int = 0) -> dict:
     """The parameters recorded in ``DONE.json`` for dataset ``name`` of ``profile``."""
+    data = profile.data
     if name == "segmentation":
-        count, size = profile.seg_num_images, (profile.seg_image_size, profile.seg_image_size)
+        count, size = data.segmentation_images, (data.segmentation_side, data.segmentation_side)
     elif name == "small_objects":
-        count, size = profile.small_num_images, profile.small_image_size
+        count, size = data.small_objects_images, data.small_objects_size
     elif name == "multiscale":
-        count, size = profile.multi_num_images, profile.multi_image_size
+        count, size = data.multiscale_images, data.multiscale_size
     else:
         raise ValueError(f"Unknown synthetic dataset {name!r}; choose from {', '.join(SYNTHETIC_DATASETS)}")
     return marker_params(name, seed, profile.name, count, size)
