@@ -48,7 +48,7 @@ from course_lib.evaluation import evaluate_detector
 from course_lib.state_dict import check_state_dict, read_file
 
 __all__ = ["seed_everything", "fit", "History", "save_checkpoint", "save_weights", "load_weights",
-           "remove_checkpoint_temporaries", "overfit",
+           "remove_checkpoint_temporaries", "train_detector", "train_and_evaluate", "overfit",
            "loss_fall", "check_overfit", "overfit_detector", "detector_optimizer"]
 
 
@@ -547,8 +547,8 @@ def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *,
 
 def detector_optimizer(params, *, kind: str, lr: float, steps: int, weight_decay: float = 1e-4,
                        warmup: int | None = None):
-    """``(optimizer, lr_scheduler)`` for chapters 5-8's detectors: the one rule they all call (``PROFILE.det_optimizer``,
-    ``PROFILE.det_lr``).
+    """``(optimizer, lr_scheduler)`` for chapters 5-8's detectors: the one rule they all call (``PROFILE.detector.optimizer``,
+    ``PROFILE.detector.lr``).
 
     * ``kind="sgd"``: the papers' recipe for a backbone that starts from ImageNet -- SGD, momentum 0.9, linear
       warm-up over ``warmup`` steps (default ``min(500, steps // 5)``, Detectron's 500 iterations), then the
@@ -573,6 +573,33 @@ def detector_optimizer(params, *, kind: str, lr: float, steps: int, weight_decay
         raise ValueError(f"kind={kind!r}: 'sgd' (the papers' recipe) or 'adamw' (from scratch, few steps).")
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * decay(step))
     return optimizer, schedule
+
+
+def train_detector(model: nn.Module, dataset, *, steps: int, profile, loss_fn=None, params=None, seed: int = 0,
+                   **fit_kwargs) -> History:
+    """Chapters 5-8's one training call: ``steps`` steps of ``loss_fn`` (default: the detector's own losses,
+    ``detection_loss``) with the profile's optimiser (:func:`detector_optimizer` with ``profile.detector``'s kind,
+    rate and batch), device, mixed precision and loader workers, gradients clipped at 10, every random number
+    generator seeded with ``seed`` first. ``params``: what trains (default: every parameter that requires a
+    gradient, e.g. EFPN's stage 2 passes ``set_stage(model, 2)``); ``fit_kwargs`` go to :func:`fit` as they are."""
+    from course_lib.data import detection_collate
+    from course_lib.detection.generalized_rcnn import detection_loss
+
+    seed_everything(seed)
+    params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
+    detector = profile.detector
+    optimizer, schedule = detector_optimizer(params, kind=detector.optimizer, lr=detector.lr, steps=steps)
+    kwargs = dict(batch_size=detector.batch_size, collate_fn=detection_collate, lr_scheduler=schedule,
+                  device=profile.device, amp=profile.amp, grad_clip=10.0, seed=seed, num_workers=profile.num_workers)
+    return fit(model, dataset, loss_fn or detection_loss, optimizer, steps=steps, **{**kwargs, **fit_kwargs})
+
+
+def train_and_evaluate(model: nn.Module, train_set, val_set, *, steps: int, profile, **kwargs) -> tuple[History, dict]:
+    """:func:`train_detector` on ``train_set``, then ``evaluate_detector`` on ``val_set``: ``(history, COCO metrics)``
+    -- what chapters 6 and 7 do for every detector they compare."""
+    history = train_detector(model, train_set, steps=steps, profile=profile, **kwargs)
+    metrics, _ = evaluate_detector(model, val_set, device=profile.device, batch_size=profile.detector.batch_size)
+    return history, metrics
 
 
 # ---------------------------------------------------------------------------- the first sanity check

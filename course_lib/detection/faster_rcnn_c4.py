@@ -165,9 +165,9 @@ def fasterrcnn_resnet50_c4(*, weights: str | os.PathLike | None = None, num_clas
             stages too (default 3 trainable); without, the model trains from scratch with ordinary
             batch norm and every stage trainable.
         width: the ResNet's channel multiplier (1.0 = the paper's; the course's laptop profile trains a
-            narrower copy of the same network, ``PROFILE.det_width``).
+            narrower copy of the same network, ``PROFILE.detector.width``).
         **kwargs: any :class:`FasterRCNN` keyword, overriding the paper's values, e.g. ``min_size`` (the course
-            passes ``PROFILE.det_min_size``), ``rpn_anchor_sizes=(64, 128, 256)`` (the 3 scales; the paper's
+            passes ``PROFILE.resize.faster_rcnn.min_size``), ``rpn_anchor_sizes=(64, 128, 256)`` (the 3 scales; the paper's
             128, 256, 512 are for 600-px images), ``rpn_post_nms_top_n_test=100`` or
             ``box_roi_pool=SingleLevelRoIPool(method="pool")``.
     """

@@ -118,7 +118,7 @@ def fasterrcnn_resnet50_fpn(*, weights: str | os.PathLike | None = None, num_cla
         fpn_top_down / fpn_lateral / rois_from_p2_only: the paper's ablations (d), (e), (f).
         frozen_bn_eps: eps of the frozen batch norms (default: 0.0 with ``weights``, else 1e-5).
         width: channel multiplier of the backbone, the FPN's d = 256 and the 1024-d box head (1.0 = the paper's);
-            the course's laptop profile trains a narrower copy of the same network (``PROFILE.det_width``).
+            the course's laptop profile trains a narrower copy of the same network (``PROFILE.detector.width``).
         **kwargs: any ``FasterRCNN`` keyword (``min_size``, ``rpn_post_nms_top_n_train``, ``box_roi_pool``,
             ``roi_heads`` ...), and ``rpn_anchor_sizes`` (one per level P2..P6; default 32 ... 512) /
             ``rpn_aspect_ratios`` (0.5, 1, 2), the anchor keywords of every builder of the course.

@@ -268,7 +268,7 @@ def rfcn_resnet101(*, weights: str | os.PathLike | None = None, num_classes: int
         dilate_first_block: True (the paper and the official code): every 3x3 of conv5_x has dilation 2;
             False: torchvision's ``replace_stride_with_dilation`` layout (res5a's 3x3 undilated).
         width: channel multiplier of the ResNet, the RPN's 512-d conv and the 1024-d ``conv_new_1`` (1.0 = the
-            paper's); the course's laptop profile trains a narrower copy of the same network (``PROFILE.det_width``).
+            paper's); the course's laptop profile trains a narrower copy of the same network (``PROFILE.detector.width``).
         **kwargs: any key of :data:`PAPER_RFCN_CONFIG`, e.g. ``min_size=300``,
             ``rpn_post_nms_top_n_test=100``, ``ohem_batch_size_per_image=None`` (no OHEM); or ``rpn=`` /
             ``roi_heads=`` to replace a stage whole (as every builder of the course).
