@@ -9,8 +9,9 @@ C2' and the Feature Texture Transfer module) for small RoIs (sec. IV-A3): "RoIs 
 are assigned to the pyramid level P2'" (COCO, 800 px; 56 px on Tsinghua-Tencent 100K at 1400 px).
 
 Nothing here re-implements the rule: :func:`level_mapper` builds the ``course_lib.ops.LevelMapper`` that the
-detector's ``MultiScaleRoIAlign`` builds for the same levels and options, and the level names come from
-``course_lib.ops.poolers.level_name`` (beside the mapper: chapter 3b needs no chapter-7 module).
+detector's ``MultiScaleRoIAlign`` builds for the same levels and options -- with ``efpn=True`` chapter 8's
+``course_lib.detection.efpn.EFPNLevelMapper``, the rule EFPN's pooler is handed, imported only then (chapter 3b's
+explorer loads no detector) -- and the level names come from ``course_lib.ops.poolers.level_name``.
 """
 from __future__ import annotations
 
@@ -29,8 +30,6 @@ from ._figure import FigureView
 
 __all__ = ["RoILevel", "level_mapper", "roi_level", "RoILevelExplorer"]
 
-P2_PRIME_LEVEL = 1  # EFPN's P2': stride 2
-
 
 @dataclass
 class RoILevel:
@@ -44,11 +43,16 @@ class RoILevel:
 
 def level_mapper(*, k0: int = 4, canonical_size: float = 224.0, k_min: int = 2, k_max: int = 5, efpn: bool = False,
                  efpn_threshold: float = 112.0) -> LevelMapper:
-    """The detector's mapper for P_k_min..P_k_max (FPN eq. 1), plus P2' and the small-RoI rule when ``efpn``:
-    what ``MultiScaleRoIAlign(..., levels={..., "p2_prime": 1}, small_roi_size=efpn_threshold)`` uses."""
-    levels = ([P2_PRIME_LEVEL] if efpn else []) + list(range(k_min, k_max + 1))
-    return LevelMapper(levels=levels, canonical_scale=canonical_size, canonical_level=k0,
-                       small_roi_size=efpn_threshold if efpn else None, small_roi_level=P2_PRIME_LEVEL if efpn else None)
+    """The detector's mapper for P_k_min..P_k_max (FPN eq. 1); with ``efpn`` EFPN's own rule,
+    ``course_lib.detection.efpn.EFPNLevelMapper(efpn_threshold)`` (P2' below the threshold, eq. 1 over P2..P5) --
+    what EFPN's ``MultiScaleRoIAlign(..., level_mapper=...)`` uses."""
+    if not efpn:
+        return LevelMapper(k_min, k_max, canonical_scale=canonical_size, canonical_level=k0)
+    if (k_min, k_max) != (2, 5):
+        raise ValueError(f"EFPN's rule is for P2', P2..P5 (k_min=2, k_max=5), got k_min={k_min}, k_max={k_max}")
+    from course_lib.detection.efpn import EFPNLevelMapper  # chapter 8's rule: loaded only when asked for
+
+    return EFPNLevelMapper(efpn_threshold, canonical_scale=canonical_size, canonical_level=k0)
 
 
 def _boxes(widths, heights) -> list[torch.Tensor]:
