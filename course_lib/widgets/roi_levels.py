@@ -26,7 +26,7 @@ from matplotlib.patches import Rectangle
 from course_lib.ops import LevelMapper
 from course_lib.ops.poolers import level_name
 
-from ._figure import FigureView
+from ._figure import Explorer, FigureView
 
 __all__ = ["RoILevel", "level_mapper", "roi_level", "RoILevelExplorer"]
 
@@ -77,7 +77,7 @@ def roi_level(width: float, height: float, *, k0: int = 4, canonical_size: float
                     pooled_cells=scale / stride, small=efpn and scale < efpn_threshold)
 
 
-class RoILevelExplorer:
+class RoILevelExplorer(Explorer):
     """Change an RoI's width and height and watch which level (P2-P5, or EFPN's P2') it is pooled from."""
 
     def __init__(self, width=112, height=112, *, k0=4, canonical_size=224, efpn=False, efpn_threshold=112,
@@ -94,18 +94,12 @@ class RoILevelExplorer:
         }
         self.message = widgets.HTML()
         self.view = FigureView(figsize=(9, 3.8))
-        for control in self.controls.values():
-            control.observe(lambda change: self.update(), names="value")
+        self._observe_controls()
         self.state: RoILevel | None = None
         self.update()
         values = list(self.controls.values())
         self.widget = widgets.VBox([widgets.HBox([widgets.VBox(values[:3]), widgets.VBox(values[3:] + [self.message])]),
                                     self.view.output])
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
 
     def _kwargs(self):
         c = {k: w.value for k, w in self.controls.items()}
