@@ -45,6 +45,7 @@ __all__ = [
     "overwrite_eps",
     "load_torchvision_resnet",
     "ResNetBody",
+    "build_resnet",
     "resnet_body",
 ]
 
@@ -334,6 +335,25 @@ def _describe(weights) -> str:
     return repr(os.fspath(weights)) if isinstance(weights, (str, os.PathLike)) else repr(weights)
 
 
+def build_resnet(depth: int, *, weights_backbone: "str | os.PathLike | WeightsEnum | None" = None,
+                 trainable_layers: int = 3, norm_layer: NormLayer = FrozenBatchNorm2d, width: float = 1.0,
+                 replace_stride_with_dilation: list[bool] | None = None) -> ResNet:
+    """The whole ResNet-``depth`` (50 or 101) a detector's backbone is cut from: built with ``norm_layer``, ``width``
+    (channel multiplier) and ``replace_stride_with_dilation`` (R-FCN's conv5_x a trous: ``[False, False, True]``),
+    torchvision's ImageNet weights loaded when given (``weights_backbone``: a local state dict file, or a weights
+    name / enum as :func:`load_torchvision_resnet` takes), then the first ``5 - trainable_layers`` stages frozen.
+    The FPN's body (:func:`resnet_body`) and the C4 / R-FCN trunks and heads are all cut from it."""
+    builders = {50: resnet50, 101: resnet101}
+    if depth not in builders:
+        raise ValueError(f"depth must be 50 or 101, got {depth}")
+    model = builders[depth](norm_layer=norm_layer, replace_stride_with_dilation=replace_stride_with_dilation,
+                            width=width)
+    if weights_backbone is not None:
+        load_torchvision_resnet(model, weights_backbone)
+    freeze_layers(model, trainable_layers)
+    return model
+
+
 def resnet_body(depth: int = 50, *, returned_layers: list[int] | None = None,
                 return_layers: dict[str, str] | None = None, trainable_layers: int = 3,
                 norm_layer: NormLayer = FrozenBatchNorm2d, weights: "str | os.PathLike | WeightsEnum | None" = None,
@@ -346,11 +366,9 @@ def resnet_body(depth: int = 50, *, returned_layers: list[int] | None = None,
     Batch norm is frozen and the first ``5 - trainable_layers`` stages too; ``weights``: torchvision's ResNet
     ImageNet weights (a local state dict file, or a weights name / enum as :func:`load_torchvision_resnet` takes),
     loaded before the cut; ``replace_stride_with_dilation`` and
-    ``width`` (channel multiplier) as in :class:`ResNet` (R-FCN: ``[False, False, True]``).
+    ``width`` (channel multiplier) as in :class:`ResNet` (R-FCN: ``[False, False, True]``); built by
+    :func:`build_resnet`.
     """
-    builders = {50: resnet50, 101: resnet101}
-    if depth not in builders:
-        raise ValueError(f"depth must be 50 or 101, got {depth}")
     if returned_layers is not None and return_layers is not None:
         raise ValueError("Pass returned_layers (stage numbers) or return_layers (a {child: name} dict), not both.")
     if return_layers is None:
@@ -360,11 +378,8 @@ def resnet_body(depth: int = 50, *, returned_layers: list[int] | None = None,
             raise ValueError("returned_layers must be increasing stage numbers in 1..4 (1 = conv2_x/C2, "
                              f"4 = conv5_x/C5), e.g. [2, 3, 4]; got {returned_layers!r}")
         return_layers = {f"layer{k}": str(i) for i, k in enumerate(returned_layers)}
-    model = builders[depth](norm_layer=norm_layer, replace_stride_with_dilation=replace_stride_with_dilation,
-                            width=width)
-    if weights is not None:
-        load_torchvision_resnet(model, weights)
-    freeze_layers(model, trainable_layers)
+    model = build_resnet(depth, weights_backbone=weights, trainable_layers=trainable_layers, norm_layer=norm_layer,
+                         width=width, replace_stride_with_dilation=replace_stride_with_dilation)
     return ResNetBody(model, return_layers)
 
 

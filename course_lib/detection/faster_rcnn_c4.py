@@ -24,14 +24,7 @@ import os
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from course_lib.backbones.resnet import (
-    IntermediateLayerGetter,
-    ResNet,
-    freeze_layers,
-    load_torchvision_resnet,
-    resnet50,
-    resnet101,
-)
+from course_lib.backbones.resnet import IntermediateLayerGetter, ResNet, build_resnet
 from course_lib.ops import AnchorGenerator, roi_align, roi_pool
 
 from .builder import build_detector
@@ -51,19 +44,6 @@ PAPER_C4_CONFIG = dict(
     box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5, box_batch_size_per_image=512, box_positive_fraction=0.25,
     bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100,
 )
-
-
-def build_resnet(depth: int, *, weights_backbone: str | os.PathLike | None, trainable_layers: int, norm_layer,
-                 width: float = 1.0, replace_stride_with_dilation: list[bool] | None = None) -> ResNet:
-    """The whole ResNet-``depth`` (50 or 101) a C4-style builder cuts its trunk and per-RoI head from (this chapter;
-    R-FCN's conv5_x a trous, ``replace_stride_with_dilation=[False, False, True]``): torchvision's ImageNet weights
-    from a local file when given, then the first ``5 - trainable_layers`` stages frozen."""
-    resnet = {50: resnet50, 101: resnet101}[depth](norm_layer=norm_layer, width=width,
-                                                   replace_stride_with_dilation=replace_stride_with_dilation)
-    if weights_backbone is not None:
-        load_torchvision_resnet(resnet, weights_backbone)
-    freeze_layers(resnet, trainable_layers)
-    return resnet
 
 
 class ResNetC4(nn.Module):

@@ -17,8 +17,8 @@ With the levels P2..P5 (consecutive) this is ``torchvision.ops.MultiScaleRoIAlig
   *nearest* level that has one (or refused, ``missing_level="error"``) -- torchvision assumes
   consecutive levels and pools level-3 RoIs from the stride-16 map, level-4 RoIs from nothing;
 * reach below P2: EFPN's P2' (Deng et al. 2021) has stride 2, i.e. level 1;
-* route small RoIs to a dedicated level: EFPN sec. IV-A3 sends RoIs with ``sqrt(wh)`` below
-  112 px (COCO, 800-px input) or 56 px (TT100K, 1400 px) to P2' (``small_roi_size``).
+* take a detector's own level rule (``level_mapper=``): EFPN's small-RoI rule (sec. IV-A3) is
+  ``course_lib.detection.efpn.EFPNLevelMapper``, a :class:`LevelMapper` subclass -- chapter 8's, not ops'.
 """
 from __future__ import annotations
 
@@ -65,10 +65,6 @@ class LevelMapper:
             goes to the available level ``l`` nearest to ``k0 + log2(sqrt(wh) / s0)`` measured to the size range
             ``[l, l + 1)`` that level covers (``"nearest"``; halfway between two levels: the finer one), or
             raises a ValueError (``"error"``). Never to a wrong level, never to none.
-        small_roi_size: the small-object rule (EFPN sec. IV-A3): RoIs with ``sqrt(wh) < small_roi_size``
-            (pixels of the network's input) go to ``small_roi_level``; all others follow eq. 1 over the remaining
-            levels. ``None``: eq. 1 alone.
-        small_roi_level: the dedicated level (default: the finest of ``levels``).
 
     Calling the mapper with a list of ``Tensor[L_i, 4]`` boxes (one per image) returns the ``int64`` *index*
     of every box's level in ``levels`` (sorted, finest first; with ``k_min..k_max`` that is ``k - k_min``,
@@ -85,8 +81,6 @@ class LevelMapper:
         *,
         levels: Optional[Sequence[int]] = None,
         missing_level: str = "nearest",
-        small_roi_size: Optional[float] = None,
-        small_roi_level: Optional[int] = None,
     ):
         if levels is None:
             if k_min is None or k_max is None:
@@ -102,22 +96,8 @@ class LevelMapper:
         if missing_level not in MISSING_LEVEL_RULES:
             raise ValueError(f"missing_level must be one of {MISSING_LEVEL_RULES}, got {missing_level!r}")
         self.levels = sorted(levels)
-        if small_roi_size is not None:
-            if not small_roi_size > 0:
-                raise ValueError(f"small_roi_size must be a positive size in pixels (EFPN: 112 at 800 px), "
-                                 f"got {small_roi_size}")
-            small_roi_level = self.levels[0] if small_roi_level is None else int(small_roi_level)
-            if small_roi_level not in self.levels:
-                raise ValueError(f"small_roi_level {small_roi_level} has no feature map; the levels are {self.levels}")
-            if len(self.levels) < 2:
-                raise ValueError("small_roi_size needs a dedicated level and at least one other level, "
-                                 f"got the levels {self.levels}")
-        elif small_roi_level is not None:
-            raise ValueError("small_roi_level without small_roi_size: pass the size threshold too (EFPN: 112)")
-        self.small_roi_size = small_roi_size
-        self.small_roi_level = small_roi_level
-        # the levels eq. 1 chooses among (all, or all but the dedicated small-object level)
-        self.eq1_levels = [k for k in self.levels if k != small_roi_level]
+        # the levels eq. 1 chooses among (a subclass may take some out for a rule of its own: EFPN's P2')
+        self.eq1_levels = list(self.levels)
         # consecutive levels (FPN's P2..P5): no level can be missing and a level's index is k - k_min
         self._gaps = self.eq1_levels != list(range(self.eq1_levels[0], self.eq1_levels[-1] + 1))
         self._consecutive = self.levels == list(range(self.levels[0], self.levels[-1] + 1))
@@ -139,8 +119,6 @@ class LevelMapper:
         k = torch.clamp(torch.floor(shifted), min=self.k_min, max=self.k_max).to(torch.int64)
         if self._gaps:
             k = self._fill_gaps(k, shifted, sizes)
-        if self.small_roi_size is not None:
-            k = torch.where(sizes < self.small_roi_size, torch.full_like(k, self.small_roi_level), k)
         return k
 
     def _fill_gaps(self, k: Tensor, shifted: Tensor, sizes: Tensor) -> Tensor:
@@ -170,11 +148,8 @@ class LevelMapper:
         return torch.searchsorted(torch.tensor(self.levels, dtype=torch.int64, device=k.device), k)
 
     def __repr__(self) -> str:
-        extra = ""
-        if self.small_roi_size is not None:
-            extra = f", small_roi_size={self.small_roi_size}, small_roi_level={self.small_roi_level}"
         return (f"LevelMapper(levels={self.levels}, canonical_scale={self.s0}, canonical_level={self.lvl0}, "
-                f"eps={self.eps}, missing_level={self.missing_level!r}{extra})")
+                f"eps={self.eps}, missing_level={self.missing_level!r})")
 
 
 def _infer_scale(feature: Tensor, image_size: Sequence[int]) -> float:
@@ -204,11 +179,10 @@ class MultiScaleRoIAlign(nn.Module):
             map's level is inferred from its size on the first call (``-log2`` of feature height / image height,
             rounded), map by map -- so gaps are seen, unlike torchvision, which assumes consecutive levels.
             With explicit levels the maps' sizes are checked against them on the first call.
-        missing_level, small_roi_size, small_roi_level: see :class:`LevelMapper` (``"nearest"`` / ``"error"``
-            for a RoI whose level has no map; EFPN's small-object rule).
+        missing_level: see :class:`LevelMapper` (``"nearest"`` / ``"error"`` for a RoI whose level has no map).
         level_mapper: the level rule itself, a :class:`LevelMapper` (or subclass: a detector's own rule, e.g.
             EFPN's in ``course_lib.detection.efpn``) whose ``levels`` are the maps' levels; ``None``: eq. 1
-            (with the options above) over the levels found.
+            (with ``missing_level``) over the levels found.
 
     ``forward(x, boxes, image_shapes, *, return_levels=False)``: ``x`` an (ordered) dict of
     ``Tensor[N, C, H_l, W_l]``, ``boxes`` a list of ``Tensor[L_i, 4]`` in image coordinates, ``image_shapes``
@@ -228,8 +202,6 @@ class MultiScaleRoIAlign(nn.Module):
         canonical_level: int = 4,
         levels: Optional[Mapping[str, int]] = None,
         missing_level: str = "nearest",
-        small_roi_size: Optional[float] = None,
-        small_roi_level: Optional[int] = None,
         level_mapper: Optional[LevelMapper] = None,
     ):
         super().__init__()
@@ -247,27 +219,12 @@ class MultiScaleRoIAlign(nn.Module):
                                  f"{unknown}; give every name in featmap_names its level (stride 2^level)")
             levels = {name: int(levels[name]) for name in self.featmap_names}
         self.levels = levels
-        self._rules = dict(missing_level=missing_level, small_roi_size=small_roi_size, small_roi_level=small_roi_level)
+        self.missing_level = missing_level
         if missing_level not in MISSING_LEVEL_RULES:  # fail at construction, not at the first batch
             raise ValueError(f"missing_level must be one of {MISSING_LEVEL_RULES}, got {missing_level!r}")
         self.scales: Optional[list[float]] = None
         self.map_levels: Optional[LevelMapper] = level_mapper
         self.feature_levels: Optional[list[int]] = None  # the level of each pooled map, in the dict's order
-
-    @property
-    def small_roi_size(self) -> Optional[float]:
-        """EFPN's small-object threshold in pixels (``None``: eq. 1 alone)."""
-        return self._rules["small_roi_size"]
-
-    @property
-    def small_roi_level(self) -> Optional[int]:
-        """The dedicated level as given (``None`` with ``small_roi_size``: the finest map, resolved on the first call
-        in ``map_levels.small_roi_level``)."""
-        return self._rules["small_roi_level"]
-
-    @property
-    def missing_level(self) -> str:
-        return self._rules["missing_level"]
 
     def _setup(self, names: list[str], features: list[Tensor], image_shapes: Sequence[tuple[int, int]]) -> None:
         largest = _largest(image_shapes)
@@ -286,7 +243,7 @@ class MultiScaleRoIAlign(nn.Module):
             raise ValueError(f"MultiScaleRoIAlign: two maps share a level: {dict(zip(names, feature_levels))}; "
                              "pool each level from one map (pass featmap_names without the duplicate)")
         mapper = self.map_levels or LevelMapper(levels=feature_levels, canonical_scale=self.canonical_scale,
-                                                canonical_level=self.canonical_level, **self._rules)
+                                                canonical_level=self.canonical_level, missing_level=self.missing_level)
         if sorted(mapper.levels) != sorted(feature_levels):
             raise ValueError(f"MultiScaleRoIAlign: the level rule {mapper} is for the levels {mapper.levels}, but the "
                              f"maps have the levels {dict(zip(names, feature_levels))}.")
@@ -324,8 +281,6 @@ class MultiScaleRoIAlign(nn.Module):
 
     def extra_repr(self) -> str:
         extra = "" if self.levels is None else f", levels={self.levels}"
-        if self._rules["small_roi_size"] is not None:
-            extra += f", small_roi_size={self._rules['small_roi_size']}"
         return (
             f"featmap_names={self.featmap_names}, output_size={self.output_size}, "
             f"sampling_ratio={self.sampling_ratio}{extra}"

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-__all__ = ["FigureView", "ChangeGuard"]
+__all__ = ["FigureView", "ChangeGuard", "Explorer"]
 
 
 class FigureView:
@@ -67,3 +67,32 @@ class ChangeGuard:
     def __exit__(self, *exc):
         self.busy = False
         return False
+
+
+class Explorer:
+    """What every explorer does with its ``controls`` (name -> widget) and ``widget`` (the layout shown).
+
+    :meth:`_observe_controls` makes each control's new value call :meth:`_react` with the control's name -- once per
+    student input: while an explorer reacts (``with self._guard``), the changes it makes to its own controls call
+    nothing. ``_react`` redraws with :meth:`update` unless an explorer overrides it; displaying the explorer in a
+    notebook shows ``widget``.
+    """
+
+    def _observe_controls(self) -> None:
+        self._guard = ChangeGuard()
+        for name, control in self.controls.items():
+            control.observe(lambda change, name=name: self._on_change(name), names="value")
+
+    def _on_change(self, name: str) -> None:
+        if self._guard.busy:
+            return
+        with self._guard:
+            self._react(name)
+
+    def _react(self, name: str) -> None:
+        self.update()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)

@@ -16,7 +16,7 @@ from matplotlib.patches import Rectangle
 
 from course_lib.ops import AnchorGenerator, Matcher, box_iou
 
-from ._figure import ChangeGuard, FigureView
+from ._figure import Explorer, FigureView
 
 __all__ = ["AnchorState", "anchors_at_location", "label_anchors", "AnchorExplorer"]
 
@@ -66,7 +66,7 @@ class AnchorState:
         return {name: int((self.labels == value).sum()) for value, name in _NAMES.items()}
 
 
-class AnchorExplorer:
+class AnchorExplorer(Explorer):
     """Anchors at one location and level, their IoU with a ground-truth box, and the RPN's labels.
 
     Controls: the location (cell x, y), the stride (the pyramid level: 4, 8, 16, 32, 64), the anchor
@@ -104,9 +104,7 @@ class AnchorExplorer:
         self._centre = (self.controls["x"].value * stride, self.controls["y"].value * stride)  # pixels, kept across strides
         self.message = widgets.HTML()
         self.view = FigureView(figsize=(9, 4.2))
-        self._guard = ChangeGuard()
-        for name, control in self.controls.items():
-            control.observe(lambda change, name=name: self._on_change(name), names="value")
+        self._observe_controls()
         self.state: AnchorState | None = None
         self._build_figure()
         self.update()
@@ -114,21 +112,13 @@ class AnchorExplorer:
                                                   widgets.VBox(list(self.controls.values())[4:] + [self.message])]),
                                     self.view.output])
 
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
-
-    def _on_change(self, name: str):
-        if self._guard.busy:
-            return
-        with self._guard:
-            stride = self.controls["stride"].value
-            if name == "stride":
-                self._fit_sliders()
-            elif name in ("x", "y"):
-                self._centre = (self.controls["x"].value * stride, self.controls["y"].value * stride)
-            self.update(relayout=name in ("sizes", "aspect_ratios"))
+    def _react(self, name: str):
+        stride = self.controls["stride"].value
+        if name == "stride":
+            self._fit_sliders()
+        elif name in ("x", "y"):
+            self._centre = (self.controls["x"].value * stride, self.controls["y"].value * stride)
+        self.update(relayout=name in ("sizes", "aspect_ratios"))
 
     def _fit_sliders(self):
         """New stride: the cell nearest the chosen position in the new grid, and sliders that span the image."""

@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 
 from course_lib.ops import box_iou, nms
 
-from ._figure import ChangeGuard, FigureView
+from ._figure import Explorer, FigureView
 
 __all__ = ["NMSState", "make_box_cluster", "nms_steps", "NMSExplorer"]
 
@@ -89,7 +89,7 @@ def _score_slider_range(scores: torch.Tensor) -> tuple[float, float, float, int]
     return round(max(lo, 0.0), decimals), round(hi, decimals), step, decimals
 
 
-class NMSExplorer:
+class NMSExplorer(Explorer):
     """A cluster of scored boxes; sliders for the IoU and score thresholds and for the greedy step shown.
 
     The score slider spans the scores given (see ``_score_slider_range``). A new threshold shows the finished
@@ -118,9 +118,7 @@ class NMSExplorer:
         }
         self.message = widgets.HTML()
         self.view = FigureView(figsize=(9, 4.5))
-        self._guard = ChangeGuard()
-        for name, control in self.controls.items():
-            control.observe(lambda change, name=name: self._on_change(name), names="value")
+        self._observe_controls()
         self.state: NMSState | None = None
         self._build_figure()
         with self._guard:
@@ -129,19 +127,11 @@ class NMSExplorer:
         self.widget = widgets.VBox([widgets.HBox([widgets.VBox(list(self.controls.values())), self.message]),
                                     self.view.output])
 
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
-
-    def _on_change(self, name: str):
-        if self._guard.busy:
-            return
-        with self._guard:
-            if name == "step":
-                self.draw()
-            else:
-                self.update()
+    def _react(self, name: str):
+        if name == "step":
+            self.draw()
+        else:
+            self.update()
 
     def update(self):
         """New thresholds: run NMS again and show its finished result (``show step`` = the last step)."""

@@ -24,6 +24,8 @@ from matplotlib.patches import Rectangle
 from course_lib.detection.rfcn import position_sensitive_vote
 from course_lib.ops import ps_roi_pool
 
+from ._figure import Explorer
+
 __all__ = ["PSRoIState", "psroi_bins", "score_maps_of", "PSRoIExplorer"]
 
 
@@ -64,7 +66,7 @@ def score_maps_of(model, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return resized.clamp(0, 1), cls_maps[0]
 
 
-class PSRoIExplorer:
+class PSRoIExplorer(Explorer):
     """Drag an RoI (sliders) over an image and see, for one class, the k x k bin scores PSRoI pooling reads and the
     vote of every class; switch k when maps of several k are given (the k ablation).
 
@@ -114,17 +116,11 @@ class PSRoIExplorer:
         self.figure = Figure(figsize=(11, 3.6), layout="constrained")
         self.draws = 0  # one redraw per input (the tests count them)
         self.state: PSRoIState | None = None
-        for control in self.controls.values():
-            control.observe(lambda change: self.update(), names="value")
+        self._observe_controls()
         self.update()
         values = list(self.controls.values())
         self.widget = widgets.VBox([widgets.HBox([widgets.VBox(values[:4]), widgets.VBox(values[4:] + [self.message])]),
                                     self.picture])
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
 
     def roi(self) -> tuple[float, float, float, float]:
         c = {k: w.value for k, w in self.controls.items()}

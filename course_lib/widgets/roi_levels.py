@@ -9,8 +9,9 @@ C2' and the Feature Texture Transfer module) for small RoIs (sec. IV-A3): "RoIs 
 are assigned to the pyramid level P2'" (COCO, 800 px; 56 px on Tsinghua-Tencent 100K at 1400 px).
 
 Nothing here re-implements the rule: :func:`level_mapper` builds the ``course_lib.ops.LevelMapper`` that the
-detector's ``MultiScaleRoIAlign`` builds for the same levels and options, and the level names come from
-``course_lib.ops.poolers.level_name`` (beside the mapper: chapter 3b needs no chapter-7 module).
+detector's ``MultiScaleRoIAlign`` builds for the same levels and options -- with ``efpn=True`` chapter 8's
+``course_lib.detection.efpn.EFPNLevelMapper``, the rule EFPN's pooler is handed, imported only then (chapter 3b's
+explorer loads no detector) -- and the level names come from ``course_lib.ops.poolers.level_name``.
 """
 from __future__ import annotations
 
@@ -25,11 +26,9 @@ from matplotlib.patches import Rectangle
 from course_lib.ops import LevelMapper
 from course_lib.ops.poolers import level_name
 
-from ._figure import FigureView
+from ._figure import Explorer, FigureView
 
 __all__ = ["RoILevel", "level_mapper", "roi_level", "RoILevelExplorer"]
-
-P2_PRIME_LEVEL = 1  # EFPN's P2': stride 2
 
 
 @dataclass
@@ -44,11 +43,16 @@ class RoILevel:
 
 def level_mapper(*, k0: int = 4, canonical_size: float = 224.0, k_min: int = 2, k_max: int = 5, efpn: bool = False,
                  efpn_threshold: float = 112.0) -> LevelMapper:
-    """The detector's mapper for P_k_min..P_k_max (FPN eq. 1), plus P2' and the small-RoI rule when ``efpn``:
-    what ``MultiScaleRoIAlign(..., levels={..., "p2_prime": 1}, small_roi_size=efpn_threshold)`` uses."""
-    levels = ([P2_PRIME_LEVEL] if efpn else []) + list(range(k_min, k_max + 1))
-    return LevelMapper(levels=levels, canonical_scale=canonical_size, canonical_level=k0,
-                       small_roi_size=efpn_threshold if efpn else None, small_roi_level=P2_PRIME_LEVEL if efpn else None)
+    """The detector's mapper for P_k_min..P_k_max (FPN eq. 1); with ``efpn`` EFPN's own rule,
+    ``course_lib.detection.efpn.EFPNLevelMapper(efpn_threshold)`` (P2' below the threshold, eq. 1 over P2..P5) --
+    what EFPN's ``MultiScaleRoIAlign(..., level_mapper=...)`` uses."""
+    if not efpn:
+        return LevelMapper(k_min, k_max, canonical_scale=canonical_size, canonical_level=k0)
+    if (k_min, k_max) != (2, 5):
+        raise ValueError(f"EFPN's rule is for P2', P2..P5 (k_min=2, k_max=5), got k_min={k_min}, k_max={k_max}")
+    from course_lib.detection.efpn import EFPNLevelMapper  # chapter 8's rule: loaded only when asked for
+
+    return EFPNLevelMapper(efpn_threshold, canonical_scale=canonical_size, canonical_level=k0)
 
 
 def _boxes(widths, heights) -> list[torch.Tensor]:
@@ -73,7 +77,7 @@ def roi_level(width: float, height: float, *, k0: int = 4, canonical_size: float
                     pooled_cells=scale / stride, small=efpn and scale < efpn_threshold)
 
 
-class RoILevelExplorer:
+class RoILevelExplorer(Explorer):
     """Change an RoI's width and height and watch which level (P2-P5, or EFPN's P2') it is pooled from."""
 
     def __init__(self, width=112, height=112, *, k0=4, canonical_size=224, efpn=False, efpn_threshold=112,
@@ -90,18 +94,12 @@ class RoILevelExplorer:
         }
         self.message = widgets.HTML()
         self.view = FigureView(figsize=(9, 3.8))
-        for control in self.controls.values():
-            control.observe(lambda change: self.update(), names="value")
+        self._observe_controls()
         self.state: RoILevel | None = None
         self.update()
         values = list(self.controls.values())
         self.widget = widgets.VBox([widgets.HBox([widgets.VBox(values[:3]), widgets.VBox(values[3:] + [self.message])]),
                                     self.view.output])
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
 
     def _kwargs(self):
         c = {k: w.value for k, w in self.controls.items()}

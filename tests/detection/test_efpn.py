@@ -367,3 +367,51 @@ def test_the_routing_rule_lives_in_efpn_and_the_pooler_takes_it():
         MultiScaleRoIAlign(FPN_ROI_LEVELS, 2, 2, level_mapper=rule)(features, boxes, [(64, 64)])
     with pytest.raises(ValueError, match="small_roi_size must be a positive"):
         EFPNLevelMapper(0)
+
+
+def _squares(sides):
+    s = torch.as_tensor(sides, dtype=torch.float32)
+    return torch.stack([torch.zeros_like(s), torch.zeros_like(s), s, s], dim=1)
+
+
+def test_small_object_rule_by_hand():
+    """EFPN sec. IV-A3: sqrt(wh) < 112 -> P2' (level 1); the rest by eq. 1 over P2..P5 (so at k0 = 4, P2 gets
+    none: every RoI of 112 px or more maps to P3 or coarser). (Moved from tests/ops: the rule is chapter 8's.)"""
+    from course_lib.detection.efpn import EFPNLevelMapper
+    from course_lib.ops import LevelMapper
+
+    mapper = EFPNLevelMapper(112)
+    assert mapper.small_level == 1
+    assert mapper.level([_squares([10, 55, 111.9, 112, 223, 224, 1000])]).tolist() == [1, 1, 1, 3, 3, 4, 5]
+    # TT100K's 56 px is what eq. 1 gives by itself once P2' is level 1: floor(4 + log2(s / 224)) <= 1 <=> s < 56
+    g = torch.Generator().manual_seed(0)
+    boxes = [_squares(torch.exp(torch.rand(500, generator=g) * 7)), _squares([55.99, 56.0, 56.01])]
+    assert torch.equal(EFPNLevelMapper(56).level(boxes), LevelMapper(levels=[1, 2, 3, 4, 5]).level(boxes))
+    with pytest.raises(ValueError, match="small_roi_size must be a positive"):
+        EFPNLevelMapper(0)
+
+
+def test_pooler_with_the_small_object_rule_pools_each_roi_from_its_level():
+    """ops' MultiScaleRoIAlign over P2', P2..P5 handed EFPNLevelMapper(112): every RoI under 112 px is pooled from
+    P2', the rest by eq. 1 over P2..P5, each with spatial_scale 1 / 2^level. (Moved from tests/ops.)"""
+    from collections import OrderedDict
+
+    from torchvision.ops import roi_align
+
+    from course_lib.detection.efpn import EFPNLevelMapper
+    from course_lib.ops import MultiScaleRoIAlign
+
+    g = torch.Generator().manual_seed(2)
+    table = {"s2": 1, "s4": 2, "s8": 3, "s16": 4, "s32": 5}
+    x = OrderedDict((name, torch.randn(1, 3, 256 // 2**k, 256 // 2**k, generator=g)) for name, k in table.items())
+    xy = torch.rand(40, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.exp(torch.empty(40, 2).uniform_(1.5, 5.5, generator=g))], 1)
+    efpn = MultiScaleRoIAlign(list(table), 5, 2, levels=table, level_mapper=EFPNLevelMapper(112))
+    out, levels = efpn(x, [boxes], [(256, 256)], return_levels=True)
+    small = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt() < 112
+    assert small.any() and (~small).any()
+    assert (levels[small] == 1).all() and (levels[~small] >= 3).all()
+    rois = torch.cat([torch.zeros(len(boxes), 1), boxes], 1)
+    by_hand = torch.cat([roi_align(x[f"s{2 ** int(k)}"], rois[i : i + 1], 5, 1 / 2 ** int(k), 2)
+                         for i, k in enumerate(levels)])
+    torch.testing.assert_close(out, by_hand, rtol=0, atol=1e-5)

@@ -197,21 +197,7 @@ def test_level_mapper_with_gaps_by_hand():
     assert LevelMapper(levels=[2, 3, 4, 5], missing_level="error").level([square(sides)]).tolist() == [2, 3, 3, 4, 5]
 
 
-def test_level_mapper_small_object_rule_by_hand():
-    """EFPN sec. IV-A3: sqrt(wh) < 112 -> P2' (level 1); the rest by eq. 1 over P2..P5 (so at k0 = 4, P2 gets
-    none: every RoI of 112 px or more maps to P3 or coarser)."""
-    mapper = LevelMapper(levels=[1, 2, 3, 4, 5], small_roi_size=112)
-    assert mapper.small_roi_level == 1
-    assert mapper.level([square([10, 55, 111.9, 112, 223, 224, 1000])]).tolist() == [1, 1, 1, 3, 3, 4, 5]
-    # TT100K's 56 px is what eq. 1 gives by itself once P2' is level 1: floor(4 + log2(s / 224)) <= 1 <=> s < 56
-    g = torch.Generator().manual_seed(0)
-    boxes = [square(torch.exp(torch.rand(500, generator=g) * 7)), square([55.99, 56.0, 56.01])]
-    assert torch.equal(LevelMapper(levels=[1, 2, 3, 4, 5], small_roi_size=56).level(boxes),
-                       LevelMapper(levels=[1, 2, 3, 4, 5]).level(boxes))
-    with pytest.raises(ValueError, match="small_roi_level 0 has no feature map"):
-        LevelMapper(levels=[1, 2], small_roi_size=56, small_roi_level=0)
-    with pytest.raises(ValueError, match="small_roi_size must be a positive"):
-        LevelMapper(levels=[1, 2], small_roi_size=0)
+def test_level_mapper_refuses_bad_levels():
     with pytest.raises(ValueError, match="distinct"):
         LevelMapper(levels=[2, 2])
     with pytest.raises(ValueError, match="either k_min and k_max or levels"):
@@ -240,9 +226,9 @@ def test_gapped_levels_pool_from_the_right_map():
         strict(x, [boxes], [(256, 256)])
 
 
-def test_stride_2_level_and_small_object_rule():
-    """EFPN's P2' (stride 2 = level 1) below P2..P5: consecutive levels from 1 equal torchvision's pooler; with
-    small_roi_size=112 every RoI under 112 px is pooled from P2', the rest by eq. 1 over P2..P5."""
+def test_stride_2_level():
+    """EFPN's P2' (stride 2 = level 1) below P2..P5: consecutive levels from 1 equal torchvision's pooler (EFPN's
+    small-RoI rule on top is chapter 8's: tests/detection/test_efpn.py)."""
     g = torch.Generator().manual_seed(2)
     x = maps_at(g, (2, 4, 8, 16, 32))
     names = list(x)
@@ -253,12 +239,6 @@ def test_stride_2_level_and_small_object_rule():
     out, levels = plain(x, [boxes], [(256, 256)], return_levels=True)
     torch.testing.assert_close(out, tv.MultiScaleRoIAlign(names, 5, 2)(x, [boxes], [(256, 256)]), rtol=0, atol=1e-5)
     assert {1, 2, 3} <= set(levels.tolist())
-    efpn = MultiScaleRoIAlign(names, 5, 2, levels=table, small_roi_size=112)
-    out, levels = efpn(x, [boxes], [(256, 256)], return_levels=True)
-    small = box_sizes(boxes) < 112
-    assert small.any() and (~small).any()
-    assert (levels[small] == 1).all() and (levels[~small] >= 3).all()
-    torch.testing.assert_close(out, pooled_by_hand(x, boxes, levels), rtol=0, atol=1e-5)
 
 
 def box_sizes(boxes):

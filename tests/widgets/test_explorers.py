@@ -160,7 +160,9 @@ def test_roi_level_agrees_with_the_detectors_pooler():
     wh = torch.exp(torch.empty(300, 2).uniform_(0.5, 7, generator=g))
     boxes = [torch.cat([xy, xy + wh], 1)]
     fpn_pool = MultiScaleRoIAlign(FPN_ROI_LEVELS, 7, 2)  # what fasterrcnn_resnet50_fpn's RoI heads use
-    efpn_pool = MultiScaleRoIAlign(["p2_prime"] + FPN_ROI_LEVELS, 7, 2, levels=table, small_roi_size=112)
+    from course_lib.detection.efpn import EFPNLevelMapper, efpn_level_mapper
+
+    efpn_pool = MultiScaleRoIAlign(["p2_prime"] + FPN_ROI_LEVELS, 7, 2, levels=table, level_mapper=EFPNLevelMapper(112))
     _, fpn_levels = fpn_pool(x, boxes, [(size, size)], return_levels=True)
     _, efpn_levels = efpn_pool(x, boxes, [(size, size)], return_levels=True)
     assert set(efpn_levels.tolist()) >= {1, 3, 4, 5} and set(fpn_levels.tolist()) == {2, 3, 4, 5}
@@ -168,10 +170,8 @@ def test_roi_level_agrees_with_the_detectors_pooler():
         assert roi_level(w, h).level == k
         assert roi_level(w, h, efpn=True).level == k_efpn
     # chapter 8's detector builds its pooler from this mapper
-    from course_lib.detection.efpn import efpn_level_mapper
-
     assert torch.equal(efpn_level_mapper(112).level(boxes), efpn_levels)
-    assert efpn_pool.small_roi_size == 112 and efpn_pool.map_levels.small_roi_level == 1 and fpn_pool.missing_level == "nearest"
+    assert efpn_pool.map_levels.threshold == 112 and efpn_pool.map_levels.small_level == 1 and fpn_pool.missing_level == "nearest"
 
 
 def test_roi_level_explorer_shows_only_the_levels_there_are():
