@@ -19,7 +19,9 @@ score threshold 0.05, NMS 0.5, 100 detections. Every one is a keyword of the con
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,19 +33,42 @@ from .builder import build_detector
 from .generalized_rcnn import FasterRCNN
 from .roi_heads import FastRCNNPredictor, init_like_fast_rcnn
 
-__all__ = ["ResNetC4", "ResNetC5Head", "SingleLevelRoIPool", "build_resnet", "fasterrcnn_resnet50_c4",
+__all__ = ["TwoStageConfig", "ResNetC4", "ResNetC5Head", "SingleLevelRoIPool", "build_resnet", "fasterrcnn_resnet50_c4",
            "fasterrcnn_resnet101_c4"]
 
 # 3 scales x 3 aspect ratios = 9 anchors per C4 position (Faster R-CNN sec. 3.1.1)
 PAPER_ANCHOR_SIZES, PAPER_ASPECT_RATIOS = (128, 256, 512), (0.5, 1.0, 2.0)
-PAPER_C4_CONFIG = dict(
-    rpn_pre_nms_top_n_train=12000, rpn_pre_nms_top_n_test=6000,
-    rpn_post_nms_top_n_train=2000, rpn_post_nms_top_n_test=300,
-    rpn_nms_thresh=0.7, rpn_fg_iou_thresh=0.7, rpn_bg_iou_thresh=0.3,
-    rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
-    box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5, box_batch_size_per_image=512, box_positive_fraction=0.25,
-    bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100,
-)
+@dataclass(frozen=True)
+class TwoStageConfig:
+    """The paper's settings of a two-stage detector's RPN and RoI heads: the builder's keywords, in the one form of
+    the course's configuration (frozen dataclasses, as :mod:`course_lib.profiles`' groups). A later chapter's
+    detector subclasses it and states only what its paper changes (R-FCN: :data:`~course_lib.detection.rfcn.
+    PAPER_RFCN_CONFIG`); ``dataclasses.replace`` makes a variant."""
+
+    rpn_pre_nms_top_n_train: int = 12000
+    rpn_pre_nms_top_n_test: int = 6000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 300
+    rpn_nms_thresh: float = 0.7
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    box_batch_size_per_image: int | None = 512
+    box_positive_fraction: float = 0.25
+    bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+
+    def keywords(self) -> dict:
+        """The settings as a builder's keyword arguments."""
+        return dataclasses.asdict(self)
+
+
+PAPER_C4_CONFIG = TwoStageConfig()
 
 
 class ResNetC4(nn.Module):
@@ -109,7 +134,7 @@ def _fasterrcnn_c4(depth: int, *, weights, num_classes, weights_backbone, traina
     def make(num_classes, weights_backbone, trainable_layers, norm_layer):
         resnet = build_resnet(depth, weights_backbone=weights_backbone, trainable_layers=trainable_layers,
                               norm_layer=norm_layer, width=width)
-        config = {**PAPER_C4_CONFIG, **kwargs}
+        config = {**PAPER_C4_CONFIG.keywords(), **kwargs}
         anchor_sizes = tuple(config.pop("rpn_anchor_sizes", PAPER_ANCHOR_SIZES))
         aspect_ratios = tuple(config.pop("rpn_aspect_ratios", PAPER_ASPECT_RATIOS))
         # the C4 pieces, unless given: the paper's anchors, 14x14 RoIAlign on C4, conv5_x as the box head

@@ -37,6 +37,7 @@ back-propagates the 128 with the highest loss (``batch_size_per_image=None``,
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
@@ -45,28 +46,33 @@ from course_lib.backbones.width import scale_channels
 from course_lib.ops import AnchorGenerator, ps_roi_pool
 
 from .builder import build_detector, read_weights
-from .faster_rcnn_c4 import build_resnet
+from .faster_rcnn_c4 import TwoStageConfig, build_resnet
 from .generalized_rcnn import FasterRCNN
 from .roi_heads import RoIHeads
 from .rpn import RPNHead
 
 __all__ = ["RFCN", "RFCNBackbone", "PSScoreMaps", "PSRoIPool", "RFCNRoIHeads", "position_sensitive_vote",
-           "rfcn_resnet50", "rfcn_resnet101", "PAPER_RFCN_CONFIG"]
+           "rfcn_resnet50", "rfcn_resnet101", "RFCNConfig", "PAPER_RFCN_CONFIG"]
 
 # The paper's VOC setting (sec. 2 and 4.1) with the official code's values where the paper is silent
 # (py-R-FCN experiments/cfgs/rfcn_end2end_ohem.yml and the py-faster-rcnn defaults it inherits).
-PAPER_RFCN_CONFIG = dict(
-    min_size=600, max_size=1000,
-    rpn_anchor_sizes=(128, 256, 512), rpn_aspect_ratios=(0.5, 1.0, 2.0), rpn_conv_channels=512,
-    rpn_pre_nms_top_n_train=6000, rpn_post_nms_top_n_train=300,
-    rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_test=300,
-    rpn_nms_thresh=0.7, rpn_fg_iou_thresh=0.7, rpn_bg_iou_thresh=0.3,
-    rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
-    box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5,
-    box_batch_size_per_image=None, box_positive_fraction=0.25, ohem_batch_size_per_image=128,
-    bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), smooth_l1_beta=1.0,
-    box_score_thresh=0.05, box_nms_thresh=0.3, box_detections_per_img=100,
-)
+@dataclass(frozen=True)
+class RFCNConfig(TwoStageConfig):
+    """Chapter 5's two-stage settings plus what R-FCN alone sets: its input size, the RPN's anchors and conv, OHEM and
+    the smooth L1's beta."""
+
+    min_size: int = 600
+    max_size: int = 1000
+    rpn_anchor_sizes: tuple[int, ...] = (128, 256, 512)
+    rpn_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_conv_channels: int = 512
+    ohem_batch_size_per_image: int | None = 128
+    smooth_l1_beta: float = 1.0
+
+
+PAPER_RFCN_CONFIG = RFCNConfig(  # what R-FCN changes from Faster R-CNN's settings
+    rpn_pre_nms_top_n_train=6000, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=6000,
+    box_batch_size_per_image=None, box_nms_thresh=0.3)
 
 
 class RFCNBackbone(nn.Module):
@@ -205,11 +211,12 @@ def _num_classes_of(state: dict[str, Tensor], k: int, source: str) -> int:
 def _rfcn(depth: int, *, weights, num_classes, weights_backbone, trainable_backbone_layers, k, box_maps,
           dilate_first_block, width, kwargs) -> RFCN:
     stages = {name: kwargs.pop(name) for name in ("rpn", "roi_heads") if name in kwargs}  # given whole
-    unknown = sorted(set(kwargs) - set(PAPER_RFCN_CONFIG))
+    settings = PAPER_RFCN_CONFIG.keywords()
+    unknown = sorted(set(kwargs) - set(settings))
     if unknown:
         raise TypeError(f"rfcn_resnet{depth}() got unexpected keyword arguments {unknown}; "
-                        f"it takes {sorted(PAPER_RFCN_CONFIG)}, rpn and roi_heads besides its own.")
-    config = {**PAPER_RFCN_CONFIG, **kwargs}
+                        f"it takes {sorted(settings)}, rpn and roi_heads besides its own.")
+    config = {**settings, **kwargs}
     if weights is not None:  # rfcn_cls has k^2 (C + 1) rows, not one per class: read C + 1 (and check k) here
         state_dict, source = read_weights(weights)
         found = _num_classes_of(state_dict, k, source)

@@ -77,7 +77,7 @@ def test_paper_configuration(small_model):
     assert heads.proposal_matcher.high_threshold == 0.5 and heads.nms_thresh == 0.3
     assert heads.box_roi_pool.spatial_scale == 1 / 16 and heads.box_roi_pool.output_size == 7
     assert heads.box_head is None and heads.box_predictor is None  # nothing learnable per RoI
-    assert PAPER_RFCN_CONFIG["rpn_post_nms_top_n_train"] == 300 == PAPER_RFCN_CONFIG["rpn_post_nms_top_n_test"]
+    assert PAPER_RFCN_CONFIG.rpn_post_nms_top_n_train == 300 == PAPER_RFCN_CONFIG.rpn_post_nms_top_n_test
     assert rpn.anchor_generator.sizes == ((128, 256, 512),)
     per_roi = [n for n, p in heads.named_parameters()]
     assert all(n.startswith("score_maps.") for n in per_roi)  # the only parameters: the per-image 1x1 convs
