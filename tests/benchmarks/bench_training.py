@@ -16,11 +16,12 @@ size (the course's own generators), the notebooks' loss functions, the optimiser
 at 10 -- through ``course_lib.engine``'s own step (``engine._step``), so what is timed is what ``fit`` runs, minus
 data loading (timed on its own: ``--loading``).
 
-``--compare OPTION`` builds the model twice from the same seed, once as ``fit`` runs it today and once with the
-option, and alternates their steps in one process (A, B, A, B, ...), so that the load of a shared machine falls on
+``--compare OPTION`` builds the model twice from the same seed, once in the default (contiguous) layout in float32
+-- ``fit(..., channels_last=False)`` -- and once with the option, and alternates their steps in one process (A, B, A, B, ...), so that the load of a shared machine falls on
 both alike; it prints the medians and the ratio (> 1: the option is faster). Options:
 
-* ``channels_last``: the model's 4-d weights (and so its activations) in channels-last memory format;
+* ``channels_last``: the model's 4-d weights (and so its activations) in channels-last memory format (what ``fit``
+  does by default on the CPU, except for a model with ``channels_last_on_cpu = False``);
 * ``bf16``: ``torch.autocast("cpu", bfloat16)`` (``fit(amp=True)`` on the CPU);
 * ``flush_denormal``: ``torch.set_flush_denormal(True)`` (denormal floats read as zero);
 * ``compile``: ``torch.compile`` of the backbone; its first step (the compilation) is printed apart, against
@@ -260,7 +261,7 @@ def main() -> None:
         print(line, flush=True)
     if args.compare:
         print(f"{args.compare}: geometric mean of the ratios {statistics.geometric_mean(ratios):.2f}x "
-              "(> 1: the option trains faster; baseline = fit as it runs today on the CPU)")
+              "(> 1: the option trains faster; baseline: contiguous layout, float32)")
     if args.loading:
         r = in_fresh_process(_loading, args.profile, 10)
         print(f"loading + collating one detection batch from {r['root']}: {r['seconds']:.3f} s")
