@@ -9,10 +9,10 @@
   ``amp=True`` (bfloat16, so that the mixed-precision path is tested without a GPU);
 * channels-last memory for the model's 4-d weights (and so its convolutions' activations): on CUDA, and on the
   CPU unless the model says ``channels_last_on_cpu = False`` (``fit(channels_last=...)`` decides either way).
-  On 2 CPU cores a training step is 1.0-1.7x faster in that layout (FCN-8s, U-Net, Fast R-CNN, C4, FPN) but
-  R-FCN's (0.7x; its profile: batch norm's forward pass 3x slower) and EFPN stage 2's (0.6-0.9x) are slower, so
-  those models say no (``tests/benchmarks/bench_training.py --compare channels_last``). A run and its resumption
-  use the same layout, so resuming stays exact;
+  On 2 CPU cores a training step is faster in that layout for FCN-8s, U-Net, Fast R-CNN, C4 and FPN (1.05-2.4x
+  over four runs); R-FCN's and EFPN stage 2's ratios straddle 1 (0.6-1.8x: their batch norm's forward pass can
+  be slower in channels-last), so such a model may say no (``tests/benchmarks/bench_training.py --compare
+  channels_last``). A run and its resumption use the same layout, so resuming stays exact;
 * optional gradient clipping (global L2 norm) and a learning-rate scheduler stepped per step;
 * a ``History`` of every step (loss, each named loss term, learning rate, time) to plot;
 * atomic, resumable checkpoints: model, optimiser, scheduler, scaler, step, history and the

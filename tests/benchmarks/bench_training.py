@@ -234,7 +234,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (default: torch's choice)")
     parser.add_argument("--compare", choices=OPTIONS, help="time this option against the baseline, interleaved")
     parser.add_argument("--loading", action="store_true",
-                        help="also time loading one detection batch from the generated data (COURSE_DATA_ROOT)")
+                        help="also time loading one detection batch from the generated data (data/<COURSE_PROFILE>, or $COURSE_DATA_DIR)")
     parser.add_argument("--smoke", action="store_true", help="ci sizes, one step: checks the script runs")
     args = parser.parse_args()
     if args.smoke:
