@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(PY) tests/benchmarks/bench_fpn.py
 	$(PY) tests/benchmarks/bench_lineage.py
 	$(PY) tests/benchmarks/bench_efpn.py --rounds 1 --images 1
+	$(PY) tests/benchmarks/bench_training.py --steps 2
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,273 @@
+"""Training throughput of the ``cpu`` profile: images per second of one optimiser step of every chapter's model.
+
+Run by hand; pytest does not collect it (no ``test_`` prefix)::
+
+    .venv/bin/python tests/benchmarks/bench_training.py                          # every model, cpu profile
+    .venv/bin/python tests/benchmarks/bench_training.py --models c4 fpn --steps 5
+    .venv/bin/python tests/benchmarks/bench_training.py --compare channels_last  # the option against the baseline
+    .venv/bin/python tests/benchmarks/bench_training.py --smoke                  # ci sizes, one step: the script runs
+
+Each model is built as its notebook builds it, at the profile's sizes, widths, batch and proposal counts
+(``course_lib.profiles``): FCN-8s (02), U-Net (03, valid padding, the eq. 2 weighted loss), Fast R-CNN VGG16 (04,
+``--proposals``-style random boxes in place of selective search, which the notebook computes once before training),
+Faster R-CNN R50-C4 (05), R-FCN R50 with OHEM (06), Faster R-CNN R50-FPN (07) and EFPN stage 2 (08: the
+extension trained by cross-resolution distillation, the FPN frozen). One batch of synthetic images of the profile's
+size (the course's own generators), the notebooks' loss functions, the optimiser the notebook uses, gradient clipping
+at 10 -- through ``course_lib.engine``'s own step (``engine._step``), so what is timed is what ``fit`` runs, minus
+data loading (timed on its own: ``--loading``).
+
+``--compare OPTION`` builds the model twice from the same seed, once in the default (contiguous) layout in float32
+-- ``fit(..., channels_last=False)`` -- and once with the option, and alternates their steps in one process (A, B, A, B, ...), so that the load of a shared machine falls on
+both alike; it prints the medians and the ratio (> 1: the option is faster). Options:
+
+* ``channels_last``: the model's 4-d weights (and so its activations) in channels-last memory format (what ``fit``
+  does by default on the CPU, except for a model with ``channels_last_on_cpu = False``);
+* ``bf16``: ``torch.autocast("cpu", bfloat16)`` (``fit(amp=True)`` on the CPU);
+* ``flush_denormal``: ``torch.set_flush_denormal(True)`` (denormal floats read as zero);
+* ``compile``: ``torch.compile`` of the backbone; its first step (the compilation) is printed apart, against
+  the steps a notebook runs;
+* ``threads1``: one intra-op thread in place of ``torch.get_num_threads()``.
+
+Each model runs in a spawned process of its own (``_process.in_fresh_process``). Absolute numbers move with the
+machine's load (printed first); the ratios of ``--compare`` are the numbers to read.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from _process import in_fresh_process  # this folder: a script's own folder is on sys.path
+
+MODELS = ("fcn8s", "unet", "fast_rcnn", "c4", "rfcn", "fpn", "efpn")
+NAMES = {"fcn8s": "FCN-8s", "unet": "U-Net", "fast_rcnn": "Fast R-CNN", "c4": "Faster R-CNN C4", "rfcn": "R-FCN",
+         "fpn": "FPN", "efpn": "EFPN stage 2"}
+OPTIONS = ("channels_last", "bf16", "flush_denormal", "compile", "threads1")
+SEG_CLASSES, MULTI_CLASSES, SIGN_CLASSES = 6, 6, 16  # the synthetic sets' classes + background
+
+
+def _detection_batch(kind: str, count: int, height: int, width: int):
+    """``(images, targets)`` as ``CocoDetection`` + ``detection_collate`` give them: uint8 images, xyxy boxes."""
+    if kind == "multiscale":
+        from course_lib.data.synthetic.multiscale import generate_image
+    else:
+        from course_lib.data.synthetic.traffic_signs import generate_image
+    images, targets = [], []
+    for i in range(count):
+        array, annotations = generate_image(0, i, height, width)
+        boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        images.append(torch.from_numpy(array).permute(2, 0, 1).contiguous())
+        targets.append({"boxes": boxes, "labels": torch.tensor([a["category_id"] for a in annotations]),
+                        "image_id": torch.tensor(i)})
+    return images, targets
+
+
+def _random_boxes(count: int, height: int, width: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(count, 2, generator=g) * torch.tensor([width * 0.8, height * 0.8])
+    wh = 8 + torch.rand(count, 2, generator=g) * torch.tensor([width * 0.4, height * 0.4])
+    return torch.cat([xy, (xy + wh).clamp(max=torch.tensor([width - 1.0, height - 1.0]))], 1)
+
+
+def build(name: str, profile):
+    """``(model, loss_fn, optimizer, lr_scheduler, batch, images per batch)`` as the notebook trains it."""
+    import torch.nn.functional as F
+
+    from course_lib.detection import detection_loss
+    from course_lib.engine import detector_optimizer
+
+    p = profile
+    det = lambda m, steps: detector_optimizer([q for q in m.parameters() if q.requires_grad],  # noqa: E731
+                                              kind=p.det_optimizer, lr=p.det_lr, steps=steps)
+    if name == "fcn8s":
+        from course_lib.segmentation import FCN8s
+
+        model = FCN8s(SEG_CLASSES, width=p.seg_width)
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (p.seg_batch_size, 3, p.seg_crop_size, p.seg_crop_size), generator=g,
+                               dtype=torch.uint8)
+        masks = torch.randint(0, SEG_CLASSES, (p.seg_batch_size, p.seg_crop_size, p.seg_crop_size), generator=g)
+        loss = lambda m, b: F.cross_entropy(m(b[0]), b[1], ignore_index=255)  # noqa: E731
+        return model, loss, torch.optim.Adam(model.parameters(), lr=3e-4), None, (images, masks), p.seg_batch_size
+    if name == "unet":
+        from course_lib.segmentation import UNet, weighted_cross_entropy
+
+        out = (p.seg_crop_size - 4) // 16 * 16 + 4
+        size = out + 184
+        model = UNet(3, SEG_CLASSES, padding="valid", width=p.seg_width)
+        g = torch.Generator().manual_seed(0)
+        batch = (torch.rand(p.seg_batch_size, 3, size, size, generator=g),
+                 torch.randint(0, SEG_CLASSES, (p.seg_batch_size, out, out), generator=g),
+                 torch.rand(p.seg_batch_size, out, out, generator=g), 1 + torch.rand(p.seg_batch_size, out, out, generator=g))
+        loss = lambda m, b: weighted_cross_entropy(m(b[0]), b[1], b[3], ignore_index=255)  # noqa: E731
+        return model, loss, torch.optim.Adam(model.parameters(), lr=3e-4), None, batch, p.seg_batch_size
+    if name == "fast_rcnn":
+        from course_lib.detection import fast_rcnn_vgg16
+
+        model = fast_rcnn_vgg16(MULTI_CLASSES, width=p.lineage_width, min_size=p.lineage_min_size,
+                                max_size=p.lineage_max_size)
+        images, targets = _detection_batch("multiscale", 2, *p.multi_image_size)
+        proposals = [_random_boxes(p.lineage_max_proposals, *p.multi_image_size, seed=i) for i in range(2)]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, weight_decay=5e-4)
+        return model, detection_loss, optimizer, None, (images, proposals, targets), 2
+    images, targets = _detection_batch("signs" if name == "efpn" else "multiscale", p.det_batch_size,
+                                       *(p.small_image_size if name == "efpn" else p.multi_image_size))
+    batch = (images, targets)
+    if name == "c4":
+        from course_lib.detection import fasterrcnn_resnet50_c4
+
+        model = fasterrcnn_resnet50_c4(
+            num_classes=MULTI_CLASSES, width=p.det_width, min_size=p.det_min_size, max_size=p.det_max_size,
+            rpn_anchor_sizes=p.c4_anchor_sizes, rpn_post_nms_top_n_train=p.fpn_proposals_train,
+            rpn_post_nms_top_n_test=p.fpn_proposals_test, box_batch_size_per_image=p.fpn_rois_per_image)
+        return (model, detection_loss, *det(model, p.faster_rcnn_train_steps), batch, p.det_batch_size)
+    if name == "rfcn":
+        from course_lib.detection.rfcn import rfcn_resnet50, rfcn_resnet101
+
+        rfcn = {50: rfcn_resnet50, 101: rfcn_resnet101}[p.rfcn_depth]
+        model = rfcn(num_classes=MULTI_CLASSES, ohem_batch_size_per_image=p.rfcn_ohem_rois, width=p.det_width,
+                     rpn_anchor_sizes=p.c4_anchor_sizes, min_size=p.rfcn_min_size, max_size=p.rfcn_max_size,
+                     rpn_pre_nms_top_n_train=20 * p.rfcn_proposals, rpn_post_nms_top_n_train=p.rfcn_proposals,
+                     rpn_pre_nms_top_n_test=20 * p.rfcn_proposals, rpn_post_nms_top_n_test=p.rfcn_proposals)
+        return (model, detection_loss, *det(model, p.rfcn_train_steps), batch, p.det_batch_size)
+    from course_lib.detection.faster_rcnn_fpn import fasterrcnn_resnet50_fpn
+
+    sizes = (dict(min_size=p.efpn_min_size, max_size=p.efpn_max_size) if name == "efpn"
+             else dict(min_size=p.fpn_min_size, max_size=p.fpn_max_size))
+    model = fasterrcnn_resnet50_fpn(
+        num_classes=SIGN_CLASSES if name == "efpn" else MULTI_CLASSES, width=p.det_width, **sizes,
+        rpn_pre_nms_top_n_train=p.fpn_proposals_train, rpn_post_nms_top_n_train=p.fpn_proposals_train,
+        rpn_pre_nms_top_n_test=p.fpn_proposals_test, rpn_post_nms_top_n_test=p.fpn_proposals_test,
+        box_batch_size_per_image=p.fpn_rois_per_image)
+    if name == "fpn":
+        return (model, detection_loss, *det(model, p.det_train_steps), batch, p.det_batch_size)
+    from course_lib.detection.efpn import CrossResolutionDistillation, efpn_from_fpn, set_stage
+
+    model = efpn_from_fpn(model, small_roi_size=p.efpn_small_roi_size)
+    params = set_stage(model, 2)
+    optimizer, schedule = detector_optimizer(params, kind=p.det_optimizer, lr=p.det_lr, steps=p.efpn_distill_steps)
+    return model, CrossResolutionDistillation(lam=1.0), optimizer, schedule, batch, p.det_batch_size
+
+
+class _Runner:
+    """One model as ``fit`` trains it (``option`` None) or with ``option``; ``step()`` runs and times one step."""
+
+    def __init__(self, name: str, profile, option: str | None, threads: int):
+        from course_lib import engine
+
+        self.engine, self.option, self.threads = engine, option, threads
+        torch.manual_seed(0)
+        model, loss_fn, self.optimizer, self.schedule, self.batch, self.images = build(name, profile)
+        self.model = model.train()
+        self.amp = option == "bf16"
+        if option == "channels_last":
+            self.model.to(memory_format=torch.channels_last)
+        forward_model = self.model
+        if option == "compile":
+            body = getattr(self.model, "backbone", None)
+            if body is not None:
+                self.model.backbone = torch.compile(body)
+            else:
+                forward_model = torch.compile(self.model)
+        self.forward = lambda batch: loss_fn(forward_model, batch)
+        self.scaler = torch.amp.GradScaler("cpu", enabled=False)  # fit: no loss scaling in bfloat16
+        self.step_number = 0
+
+    def step(self) -> float:
+        torch.set_flush_denormal(self.option == "flush_denormal")
+        torch.set_num_threads(1 if self.option == "threads1" else self.threads)
+        self.step_number += 1
+        start = time.perf_counter()
+        self.engine._step(self.step_number, self.batch, self.forward, self.model, self.optimizer, self.schedule,
+                          self.scaler, amp=self.amp, amp_dtype=torch.bfloat16, device=torch.device("cpu"),
+                          grad_clip=10.0, world=1)
+        return time.perf_counter() - start
+
+
+def _measure(name: str, profile_name: str, option: str | None, steps: int, warmup: int, threads: int) -> dict:
+    """In a child process: the baseline's (and the option's) step times, alternated, after ``warmup`` steps each."""
+    from course_lib.profiles import get_profile
+
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    profile = get_profile(profile_name)
+    runners = {"baseline": _Runner(name, profile, None, threads)}
+    if option is not None:
+        runners[option] = _Runner(name, profile, option, threads)
+    first = {key: r.step() for key, r in runners.items()}  # the first step: allocations, compilation
+    for _ in range(warmup - 1):
+        for r in runners.values():
+            r.step()
+    times = {key: [] for key in runners}
+    for i in range(steps):
+        order = list(runners) if i % 2 == 0 else list(runners)[::-1]  # ABBA: neither always goes first
+        for key in order:
+            times[key].append(runners[key].step())
+    return {"images": runners["baseline"].images, "threads": threads, "first": first,
+            "median": {key: statistics.median(t) for key, t in times.items()}, "times": times}
+
+
+def _loading(profile_name: str, batches: int) -> dict:
+    """Seconds to load and collate one detection batch from the generated data set, as fit's DataLoader does."""
+    from course_lib.data import CocoDetection, dataset_dir, detection_collate
+    from course_lib.profiles import get_profile
+
+    profile = get_profile(profile_name)
+    root = dataset_dir("multiscale")
+    dataset = CocoDetection(root / "images", root / "annotations" / "instances_train.json")
+    start = time.perf_counter()
+    for i in range(batches):
+        detection_collate([dataset[(i * profile.det_batch_size + j) % len(dataset)]
+                           for j in range(profile.det_batch_size)])
+    return {"seconds": (time.perf_counter() - start) / batches, "root": str(root)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--profile", default="cpu", help="the profile whose sizes are timed (default: cpu)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per model (and per option)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (default: torch's choice)")
+    parser.add_argument("--compare", choices=OPTIONS, help="time this option against the baseline, interleaved")
+    parser.add_argument("--loading", action="store_true",
+                        help="also time loading one detection batch from the generated data (data/<COURSE_PROFILE>, or $COURSE_DATA_DIR)")
+    parser.add_argument("--smoke", action="store_true", help="ci sizes, one step: checks the script runs")
+    args = parser.parse_args()
+    if args.smoke:
+        args.profile, args.steps, args.warmup = "ci", 1, 1
+
+    print(f"profile {args.profile}, torch {torch.__version__}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}; {args.steps} timed steps after {args.warmup} warm-up"
+          + (f"; {args.compare} vs baseline, interleaved" if args.compare else ""))
+    header = f"{'model':18s}{'images':>7s}{'s / step':>10s}{'images/s':>10s}"
+    if args.compare:
+        header += f"{'option s/step':>15s}{'ratio':>8s}{'1st step (s)':>20s}"
+    print(header)
+    ratios = []
+    for name in args.models:
+        r = in_fresh_process(_measure, name, args.profile, args.compare, args.steps, args.warmup, args.threads)
+        base = r["median"]["baseline"]
+        line = f"{NAMES[name]:18s}{r['images']:7d}{base:10.3f}{r['images'] / base:10.2f}"
+        if args.compare:
+            option = r["median"][args.compare]
+            ratios.append(base / option)
+            line += (f"{option:15.3f}{base / option:7.2f}x"
+                     f"{r['first']['baseline']:9.1f} /{r['first'][args.compare]:7.1f}")
+        print(line, flush=True)
+    if args.compare:
+        print(f"{args.compare}: geometric mean of the ratios {statistics.geometric_mean(ratios):.2f}x "
+              "(> 1: the option trains faster; baseline: contiguous layout, float32)")
+    if args.loading:
+        r = in_fresh_process(_loading, args.profile, 10)
+        print(f"loading + collating one detection batch from {r['root']}: {r['seconds']:.3f} s")
+    if os.getloadavg()[0] > (os.cpu_count() or 1):
+        print(f"note: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: absolute times are pessimistic")
+
+
+if __name__ == "__main__":
+    main()
