@@ -84,12 +84,14 @@ def remove_stale_temporaries(folder: str | os.PathLike, patterns=TEMPORARY_PATTE
     return stale
 
 
-def check_writable(path: str | os.PathLike, what: str = "checkpoint", option: str = "checkpoint_path") -> None:
+def check_writable(path: str | os.PathLike, what: str = "checkpoint", option: str = "checkpoint_path",
+                   example: str = "run.pt") -> None:
     """Raise a clear error now, not at the first write, when the file ``path`` cannot be written: a regular file on
-    its way, or a folder that this user cannot write to. ``what`` names the file, ``option`` the setting to change."""
+    its way, or a folder that this user cannot write to. ``what`` names the file, ``option`` the setting to change,
+    ``example`` a file name to suggest when ``path`` is a folder."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{option} {path} is a folder: pass a file path, e.g. {path / 'run.pt'}.")
+        raise IsADirectoryError(f"{option} {path} is a folder: pass a file path, e.g. {path / example}.")
     folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
     if not folder.is_dir():
         raise NotADirectoryError(f"Cannot write {what} {path}: {folder} is a file, not a folder. "

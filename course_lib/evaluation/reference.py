@@ -32,7 +32,7 @@ from torch.utils.data import Subset
 from torchvision.models import WeightsEnum
 from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights
 
-from course_lib.backbones.weights import cache_path, read_published, verify_cached
+from course_lib.backbones.weights import read_published
 from course_lib.data import CocoDetection
 from course_lib.data.atomic import atomic_write_bytes
 from course_lib.data.paths import data_root
@@ -51,12 +51,9 @@ def reference_model(weights: WeightsEnum = REFERENCE_WEIGHTS, *, progress: bool 
     ``kwargs`` go to :func:`~course_lib.detection.fasterrcnn_resnet50_fpn` (default: torchvision's settings, those
     of the published AP: ``min_size=800``, ``max_size=1333``, ``box_score_thresh=0.05``, 100 detections per image).
     """
-    path = cache_path(weights)
-    if path.exists():
-        verify_cached(path)  # torch.hub checks the hash only when it downloads
-    else:
-        read_published(weights, progress=progress)  # torchvision's download into its cache, hash-checked
-    return fasterrcnn_resnet50_fpn(weights=path, **kwargs).eval()
+    # a cached file verified against the hash in its name, a missing one downloaded by torchvision's API
+    state_dict, _ = read_published(weights, progress=progress)
+    return fasterrcnn_resnet50_fpn(weights=state_dict, **kwargs).eval()
 
 
 def check_coco_categories(coco, source: str | os.PathLike, weights: WeightsEnum = REFERENCE_WEIGHTS) -> None:

@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="notebooks checked at once (default 1)")
     args = parser.parse_args(argv)
     try:
-        check_writable(args.out, "the gradebook", "--out")
+        check_writable(args.out, "the gradebook", "--out", example="gradebook.csv")
         rows = grade(args.submissions, args.timeout, max(1, args.jobs))
     except (Refused, OSError) as e:
         print(e, file=sys.stderr)
