@@ -6,7 +6,7 @@
     train = CocoDetection(root / "images", root / "annotations" / "instances_train.json")
     image, target = train[0]                     # tv_tensors.Image, {"boxes", "labels", ...}
 
-The offline synthetic datasets are built by ``python data_scripts/make_synthetic.py`` (``make lab``
+The offline synthetic datasets are built by ``python -m course_lib.data.make_synthetic`` (``make lab``
 and ``make test`` do it for you); real ones (PASCAL VOC 2012, COCO 2017, Tsinghua-Tencent 100K)
 by ``data_scripts/prepare_*.py`` into the same formats.
 """

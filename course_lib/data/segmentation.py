@@ -61,7 +61,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"Segmentation dataset not found: {self.root}. For the synthetic set run "
-                "`python data_scripts/make_synthetic.py --only segmentation` (see course_lib.data.dataset_dir)."
+                "`python -m course_lib.data.make_synthetic --only segmentation` (see course_lib.data.dataset_dir)."
             )
         split_file = self.root / "splits" / f"{split}.txt"
         if not split_file.is_file():

@@ -46,7 +46,7 @@ def _as_coco(gt) -> COCO:
     if isinstance(gt, (str, os.PathLike)):
         if not Path(gt).is_file():
             raise FileNotFoundError(f"No COCO annotation file at {gt}. Build the data with "
-                                    "`python data_scripts/make_synthetic.py` (or `make lab`).")
+                                    "`python -m course_lib.data.make_synthetic` (or `make lab`).")
         return load_coco(gt)  # not COCO(gt): it keeps only the last of repeated ids, without a word
     raise TypeError(f"Expected a pycocotools COCO object or the path of a COCO JSON file, got {type(gt).__name__}.")
 

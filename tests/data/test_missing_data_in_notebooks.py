@@ -34,5 +34,5 @@ def test_missing_dataset_names_the_command_in_the_notebook(tmp_path, monkeypatch
     with pytest.raises(CellExecutionError) as error:
         NotebookClient(nb, timeout=120, kernel_name="python3",
                        resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-    assert re.search(r"python data_scripts/make_synthetic\.py --profile cpu --only \w+", str(error.value))
+    assert re.search(r"python -m course_lib\.data\.make_synthetic --profile cpu --only \w+", str(error.value))
     assert not any(tmp_path.iterdir()), "the notebook wrote into the empty data directory"

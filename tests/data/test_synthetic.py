@@ -132,7 +132,7 @@ def test_make_synthetic_cli_skips_and_reports_disk_use(ci_data, capsys):
 
 def test_dataset_dir_names_the_command(ci_data, tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"python data_scripts/make_synthetic.py --profile ci --only multiscale"):
+    with pytest.raises(FileNotFoundError, match=r"python -m course_lib.data.make_synthetic --profile ci --only multiscale"):
         dataset_dir("multiscale", "ci")
     (tmp_path / "ci" / "multiscale").mkdir(parents=True)  # exists but has no DONE.json: incomplete
     with pytest.raises(FileNotFoundError, match="incomplete"):

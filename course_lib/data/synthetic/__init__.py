@@ -9,7 +9,7 @@ stream), so the same seed gives byte-identical files whatever the order or numbe
 Each dataset is built in a temporary directory and moved into place with ``DONE.json`` (its
 parameters) written last: a directory without the marker is incomplete.
 
-Command line: ``python data_scripts/make_synthetic.py --help``.
+Command line: ``python -m course_lib.data.make_synthetic --help``.
 """
 from __future__ import annotations
 
