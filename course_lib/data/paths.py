@@ -1,8 +1,10 @@
 """Where the data lives.
 
-``data_root()`` is ``$COURSE_DATA_DIR`` if set, else ``<repo>/data``. Under it:
+``data_root()`` is ``$COURSE_DATA_DIR`` if set, else ``<repo>/data`` in a checkout, else (an installed course, e.g. in
+Colab) ``$XDG_CACHE_HOME/course_lib/data`` (``~/.cache/course_lib/data``): one folder per user that every notebook
+finds wherever it was copied, regenerable like any cache, and never inside site-packages. Under it:
 
-* ``<profile>/<name>/`` -- the offline synthetic datasets that ``data_scripts/make_synthetic.py``
+* ``<profile>/<name>/`` -- the offline synthetic datasets that ``course_lib.data.make_synthetic``
   generates for a profile (``ci``, ``cpu``, ``gpu``): ``segmentation``, ``small_objects``,
   ``multiscale``. A dataset directory is complete when its ``DONE.json`` marker exists (the
   generator writes it last and moves the directory into place atomically).
@@ -33,6 +35,7 @@ __all__ = [
     "REAL_DATASETS",
     "MARKER",
     "repo_root",
+    "checkout_root",
     "data_root",
     "dataset_dir",
     "DATA_CHOICES",
@@ -71,14 +74,26 @@ _NEEDED = {
 
 
 def repo_root() -> Path:
-    """The repository checkout that contains ``course_lib/``."""
+    """The repository checkout that contains ``course_lib/`` (an instructor's tools; see :func:`checkout_root`)."""
     return Path(__file__).resolve().parents[2]
 
 
+def checkout_root() -> Path | None:
+    """The repository checkout this ``course_lib`` was imported from, or None when it is installed (a wheel)."""
+    root = repo_root()
+    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
+
+
 def data_root() -> Path:
-    """``$COURSE_DATA_DIR`` if set, else ``<repo>/data``."""
+    """``$COURSE_DATA_DIR`` if set, else ``<repo>/data`` in a checkout, else the user's cache (module docstring)."""
     env = os.environ.get("COURSE_DATA_DIR", "").strip()
-    return Path(env).expanduser() if env else repo_root() / "data"
+    if env:
+        return Path(env).expanduser()
+    checkout = checkout_root()
+    if checkout is not None:
+        return checkout / "data"
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "course_lib" / "data"
 
 
 def data_selection(value: str | None = None) -> dict[str, str]:
@@ -145,7 +160,7 @@ def dataset_dir(name: str, profile=None) -> Path:
         raise FileNotFoundError(
             f"Dataset {name!r} for profile {profile.name!r} {state}: {path}\n"
             f"Build it (a few seconds for ci, about a minute for cpu) with:\n"
-            f"    python data_scripts/make_synthetic.py --profile {profile.name} --only {name}\n"
+            f"    python -m course_lib.data.make_synthetic --profile {profile.name} --only {name}\n"
             f"or build everything with `make lab` (profile from COURSE_PROFILE) / `make test` (ci)."
         )
     return path

@@ -27,7 +27,9 @@ import torch
 __all__ = ["Case", "Hint", "ExerciseFailed", "NotAttempted", "check_function", "check_answer", "answer_digest",
            "load_solution", "solutions_enabled", "compare"]
 
-SOLUTIONS_DIR = Path(__file__).resolve().parents[2] / "solutions"
+_PACKAGE = Path(__file__).resolve().parents[1]
+# the repository's solutions/ in a checkout; installed (a wheel), the same files as course_lib/solutions (pyproject)
+SOLUTIONS_DIR = _PACKAGE / "solutions" if (_PACKAGE / "solutions").is_dir() else _PACKAGE.parent / "solutions"
 
 
 class ExerciseFailed(AssertionError):
@@ -64,8 +66,8 @@ def load_solution(chapter: str, name: str) -> Callable:
     """The reference solution ``name`` from ``solutions/<chapter>.py`` (outside the package students open)."""
     path = SOLUTIONS_DIR / f"{chapter}.py"
     if not path.is_file():
-        raise FileNotFoundError(f"No reference solutions at {path}: COURSE_SOLUTIONS=1 needs the course repository's "
-                                "solutions/ folder.")
+        raise FileNotFoundError(f"No reference solutions at {path}: COURSE_SOLUTIONS=1 needs the repository's "
+                                "solutions/ (a checkout) or an installed course, which ships them as course_lib/solutions.")
     spec = importlib.util.spec_from_file_location(f"course_solutions_{chapter}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
