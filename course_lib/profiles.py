@@ -1,10 +1,11 @@
 """How big things are: the one place that decides data sizes and schedules.
 
-Three profiles, chosen with the environment variable ``COURSE_PROFILE``:
+Four profiles, chosen with the environment variable ``COURSE_PROFILE``:
 
 * ``ci``  -- tiny data and schedules: every notebook runs in under 60 s on 2 CPU cores.
 * ``cpu`` -- a laptop: visibly meaningful results in minutes.
 * ``gpu`` -- instructors: the papers' full-scale models and schedules, CUDA and mixed precision.
+* ``colab`` -- Colab's free T4 (15 GB): the papers' models at 2 images per batch, shorter schedules.
 
 Default: ``gpu`` when CUDA is available, else ``cpu``. ``make test`` sets ``ci``.
 
@@ -36,7 +37,7 @@ EFPN_SMALL_ROI_SIZE = 56.0
 
 @dataclass(frozen=True)
 class SyntheticData:
-    """The offline synthetic datasets (data_scripts/make_synthetic.py, course_lib.data.synthetic): images, size."""
+    """The offline synthetic datasets (course_lib.data.make_synthetic): images, size."""
     segmentation_images: int = 1500
     segmentation_side: int = 384  # square
     small_objects_images: int = 1000  # small objects, modelled on Tsinghua-Tencent 100K
@@ -197,6 +198,20 @@ PROFILES: dict[str, Profile] = {
     ),
     # the papers' values: every default above
     "gpu": Profile("gpu", "instructors: full-scale models and schedules on CUDA with mixed precision"),
+    # Colab's free T4 (about 15 GB, 2 CPU cores; course_lib.setup picks it there): the papers' models and image sizes at
+    # 2 images per batch (FPN's lr scaled linearly), EFPN at 800 px (its 2x teacher sees 1600 px), a quarter of the
+    # gpu profile's steps, a quarter of its data (built in the notebook's set-up cell). Not yet timed on a T4.
+    "colab": Profile(
+        "colab", "Colab's free T4 GPU (15 GB): the papers' models at 2 images per batch, a quarter of the schedules",
+        num_workers=2,
+        data=SyntheticData(segmentation_images=375, small_objects_images=250, multiscale_images=500),
+        patches=PatchTraining(steps=1000),
+        segmentation=SegmentationTraining(steps=5000),
+        detector=DetectorTraining(lr=0.02 * 2 / 16, batch_size=2),
+        resize=DetectorResize(efpn=Resize(800, 800)),
+        steps=TrainingSteps(rcnn=250, fast_rcnn=1000, faster_rcnn=5000, rfcn=5000, rfcn_ablation=5000, fpn=5000,
+                            fpn_ablation=5000, efpn_fpn=5000, efpn_distill=2500, efpn_head=1250, efpn_ablation=1250),
+    ),
 }
 
 
