@@ -23,8 +23,9 @@ def load_script():
 def test_first_code_cell_prints_what_to_expect(path):
     cells = nbformat.read(path, as_version=4).cells
     first = next(c for c in cells if c.cell_type == "code")
-    assert f'expect("{path.stem}")' in first.source, (
-        f"{path.name}: the first code cell should call course_lib.timings.expect({path.stem!r})")
+    assert f'notebook("{path.stem}", VERSION)' in first.source, (
+        f"{path.name}: the first code cell should be the set-up cell, whose course_lib.setup.notebook({path.stem!r}) "
+        "calls course_lib.timings.expect (`python -m course_lib.setup` writes it)")
 
 
 def test_expect_says_measured_time_or_how_to_measure(tmp_path, capsys):
