@@ -19,6 +19,12 @@ trained from random initialisation (with group / synchronised batch norm) match 
 COCO once the schedule is long enough (about 6x the usual "1x" schedule), and pre-training helps most when the
 schedule is short or the target data are few. The laptop's runs are both -- a few hundred steps on a few dozen
 images -- the regime where a pretrained start should show.
+
+Measured (``cpu`` profile, one shared 2-core machine, one thread; ``tests/benchmarks/bench_pretraining.py``): the
+pretraining (2000 steps of 64 crops, 64 px) took 12.6 minutes and reached 98.8 % top-1 on 2000 ``val`` crops.
+Chapter 7's FPN, 400 steps on ``multiscale`` (24 validation images), AP50 from scratch / pretrained: seed 0
+0.073 / 0.541, seed 1 0.241 / 0.552 (AP 0.019 / 0.290 and 0.090 / 0.272); the paired bootstrap standard error of
+the AP50 difference 0.034 and 0.037 -- a gain of 9 to 14 standard errors on both seeds.
 """
 from __future__ import annotations
 
@@ -118,7 +124,8 @@ class Classifier(nn.Module):
 
 def resnet_classifier(width: float, num_classes: int = len(CLASSES)) -> Classifier:
     """The course's ResNet-50 at ``width`` (the profile's ``detector.width``) with ordinary batch norm and a
-    ``num_classes``-way classifier: the network whose body the detectors cut (:func:`course_lib.backbones.resnet.build_resnet`)."""
+    ``num_classes``-way classifier: the network whose body the detectors cut
+    (:func:`course_lib.backbones.resnet.build_resnet`)."""
     return Classifier(resnet50(width=width, num_classes=num_classes))
 
 
@@ -164,8 +171,8 @@ def pretrain(out: str | os.PathLike, *, width: float, steps: int, batch_size: in
     model = resnet_classifier(width)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))  # noqa: E731
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * cosine(step))
     crops = ObjectCrops(steps * batch_size, size=size, seed=seed)
     history = fit(model, crops, classification_loss, optimizer, steps=steps, batch_size=batch_size,
                   lr_scheduler=schedule, device=device, seed=seed, checkpoint_path=checkpoint,

@@ -46,7 +46,8 @@ def test_pretrained_backbone_loads_into_the_detector(tmp_path):
     assert {k.split(".")[0] for k in loaded} == {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"}
     assert all(torch.equal(body[k], saved[k]) for k in loaded)
     # as with ImageNet weights: batch norm frozen, conv1 and conv2_x frozen
-    assert not any(p.requires_grad for n, p in detector.backbone.body.named_parameters() if n.startswith(("conv1", "layer1")))
+    frozen = [p for n, p in detector.backbone.body.named_parameters() if n.startswith(("conv1", "layer1"))]
+    assert frozen and not any(p.requires_grad for p in frozen)
     with pytest.raises(ValueError, match=r"'conv1.weight' has shape \[8, 3, 7, 7\] in the file(.|\n)*width \(0.25\)"):
         fasterrcnn_resnet50_fpn(num_classes=3, width=0.25, weights_backbone=out)
 

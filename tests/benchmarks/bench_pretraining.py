@@ -35,7 +35,7 @@ from course_lib.profiles import get_profile, profile_names  # noqa: E402
 from pretrain_backbones import backbone_path  # noqa: E402
 
 
-def run(profile, start: str, weights: Path, steps: int) -> dict:
+def run(profile, start: str, weights: Path, steps: int, seed: int = 0) -> dict:
     root = dataset_dir("multiscale", profile)
     train_set = CocoDetection(root / "images", root / "annotations" / "instances_train.json")
     val_set = CocoDetection(root / "images", root / "annotations" / "instances_val.json")
@@ -44,17 +44,18 @@ def run(profile, start: str, weights: Path, steps: int) -> dict:
                     rpn_pre_nms_top_n_train=p.proposals.train, rpn_post_nms_top_n_train=p.proposals.train,
                     rpn_pre_nms_top_n_test=p.proposals.test, rpn_post_nms_top_n_test=p.proposals.test,
                     box_batch_size_per_image=p.proposals.rois_per_image)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = fasterrcnn_resnet50_fpn(num_classes=train_set.num_classes, **schedule,
                                     weights_backbone=weights if start == "pretrained" else None)
     trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
     t0 = time.perf_counter()
-    history = engine.train_detector(model, train_set, steps=steps, profile=p, progress=False)  # train_and_evaluate's
+    # engine.train_and_evaluate's two halves, to keep the detections for the bootstrap
+    history = engine.train_detector(model, train_set, steps=steps, profile=p, seed=seed, progress=False)
     seconds = time.perf_counter() - t0
     _, detections = evaluate_detector(model, val_set, device=p.device, batch_size=p.detector.batch_size,
                                       progress=False)
     metrics = bootstrap_ap(val_set.coco, detections, label_to_cat_id=val_set.label_to_cat_id)
-    return {"start": start, "steps": steps, **{k: round(v, 4) for k, v in metrics.items()},
+    return {"start": start, "seed": seed, "steps": steps, **{k: round(v, 4) for k, v in metrics.items()},
             "last_loss": round(history.last["loss"], 4), "trainable_params": trainable, "train_seconds": round(seconds),
             "val_images": len(val_set)}, (val_set, detections)
 
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=profile_names(), default="cpu")
     parser.add_argument("--steps", type=int, default=None, help="default: the profile's chapter-7 FPN steps")
+    parser.add_argument("--seed", type=int, default=0, help="of the detector's initial weights and data order")
     parser.add_argument("--starts", nargs="+", choices=("scratch", "pretrained"), default=["scratch", "pretrained"])
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
     print(f"{profile.name} profile, torch threads {torch.get_num_threads()}, backbone file {weights}")
     detections = {}
     for start in args.starts:
-        line, (val_set, detections[start]) = run(profile, start, weights, args.steps or profile.steps.fpn)
+        line, (val_set, detections[start]) = run(profile, start, weights, args.steps or profile.steps.fpn, args.seed)
         print(json.dumps(line), flush=True)
     if len(detections) == 2:
         print(json.dumps({"pretrained - scratch": paired_difference(val_set, detections["scratch"],
