@@ -140,6 +140,17 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class BackbonePretraining:
+    """The laptop's stand-in for ImageNet pre-training (course_lib.pretraining, data_scripts/pretrain_backbones.py):
+    a ResNet-50 at ``detector.width`` classifies ``steps * batch_size`` synthetic object crops of ``crop_size``
+    pixels. The defaults are the ``cpu`` profile's (about 10 minutes on 2 cores); at ``detector.width`` 1.0 (``gpu``)
+    nothing is pretrained: the detectors fine-tune torchvision's ImageNet weights (``make weights``)."""
+    steps: int = 2000
+    batch_size: int = 64
+    crop_size: int = 64  # square crops, one object covering 35-90 % of the side
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -156,6 +167,7 @@ class Profile:
     proposals: ProposalCounts = ProposalCounts()
     steps: TrainingSteps = TrainingSteps()
     timing: Timing = Timing()
+    pretraining: BackbonePretraining = BackbonePretraining()
 
 
 PROFILES: dict[str, Profile] = {
@@ -177,6 +189,7 @@ PROFILES: dict[str, Profile] = {
         steps=TrainingSteps(rcnn=1, fast_rcnn=2, faster_rcnn=2, rfcn=2, rfcn_ablation=1, fpn=2, fpn_ablation=1,
                             efpn_fpn=2, efpn_distill=2, efpn_head=2, efpn_ablation=1),
         timing=Timing(rfcn_rois=(10, 40), efpn_images=1),
+        pretraining=BackbonePretraining(steps=2, batch_size=4, crop_size=32),
     ),
     "cpu": Profile(
         "cpu", "a laptop: meaningful results in minutes on a CPU",

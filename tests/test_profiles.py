@@ -66,6 +66,10 @@ BEFORE_THE_GROUPS = [
     ("efpn_ohem_rois", "proposals.efpn_ohem_rois", (4, 32, 128)),
     ("efpn_ablation_steps", "steps.efpn_ablation", (1, 40, 5000)),
     ("efpn_bench_images", "timing.efpn_images", (1, 2, 20)),
+    # new with issue 19 (no value before): the laptop's backbone pretraining (course_lib/pretraining.py)
+    ("pretraining_steps", "pretraining.steps", (2, 2000, 2000)),  # gpu: never run (width 1.0)
+    ("pretraining_batch_size", "pretraining.batch_size", (4, 64, 64)),
+    ("pretraining_crop_size", "pretraining.crop_size", (32, 64, 64)),
 ]
 
 

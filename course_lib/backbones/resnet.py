@@ -312,22 +312,27 @@ def load_torchvision_resnet(model: nn.Module, weights: "str | os.PathLike | Weig
     weights name (``"IMAGENET1K_V1"``, ``"DEFAULT"``) or enum member (``ResNet50_Weights.IMAGENET1K_V1``), read from
     torchvision's cache and verified (:mod:`course_lib.backbones.weights`). Only ``width=1.0`` fits them."""
     width = getattr(model, "width", 1.0)  # a body cut from a narrow ResNet fails below, key by key
-    if width != 1.0:
-        raise ValueError(f"{_describe(weights)} holds a ResNet with the paper's channels, but this ResNet has "
-                         f"width={width}: build it with width=1.0 to load ImageNet weights.")
     # ResNet-50 and -101 differ in conv4_x's depth (paper Table 1: 6 or 23 blocks)
     arch = {6: "resnet50", 23: "resnet101"}.get(len(model.layer3)) if hasattr(model, "layer3") else None
     resolved = resolve_weights(weights, arch or "resnet50")
+    if width != 1.0 and not isinstance(resolved, Path):  # a file may hold a narrow ResNet: checked key by key
+        raise ValueError(f"{_describe(weights)} holds a ResNet with the paper's channels, but this ResNet has "
+                         f"width={width}: build it with width=1.0 to load ImageNet weights (or pass the file of a "
+                         "narrow backbone, e.g. data_scripts/pretrain_backbones.py's).")
     if arch is None and not isinstance(resolved, Path):
         raise ValueError(f"{weights!r}: weights by name need to know the depth, and this body has no conv4_x "
                          "(layer3); load them before cutting the network (resnet_body(weights=...)), or pass a file.")
     state_dict, source = read_weights(resolved, arch or "resnet50")
     own = model.state_dict()
+    if isinstance(model, ResNet) and not any(k.startswith("fc.") for k in state_dict):
+        # a backbone file without a classifier (course_lib.pretraining's): no detector uses fc, it keeps its own
+        state_dict = {**state_dict, **{k: v for k, v in own.items() if k.startswith("fc.")}}
     if not isinstance(model, ResNet):
         # a body keeps a prefix of the stages; drop the stages (and the classifier) it cut off
         kept_stages = {k.split(".")[0] for k in own}
         state_dict = {k: v for k, v in state_dict.items() if k.split(".")[0] in kept_stages}
-    load_state_dict_checked(model, state_dict, source)
+    load_state_dict_checked(model, state_dict, source, fix=f"Check that it was saved from a ResNet of the same depth "
+                            f"and width ({width:g}), e.g. by data_scripts/pretrain_backbones.py for this profile.")
     return model
 
 

@@ -34,6 +34,8 @@ import copy
 import os
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -354,6 +356,24 @@ class EFPN(GeneralizedRCNN):
                         not any(p.requires_grad for p in m.parameters(recurse=False)):
                     m.eval()
         return self
+
+    @contextmanager
+    def p2_prime_route_off(self) -> Iterator["EFPN"]:
+        """Inside the ``with`` block no RoI goes to P2': the routing threshold is 0 px, which no RoI falls under
+        (sqrt(wh) >= 0), so every RoI follows FPN's eq. 1 over P2..P5 to FPN's head. An EFPN made by
+        :func:`efpn_from_fpn` (which shares the FPN's modules) then gives exactly that FPN's detections -- the
+        control that EFPN is its stage-1 FPN plus the P2' route and nothing else (a test checks ``torch.equal``).
+
+        Switched off: the P2' RoI pooling and the P2' head (it sees no RoI). Not switched off, as it changes no
+        detection: the backbone still computes P3' and P2' (their time is spent, their maps unread); the RPN is
+        unchanged -- it never had anchors on P2'. The threshold is restored on leaving the block, after an error too.
+        """
+        mapper = self.roi_heads.box_roi_pool.map_levels
+        threshold, mapper.threshold = mapper.threshold, 0.0
+        try:
+            yield self
+        finally:
+            mapper.threshold = threshold
 
 
 def efpn_from_fpn(fpn: GeneralizedRCNN, *, small_roi_size: float = 112.0, ftt: str = "paper",

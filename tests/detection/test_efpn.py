@@ -306,6 +306,32 @@ def test_full_forward_routes_through_both_heads(efpn):
     assert list(features)[0] == P2_PRIME and efpn.rpn.featmap_names == ["0", "1", "2", "3", "pool"]
 
 
+def test_p2_prime_route_off_gives_exactly_its_fpns_detections():
+    """The control of issue 19: EFPN with the P2' route switched off (a threshold no RoI falls under) detects exactly
+    as the FPN it was built from -- boxes, scores and labels equal bit for bit; with the route on, the small RoIs go to
+    the (untrained) P2' level and the detections differ, so the test can fail. The threshold is restored after."""
+    torch.manual_seed(0)
+    fpn = fasterrcnn_resnet50_fpn(num_classes=3, min_size=64, max_size=96, width=0.25, rpn_pre_nms_top_n_test=30,
+                                  rpn_post_nms_top_n_test=30).eval()
+    efpn = efpn_from_fpn(fpn, small_roi_size=24).eval()
+    images = _images(2, 64, 80, seed=5)
+    with torch.no_grad():
+        expected = fpn(images)
+        with efpn.p2_prime_route_off() as model:
+            assert model is efpn and efpn.roi_heads.small_roi_size == 0.0
+            off = efpn(images)
+        on = efpn(images)
+    assert efpn.roi_heads.small_roi_size == 24.0
+    assert all(len(det["boxes"]) > 0 for det in expected)
+    for mine, theirs in zip(off, expected):
+        assert set(mine) == set(theirs) == {"boxes", "scores", "labels"}
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert any(not torch.equal(mine["scores"], theirs["scores"]) for mine, theirs in zip(on, expected))
+    with pytest.raises(RuntimeError, match="inside"), efpn.p2_prime_route_off():
+        raise RuntimeError("inside")
+    assert efpn.roi_heads.small_roi_size == 24.0
+
+
 def test_two_images_overfit_the_p2_prime_head(efpn):
     """Stage 3 on two images: the P2' head alone learns their small objects (the backbone is frozen, so its
     features are computed once). Proposals are the boxes jittered, so the check does not depend on the RPN."""

@@ -1,0 +1,67 @@
+"""ImageNet in miniature (course_lib/pretraining.py): the crops are deterministic and balanced over the stated
+classes; pretrain writes a backbone file that a detector loads with weights_backbone=<path>; an interrupted
+pretraining resumes from its checkpoint to the same weights -- ci-sized (seconds)."""
+import pytest
+import torch
+
+from course_lib.data.synthetic import multiscale, traffic_signs
+from course_lib.detection.faster_rcnn_fpn import fasterrcnn_resnet50_fpn
+from course_lib.pretraining import CLASSES, ObjectCrops, pretrain
+from course_lib.state_dict import read_state_dict
+
+TINY = dict(width=0.125, steps=2, batch_size=4, size=32, progress=False)
+
+
+def test_crops_are_deterministic_from_their_seed_and_balanced_over_the_classes():
+    assert CLASSES == tuple(f"sign:{c[0]}" for c in traffic_signs.SIGN_CLASSES) + \
+        tuple(f"shape:{c[0]}" for c in multiscale.SHAPE_CLASSES)
+    assert len(CLASSES) == 20 == len(set(CLASSES))
+    a, b = ObjectCrops(45, size=32, seed=3), ObjectCrops(45, size=32, seed=3)
+    for i in (0, 7, 44):
+        (xa, ya), (xb, yb) = a[i], b[i]
+        assert torch.equal(xa, xb) and int(ya) == int(yb) == i % 20
+        assert xa.shape == (3, 32, 32) and xa.dtype == torch.float32 and 0 <= xa.min() and xa.max() <= 1
+    assert sorted(int(a[i][1]) for i in range(40)) == sorted(list(range(20)) * 2)
+    assert not torch.equal(a[5][0], ObjectCrops(45, size=32, seed=4)[5][0])
+    assert not torch.equal(a[5][0], ObjectCrops(45, size=32, seed=3, split="val")[5][0])
+    for bad, match in ((dict(length=0), "length"), (dict(length=4, size=8), "size"),
+                       (dict(length=4, split="test"), "split")):
+        with pytest.raises(ValueError, match=match):
+            ObjectCrops(**bad)
+    with pytest.raises(IndexError):
+        a[45]
+
+
+def test_pretrained_backbone_loads_into_the_detector(tmp_path):
+    out = tmp_path / "resnet50.pth"
+    summary = pretrain(out, **TINY, val_crops=8)
+    assert summary["classes"] == 20 and 0 <= summary["val_accuracy"] <= 1
+    assert not (tmp_path / "resnet50.pth.ckpt").exists()  # the checkpoint goes once the file is written
+    saved = read_state_dict(out)
+    assert saved and not any(k.startswith("fc.") for k in saved)
+    torch.manual_seed(0)
+    detector = fasterrcnn_resnet50_fpn(num_classes=3, width=0.125, weights_backbone=out)
+    body = detector.backbone.body.state_dict()
+    loaded = [k for k in body if k in saved]
+    assert {k.split(".")[0] for k in loaded} == {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"}
+    assert all(torch.equal(body[k], saved[k]) for k in loaded)
+    # as with ImageNet weights: batch norm frozen, conv1 and conv2_x frozen
+    frozen = [p for n, p in detector.backbone.body.named_parameters() if n.startswith(("conv1", "layer1"))]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    with pytest.raises(ValueError, match=r"'conv1.weight' has shape \[8, 3, 7, 7\] in the file(.|\n)*width \(0.25\)"):
+        fasterrcnn_resnet50_fpn(num_classes=3, width=0.25, weights_backbone=out)
+
+
+def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path):
+    pretrain(tmp_path / "whole.pth", **TINY)
+
+    def stop(step, record):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tmp_path / "resumed.pth", **TINY, checkpoint_every=1, callback=stop)
+    assert (tmp_path / "resumed.pth.ckpt").exists() and not (tmp_path / "resumed.pth").exists()
+    pretrain(tmp_path / "resumed.pth", **TINY, checkpoint_every=1)
+    whole, resumed = read_state_dict(tmp_path / "whole.pth"), read_state_dict(tmp_path / "resumed.pth")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
