@@ -619,12 +619,13 @@ def training_steps(steps: int | None, recipe: str, profile, *, images_per_gpu: i
 
 
 def recipe_optimizer(params, recipe: str, *, profile, images_per_gpu: int, steps: int | None = None,
-                     loss_terms: int | None = None):
+                     loss_terms: int | None = None, lr_scale: float = 1.0):
     """``(optimizer, lr_scheduler, steps)`` of a paper's recipe (:func:`recipe_schedule`): ``torch.optim.SGD(params,
     **schedule.optimizer_kwargs())``, ``LambdaLR(optimizer, schedule.lr_factor)`` (the warm-up, then the paper's
     steps) and the schedule's iterations. ``steps``: None, or the same number (a profile that states another one
     for a recipe run is refused: the recipe is the one source). ``loss_terms``: the pixels a batch's mean loss
-    averages, for a recipe whose rate is for a summed loss (FCN's; ``recipes.mean_loss_sgd``)."""
+    averages, for a recipe whose rate is for a summed loss (FCN's; ``recipes.mean_loss_sgd``). ``lr_scale``: a
+    stage that continues from the one before at a lower rate (FCN-16s and -8s: 1 / ``fcn.sec4_2.stage.lr_drop``)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("recipe_optimizer: no trainable parameters (requires_grad is False everywhere).")
@@ -634,7 +635,8 @@ def recipe_optimizer(params, recipe: str, *, profile, images_per_gpu: int, steps
                          f"on {schedule.gpus} GPU(s) x {images_per_gpu} images: with the optimizer 'recipe' leave the "
                          "profile's steps None (the recipe's), shorten it with the profile's schedule ('one_day'), "
                          "or choose the optimizer 'sgd' / 'adamw' to train a number of steps of your own.")
-    optimizer = torch.optim.SGD(params, **schedule.optimizer_kwargs(loss_terms=loss_terms))
+    kwargs = schedule.optimizer_kwargs(loss_terms=loss_terms)
+    optimizer = torch.optim.SGD(params, **{**kwargs, "lr": kwargs["lr"] * lr_scale})
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor), schedule.iterations
 
 

@@ -3,7 +3,10 @@ learning-rate steps and iterations that engine.train_detector / recipe_optimizer
 ``course_lib.recipes.scaled(key, ...)``'s (which tests/test_recipes.py compares with the papers), on the GPUs at hand
 (the world size) x the profile's batch. The gpu profile is read without CUDA: only its settings are used."""
 import dataclasses
+import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,6 +88,10 @@ def test_chapter_4_and_fcn_train_their_papers_recipes():
     expected = recipes.scaled("02", gpus=1, images_per_gpu=seg.batch_size)
     _assert_built_as(optimizer, scheduler, steps, expected, loss_terms=pixels)
     assert math.isclose(optimizer.param_groups[0]["initial_lr"], 1e-4 * pixels)  # FCN's 1e-4 a pixel, on the mean
+    later, _, _ = engine.recipe_optimizer(params, "02", profile=GPU, images_per_gpu=seg.batch_size, loss_terms=pixels,
+                                          lr_scale=1 / 100)  # FCN-16s / -8s: the rate / 100 (Sec. 4.2)
+    assert math.isclose(later.param_groups[0]["initial_lr"], 1e-4 * pixels / 100)
+    assert later.param_groups[0]["weight_decay"] == optimizer.param_groups[0]["weight_decay"]
 
 
 class _Stop(Exception):
@@ -119,3 +126,36 @@ def test_a_recipe_run_refuses_a_step_count_of_its_own_and_asks_for_its_recipe(mo
     with pytest.raises(ValueError, match="None means the recipe's"):  # ci's AdamW needs its own steps
         engine.train_detector(model, [], steps=None, profile=PROFILES["ci"], recipe="07")
     assert engine.training_steps(7, "07", GPU) == 7  # a number is the number (ci, cpu)
+
+
+def _calls(code: str, name: str) -> list[str]:
+    """The argument text of every call of engine's ``name(...)`` in ``code`` (``engine.name`` only where the notebook
+    defines a ``name`` of its own)."""
+    own = f"def {name}(" in code
+    out = []
+    for match in re.finditer(rf"(?<![\w.])(engine\.)?{name}\(", code):
+        if code[max(0, match.start() - 4):match.start()] == "def " or (own and not match.group(1)):
+            continue
+        depth, i = 1, match.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(code[i], 0)
+            i += 1
+        out.append(code[match.end():i - 1])
+    return out
+
+
+def test_every_notebook_training_call_names_its_recipe():
+    """Chapters 2 and 4-8 pass a recipe to each engine training call (a gpu run without one would be refused only
+    when it starts, hours in), and between them name every recipe but U-Net's."""
+    root = Path(__file__).resolve().parents[2] / "notebooks"
+    named = set()
+    for notebook in [root / "02_fcn.ipynb", *sorted(root.glob("0[4-8]_*.ipynb"))]:
+        cells = json.loads(notebook.read_text())["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        calls = [(name, args) for name in ("train_detector", "train_and_evaluate", "recipe_optimizer", "training_steps")
+                 for args in _calls(code, name)]
+        assert calls, notebook.name
+        for name, args in calls:
+            assert re.search(r"\"0[2-8](\.\w+)?\"|'0[2-8](\.\w+)?'|\brecipe\b", args), f"{notebook.name}: {name}({args})"
+        named |= set(re.findall(r"[\"'](0[2-8](?:\.\w+)?)[\"']", code)) & set(recipes.RECIPES)
+    assert named == set(recipes.RECIPES) - {"03"}, named
