@@ -55,7 +55,8 @@ from course_lib.state_dict import check_state_dict, read_file
 
 __all__ = ["seed_everything", "fit", "History", "save_checkpoint", "save_weights", "load_weights",
            "remove_checkpoint_temporaries", "train_detector", "train_and_evaluate", "overfit",
-           "loss_fall", "check_overfit", "overfit_detector", "detector_optimizer"]
+           "loss_fall", "check_overfit", "overfit_detector", "detector_optimizer", "recipe_schedule", "training_steps",
+           "recipe_optimizer"]
 
 
 def seed_everything(seed: int) -> None:
@@ -559,10 +560,11 @@ def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *,
 
 def detector_optimizer(params, *, kind: str, lr: float, steps: int, weight_decay: float = 1e-4,
                        warmup: int | None = None):
-    """``(optimizer, lr_scheduler)`` for chapters 5-8's detectors: the one rule they all call (``PROFILE.detector.optimizer``,
-    ``PROFILE.detector.lr``).
+    """``(optimizer, lr_scheduler)`` for chapters 5-8's detectors outside their papers' recipes: the rule of
+    ``PROFILE.detector.optimizer`` "sgd" and "adamw" at ``PROFILE.detector.lr`` (the gpu profile's "recipe" is
+    :func:`recipe_optimizer`).
 
-    * ``kind="sgd"``: the papers' recipe for a backbone that starts from ImageNet -- SGD, momentum 0.9, linear
+    * ``kind="sgd"``: in the papers' manner, for a backbone that starts from ImageNet -- SGD, momentum 0.9, linear
       warm-up over ``warmup`` steps (default ``min(500, steps // 5)``, Detectron's 500 iterations), then the
       papers' step decay: the learning rate divided by 10 for the last quarter of the steps.
     * ``kind="adamw"``: a detector that trains *from scratch* in a few hundred steps on a laptop (nothing is
@@ -587,26 +589,91 @@ def detector_optimizer(params, *, kind: str, lr: float, steps: int, weight_decay
     return optimizer, schedule
 
 
-def train_detector(model: nn.Module, dataset, *, steps: int, profile, loss_fn=None, params=None, seed: int = 0,
-                   **fit_kwargs) -> History:
+# ---------------------------------------------------------------------------- the papers' recipes (the gpu profile)
+
+
+def _world_size() -> int:
+    """The processes training together: torchrun's ``$WORLD_SIZE`` (or the initialised group's), else 1."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def recipe_schedule(recipe: str, profile, *, images_per_gpu: int):
+    """``course_lib.recipes.scaled(recipe)`` for this run: on the GPUs training together (the world size, 1 without
+    torchrun) x ``images_per_gpu``, for the part of the paper's iterations that ``profile.schedule`` says."""
+    from course_lib import recipes
+
+    return recipes.scaled(recipe, gpus=_world_size(), images_per_gpu=images_per_gpu,
+                          fraction=recipes.schedule_fraction(profile.schedule, recipe))
+
+
+def training_steps(steps: int | None, recipe: str, profile, *, images_per_gpu: int | None = None) -> int:
+    """The optimiser steps of one run: ``steps`` (a profile's ``steps.*`` value), or where it is None -- the gpu
+    profile's, "the recipe's" -- the iterations of :func:`recipe_schedule` (``images_per_gpu``: default
+    ``profile.detector.batch_size``). The one place a gpu step count comes from."""
+    if steps is not None:
+        return steps
+    batch = profile.detector.batch_size if images_per_gpu is None else images_per_gpu
+    return recipe_schedule(recipe, profile, images_per_gpu=batch).iterations
+
+
+def recipe_optimizer(params, recipe: str, *, profile, images_per_gpu: int, steps: int | None = None,
+                     loss_terms: int | None = None, lr_scale: float = 1.0):
+    """``(optimizer, lr_scheduler, steps)`` of a paper's recipe (:func:`recipe_schedule`): ``torch.optim.SGD(params,
+    **schedule.optimizer_kwargs())``, ``LambdaLR(optimizer, schedule.lr_factor)`` (the warm-up, then the paper's
+    steps) and the schedule's iterations. ``steps``: None, or the same number (a profile that states another one
+    for a recipe run is refused: the recipe is the one source). ``loss_terms``: the pixels a batch's mean loss
+    averages, for a recipe whose rate is for a summed loss (FCN's; ``recipes.mean_loss_sgd``). ``lr_scale``: a
+    stage that continues from the one before at a lower rate (FCN-16s and -8s: 1 / ``fcn.sec4_2.stage.lr_drop``)."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("recipe_optimizer: no trainable parameters (requires_grad is False everywhere).")
+    schedule = recipe_schedule(recipe, profile, images_per_gpu=images_per_gpu)
+    if steps is not None and steps != schedule.iterations:
+        raise ValueError(f"steps={steps} with recipe {recipe!r}, whose schedule has {schedule.iterations} iterations "
+                         f"on {schedule.gpus} GPU(s) x {images_per_gpu} images: with the optimizer 'recipe' leave the "
+                         "profile's steps None (the recipe's), shorten it with the profile's schedule ('one_day'), "
+                         "or choose the optimizer 'sgd' / 'adamw' to train a number of steps of your own.")
+    kwargs = schedule.optimizer_kwargs(loss_terms=loss_terms)
+    optimizer = torch.optim.SGD(params, **{**kwargs, "lr": kwargs["lr"] * lr_scale})
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor), schedule.iterations
+
+
+def train_detector(model: nn.Module, dataset, *, steps: int | None, profile, recipe: str | None = None,
+                   loss_fn=None, params=None, seed: int = 0, **fit_kwargs) -> History:
     """Chapters 5-8's one training call: ``steps`` steps of ``loss_fn`` (default: the detector's own losses,
-    ``detection_loss``) with the profile's optimiser (:func:`detector_optimizer` with ``profile.detector``'s kind,
-    rate and batch), device, mixed precision and loader workers, gradients clipped at 10, every random number
-    generator seeded with ``seed`` first. ``params``: what trains (default: every parameter that requires a
-    gradient, e.g. EFPN's stage 2 passes ``set_stage(model, 2)``); ``fit_kwargs`` go to :func:`fit` as they are."""
+    ``detection_loss``) with the profile's optimiser, device, mixed precision and loader workers, gradients clipped
+    at 10, every random number generator seeded with ``seed`` first. The optimiser: ``profile.detector.optimizer``
+    "recipe" (the gpu profile) trains the paper recipe ``recipe`` (a ``course_lib.recipes`` key, e.g. "07") for its
+    iterations (:func:`recipe_optimizer`; ``steps`` None); "sgd" / "adamw" :func:`detector_optimizer` with the
+    profile's rate for ``steps``. ``params``: what trains (default: every parameter that requires a gradient, e.g.
+    EFPN's stage 2 passes ``set_stage(model, 2)``); ``fit_kwargs`` go to :func:`fit` as they are."""
     from course_lib.data import detection_collate
     from course_lib.detection.generalized_rcnn import detection_loss
 
     seed_everything(seed)
     params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
     detector = profile.detector
-    optimizer, schedule = detector_optimizer(params, kind=detector.optimizer, lr=detector.lr, steps=steps)
+    if detector.optimizer == "recipe":
+        if recipe is None:
+            raise ValueError(f"profile {profile.name!r} trains each detector with its paper's recipe "
+                             "(detector.optimizer 'recipe'): pass recipe=<a course_lib.recipes key, e.g. '07'>.")
+        optimizer, schedule, steps = recipe_optimizer(params, recipe, profile=profile, steps=steps,
+                                                      images_per_gpu=detector.batch_size)
+    else:
+        if steps is None or detector.lr is None:
+            raise ValueError(f"steps={steps}, detector.lr={detector.lr} in profile {profile.name!r}: None means the "
+                             "recipe's, which only the optimizer 'recipe' reads; give the optimizer "
+                             f"{detector.optimizer!r} a number of steps and a rate.")
+        optimizer, schedule = detector_optimizer(params, kind=detector.optimizer, lr=detector.lr, steps=steps)
     kwargs = dict(batch_size=detector.batch_size, collate_fn=detection_collate, lr_scheduler=schedule,
                   device=profile.device, amp=profile.amp, grad_clip=10.0, seed=seed, num_workers=profile.num_workers)
     return fit(model, dataset, loss_fn or detection_loss, optimizer, steps=steps, **{**kwargs, **fit_kwargs})
 
 
-def train_and_evaluate(model: nn.Module, train_set, val_set, *, steps: int, profile, **kwargs) -> tuple[History, dict]:
+def train_and_evaluate(model: nn.Module, train_set, val_set, *, steps: int | None, profile,
+                       **kwargs) -> tuple[History, dict]:
     """:func:`train_detector` on ``train_set``, then ``evaluate_detector`` on ``val_set``: ``(history, COCO metrics)``
     -- what chapters 6 and 7 do for every detector they compare."""
     history = train_detector(model, train_set, steps=steps, profile=profile, **kwargs)

@@ -4,8 +4,11 @@ Four profiles, chosen with the environment variable ``COURSE_PROFILE``:
 
 * ``ci``  -- tiny data and schedules: every notebook runs in under 60 s on 2 CPU cores.
 * ``cpu`` -- a laptop: visibly meaningful results in minutes.
-* ``gpu`` -- instructors: the papers' full-scale models and schedules, CUDA and mixed precision.
-* ``colab`` -- Colab's free T4 (15 GB): the papers' models at 2 images per batch, shorter schedules.
+* ``gpu`` -- instructors: the papers' full-scale models, each chapter's paper recipe (``course_lib.recipes``:
+  optimiser, rate, schedule) from torchvision's ImageNet weights (``make weights`` once, online), CUDA and mixed
+  precision.
+* ``colab`` -- Colab's free T4 (15 GB): the papers' models from ImageNet at 2 images per batch, short fine-tuning
+  schedules (not the papers' recipes).
 
 Default: ``gpu`` when CUDA is available, else ``cpu``. ``make test`` sets ``ci``.
 
@@ -18,7 +21,9 @@ One form: a :class:`Profile` is a few groups (frozen dataclasses), each named fo
 ``PROFILE.proposals`` (RPN / RoI counts), ``PROFILE.steps`` (each detector training run) ... Their defaults
 are the papers' values (and the course's full-scale data), so the ``gpu`` profile is ``Profile("gpu", ...)``
 plus its machine; ``ci`` and ``cpu`` write out only what they shrink. A number that no profile changes is
-a module constant below, not a field.
+a module constant below, not a field. Where the gpu value is a paper recipe's (a detector's steps and rate), the
+field says ``None`` -- "the recipe's", read in one place, ``course_lib.engine`` -- so there is no second number to
+disagree with ``course_lib.recipes``.
 """
 from __future__ import annotations
 
@@ -56,10 +61,12 @@ class PatchTraining:
 @dataclass(frozen=True)
 class SegmentationTraining:
     """Chapters 2-3: each FCN and U-Net training run."""
-    steps: int = 20000
+    steps: int = 20000  # each U-Net run; each FCN stage with optimizer "adam" (the recipe sets FCN's own)
     batch_size: int = 8
     crop_size: int = 320  # training crop side (pixels)
     width: float = 1.0  # channel width multiplier (1.0 = paper)
+    optimizer: str = "recipe"  # FCN: "recipe" (its paper's SGD, course_lib.recipes "02") or "adam" (3e-4, from scratch)
+    weights_backbone: str | None = "IMAGENET1K_V1"  # FCN's VGG16 (U-Net trains from scratch, as its paper)
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,8 @@ class RCNNNetwork:
     """Chapter 4's VGG16: R-CNN's, which Fast R-CNN starts from."""
     width: float = 1.0  # VGG16 channel width multiplier (1.0 = paper)
     warp_size: int = 224  # R-CNN's warped region side (paper: 224 for VGG16; context 16 * size / 224)
+    optimizer: str = "recipe"  # "recipe" (the papers', course_lib.recipes "04.rcnn" / "04") or "sgd" (0.005, scratch)
+    weights_backbone: str | None = "IMAGENET1K_V1"  # the VGG16's start (None: random)
 
 
 @dataclass(frozen=True)
@@ -83,9 +92,12 @@ class DetectorTraining:
     width: float = 1.0  # channel width multiplier (1.0 = paper)
     rfcn_depth: int = 101  # ResNet depth of R-FCN and of its C4 comparison (chapter 6)
     c4_anchor_sizes: tuple[int, ...] = (128, 256, 512)  # the single-level (C4, R-FCN) RPN's 3 scales (600 px)
-    optimizer: str = "sgd"  # "sgd" (the papers' recipe, fine-tuning from ImageNet) or "adamw" (from scratch)
-    lr: float = 0.02 * 4 / 16  # FPN's 0.02 for 16 images, scaled linearly to batch_size = 4
-    batch_size: int = 4
+    # "recipe" (each chapter's paper recipe, course_lib.recipes, scaled to batch_size x GPUs), or with lr: "sgd"
+    # (engine.detector_optimizer's SGD) or "adamw" (from scratch, in a few hundred steps)
+    optimizer: str = "recipe"
+    lr: float | None = None  # "sgd" / "adamw" only (None: the recipe's)
+    batch_size: int = 4  # images per GPU
+    weights_backbone: str | None = "IMAGENET1K_V1"  # the ResNet's start: torchvision's ImageNet weights (None: random)
 
 
 @dataclass(frozen=True)
@@ -118,18 +130,20 @@ class ProposalCounts:
 
 @dataclass(frozen=True)
 class TrainingSteps:
-    """Optimiser steps of each detector training run (batch: ``detector.batch_size``, chapter 4: 2 images)."""
-    rcnn: int = 1000  # chapter 4: R-CNN fine-tuning (128 warped regions each)
-    fast_rcnn: int = 4000  # chapter 4: Fast R-CNN
-    faster_rcnn: int = 20000  # chapter 5: Faster R-CNN R50-C4
-    rfcn: int = 20000  # chapter 6: R-FCN and its C4 comparison
-    rfcn_ablation: int = 20000  # chapter 6: each k = 1 / 3 run
-    fpn: int = 20000  # chapter 7: FPN and C4
-    fpn_ablation: int = 20000  # chapter 7: each ablation (no top-down / no lateral / P2-only)
-    efpn_fpn: int = 20000  # chapter 8, stage 1: the FPN baseline
-    efpn_distill: int = 10000  # stage 2: the extension by cross-resolution distillation
-    efpn_head: int = 5000  # stage 3: the P2' head with OHEM
-    efpn_ablation: int = 5000  # stage-2 steps of each ablation (Tables II and IV in miniature)
+    """Optimiser steps of each detector training run (batch: ``detector.batch_size``, chapter 4: 2 images). None (the
+    gpu profile): the iterations of the run's paper recipe (the key after each field), scaled to the batch and GPUs
+    -- ``engine.training_steps`` reads it."""
+    rcnn: int | None = None  # chapter 4: R-CNN fine-tuning (128 warped regions each); "04.rcnn"
+    fast_rcnn: int | None = None  # chapter 4: Fast R-CNN; "04"
+    faster_rcnn: int | None = None  # chapter 5: Faster R-CNN R50-C4; "05"
+    rfcn: int | None = None  # chapter 6: R-FCN and its C4 comparison; "06"
+    rfcn_ablation: int | None = None  # chapter 6: each k = 1 / 3 run; "06"
+    fpn: int | None = None  # chapter 7: FPN and C4; "07"
+    fpn_ablation: int | None = None  # chapter 7: each ablation (no top-down / no lateral / P2-only); "07"
+    efpn_fpn: int | None = None  # chapter 8, stage 1: the FPN baseline; "08.1"
+    efpn_distill: int | None = None  # stage 2: the extension by cross-resolution distillation; "08.2"
+    efpn_head: int | None = None  # stage 3: the P2' head with OHEM; "08.3"
+    efpn_ablation: int | None = None  # stage-2 steps of each ablation (Tables II and IV in miniature); "08.2"
 
 
 @dataclass(frozen=True)
@@ -157,6 +171,7 @@ class Profile:
     device: str = "cuda"  # "cpu" or "cuda"
     amp: bool = True  # mixed precision (CUDA only)
     num_workers: int = 8
+    schedule: str = "paper"  # a recipe's length: "paper" (all its iterations) or "one_day" (recipes.ONE_DAY's part)
     data: SyntheticData = SyntheticData()
     patches: PatchTraining = PatchTraining()
     segmentation: SegmentationTraining = SegmentationTraining()
@@ -177,11 +192,12 @@ PROFILES: dict[str, Profile] = {
         data=SyntheticData(segmentation_images=12, segmentation_side=128, small_objects_images=8,
                            small_objects_size=(256, 256), multiscale_images=12, multiscale_size=(256, 256)),
         patches=PatchTraining(steps=40, batch_size=64),
-        segmentation=SegmentationTraining(steps=4, batch_size=2, crop_size=96, width=0.125),
+        segmentation=SegmentationTraining(steps=4, batch_size=2, crop_size=96, width=0.125, optimizer="adam",
+                                          weights_backbone=None),
         selective_search=SelectiveSearch(images=4, mode="single", max_proposals=50),
-        rcnn=RCNNNetwork(width=0.125, warp_size=64),
+        rcnn=RCNNNetwork(width=0.125, warp_size=64, optimizer="sgd", weights_backbone=None),
         detector=DetectorTraining(width=0.125, rfcn_depth=50, c4_anchor_sizes=(32, 64, 128), optimizer="adamw",
-                                  lr=2e-3, batch_size=2),
+                                  lr=2e-3, batch_size=2, weights_backbone=None),
         # chapters 6 and 7 train several detectors each: their images are the smallest
         resize=DetectorResize(fast_rcnn=Resize(256, 320), faster_rcnn=Resize(256, 320), rfcn=Resize(128, 160),
                               fpn=Resize(128, 160), efpn=Resize(256, 256)),
@@ -197,11 +213,12 @@ PROFILES: dict[str, Profile] = {
         data=SyntheticData(segmentation_images=120, segmentation_side=192, small_objects_images=60,
                            small_objects_size=(512, 512), multiscale_images=120, multiscale_size=(384, 384)),
         patches=PatchTraining(steps=1500, batch_size=128),
-        segmentation=SegmentationTraining(steps=300, batch_size=4, crop_size=160, width=0.25),
+        segmentation=SegmentationTraining(steps=300, batch_size=4, crop_size=160, width=0.25, optimizer="adam",
+                                          weights_backbone=None),
         selective_search=SelectiveSearch(images=16, max_proposals=300),
-        rcnn=RCNNNetwork(width=0.25),
+        rcnn=RCNNNetwork(width=0.25, optimizer="sgd", weights_backbone=None),
         detector=DetectorTraining(width=0.25, rfcn_depth=50, c4_anchor_sizes=(64, 128, 256), optimizer="adamw",
-                                  lr=2e-3, batch_size=2),
+                                  lr=2e-3, batch_size=2, weights_backbone=None),
         resize=DetectorResize(fast_rcnn=Resize(384, 512), faster_rcnn=Resize(384, 512), rfcn=Resize(384, 512),
                               fpn=Resize(384, 512), efpn=Resize(384, 384)),
         proposals=ProposalCounts(train=600, test=300, rois_per_image=64, rfcn_ohem_rois=64, efpn_ohem_rois=32),
@@ -210,17 +227,20 @@ PROFILES: dict[str, Profile] = {
         timing=Timing(efpn_images=2),
     ),
     # the papers' values: every default above
-    "gpu": Profile("gpu", "instructors: full-scale models and schedules on CUDA with mixed precision"),
+    "gpu": Profile("gpu", "instructors: the papers' models and recipes from ImageNet, on CUDA with mixed precision"),
     # Colab's free T4 (about 15 GB, 2 CPU cores; course_lib.setup picks it there): the papers' models and image sizes at
     # 2 images per batch (FPN's lr scaled linearly), EFPN at 800 px (its 2x teacher sees 1600 px), a quarter of the
-    # gpu profile's steps, a quarter of its data (built in the notebook's set-up cell). Not yet timed on a T4.
+    # gpu profile's former steps, a quarter of its data (built in the notebook's set-up cell). Colab is online, so the
+    # backbones start from torchvision's ImageNet weights as in gpu, but fine-tune on short schedules (SGD for the
+    # detectors and chapter 4, Adam for FCN / U-Net), not the papers' recipes. Not yet timed on a T4.
     "colab": Profile(
         "colab", "Colab's free T4 GPU (15 GB): the papers' models at 2 images per batch, a quarter of the schedules",
         num_workers=2,
         data=SyntheticData(segmentation_images=375, small_objects_images=250, multiscale_images=500),
         patches=PatchTraining(steps=1000),
-        segmentation=SegmentationTraining(steps=5000),
-        detector=DetectorTraining(lr=0.02 * 2 / 16, batch_size=2),
+        segmentation=SegmentationTraining(steps=5000, optimizer="adam"),
+        rcnn=RCNNNetwork(optimizer="sgd"),
+        detector=DetectorTraining(optimizer="sgd", lr=0.02 * 2 / 16, batch_size=2),
         resize=DetectorResize(efpn=Resize(800, 800)),
         steps=TrainingSteps(rcnn=250, fast_rcnn=1000, faster_rcnn=5000, rfcn=5000, rfcn_ablation=5000, fpn=5000,
                             fpn_ablation=5000, efpn_fpn=5000, efpn_distill=2500, efpn_head=1250, efpn_ablation=1250),

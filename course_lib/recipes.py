@@ -23,13 +23,15 @@ from dataclasses import dataclass, field
 
 from course_lib import papers
 
-__all__ = ["Recipe", "Schedule", "RECIPES", "WARMUP", "scaled", "CPU_S_PER_IMAGE", "ONE_DAY", "estimated_gpu_hours"]
+__all__ = ["Recipe", "Schedule", "RECIPES", "WARMUP", "scaled", "mean_loss_sgd", "SCHEDULES", "schedule_fraction",
+           "CPU_S_PER_IMAGE", "ONE_DAY", "estimated_gpu_hours"]
 
 # Sources that are not a paper (the paper's own numbers are papers.py keys, "papers:<key>").
 _DETECTRON = "released: facebookresearch/Detectron configs/12_2017_baselines/e2e_faster_rcnn_R-50-FPN_1x.yaml"
 _DETECTRON_DEFAULTS = "released: facebookresearch/Detectron detectron/core/config.py"
 _RCNN_SOLVER = "released: rbgirshick/rcnn finetuning/vgg16/vgg16_pascal_finetune_solver.prototxt"
 _FCN_SOLVER = "released: shelhamer/fcn.berkeleyvision.org voc-fcn32s/solver.prototxt (weight_decay: 0.0005)"
+_FCN_NET = "released: shelhamer/fcn.berkeleyvision.org voc-fcn32s/net.py (SoftmaxWithLoss, normalize=False)"
 _TORCHVISION = "torchvision's ImageNet weights (course_lib/backbones/weights.py): the era's V1 training"
 
 
@@ -68,6 +70,7 @@ class Recipe(_Batch):
     arch: str | None  # the torchvision classifier the backbone starts from (None: from scratch, as U-Net)
     weights_backbone: str | None  # its weights, a name resolve_weights(name, arch) takes
     warmup_iters: int | None = None  # the paper's warm-up (None: it states none)
+    loss: str = "mean"  # what lr is for: a loss averaged over the batch ("mean") or summed over its pixels ("sum")
     note: str = ""
     sources: dict = field(default_factory=dict, compare=False)
 
@@ -91,7 +94,7 @@ class Recipe(_Batch):
     def to_markdown(self) -> str:
         """The recipe as a notebook shows it: one row per value, with where it comes from."""
         names = ("optimizer", "lr", "lr_steps", "lr_decay", "iterations", "momentum", "weight_decay", "gpus",
-                 "images_per_gpu", "min_size", "max_size", "arch", "weights_backbone")
+                 "images_per_gpu", "min_size", "max_size", "arch", "weights_backbone") + (("loss",) * (self.loss != "mean"))
         rows = [f"| {n} | {getattr(self, n)!r} | {self.source(n, short=True)} |" for n in names]
         return "\n".join([f"**{self.name}** ({self.dataset}); paper: {papers.PAPERS[self.paper]}", "",
                            "| | value | source |", "|---|---|---|", *rows]
@@ -154,6 +157,7 @@ _ALL = [
             iterations=P("fcn.sec4_1.fixed_lr.epochs", "fcn.sec4_3.more_data.images", "fcn.sec4_3.optimizer.minibatch",
                          combine=lambda e, n, b: math.ceil(e * n / b)),
             lr_steps=((), "paper: Sec. 4.3 'fixed learning rates'"), lr_decay=(1.0, "paper: a fixed rate"),
+            loss=("sum", _FCN_NET),
             min_size=(320, "course: the gpu profile's crop (the paper trains on whole images)"),
             max_size=(None, "course: a square crop"),
             arch=_IMAGENET("vgg16"), weights_backbone=_V1,
@@ -258,14 +262,25 @@ class Schedule(_Batch):
     gpus: int
     images_per_gpu: int
     lr: float
+    weight_decay: float
     iterations: int
     milestones: tuple[int, ...]
     warmup_iters: int
     warmup_factor: float
 
-    def optimizer_kwargs(self) -> dict:
-        """``torch.optim.SGD(params, **schedule.optimizer_kwargs())``."""
-        return {"lr": self.lr, "momentum": self.recipe.momentum, "weight_decay": self.recipe.weight_decay}
+    def optimizer_kwargs(self, *, loss_terms: int | None = None) -> dict:
+        """``torch.optim.SGD(params, **schedule.optimizer_kwargs())``. A recipe whose rate is for a loss summed over
+        pixels (FCN's, ``recipe.loss == "sum"``) is trained here on their mean: ``loss_terms`` = the pixels a batch's
+        mean averages, and the rate and weight decay become those that make the same SGD steps
+        (:func:`mean_loss_sgd`). A mean-loss recipe ignores ``loss_terms``."""
+        lr, weight_decay = self.lr, self.weight_decay
+        if self.recipe.loss == "sum":
+            if loss_terms is None:
+                raise ValueError(f"recipe {self.recipe.chapter}'s learning rate {lr:g} is for a loss summed over "
+                                 "pixels: pass loss_terms = the pixels of a batch (batch x crop height x crop width) "
+                                 "to train on the pixel-mean loss with the equivalent rate.")
+            lr, weight_decay = mean_loss_sgd(lr, weight_decay, _positive_int("loss_terms", loss_terms))
+        return {"lr": lr, "momentum": self.recipe.momentum, "weight_decay": weight_decay}
 
     def lr_factor(self, step: int) -> float:
         """The multiplier of ``lr`` at ``step`` (0-based): a linear warm-up from ``warmup_factor``, then x
@@ -289,8 +304,11 @@ def scaled(recipe: str | Recipe, *, gpus: int = 1, images_per_gpu: int | None = 
     """``recipe`` (a key of RECIPES or a Recipe) on ``gpus`` x ``images_per_gpu`` (default: the paper's per GPU).
 
     The linear scaling rule: with k = (gpus x images_per_gpu) / the paper's batch, the learning rate is x k and the
-    iterations and learning-rate steps / k, so the images seen stay the paper's (to the nearest step). ``fraction``
-    < 1 shortens the run and its steps alike (a shorter schedule, not the paper's). The warm-up is :data:`WARMUP`.
+    iterations and learning-rate steps / k, so the images seen stay the paper's (to the nearest step). A loss summed
+    over the batch's pixels (FCN's) already has k in its gradient: its rate stays, and its weight decay, which acts
+    once a step, is x k -- the same rule written for a sum (k small steps = one step on k times the batch, decay
+    included). ``fraction`` < 1 shortens the run and its steps alike (a shorter schedule, not the paper's). The
+    warm-up is :data:`WARMUP`.
     """
     r = RECIPES[recipe] if isinstance(recipe, str) else recipe
     gpus = _positive_int("gpus", gpus)
@@ -301,8 +319,36 @@ def scaled(recipe: str | Recipe, *, gpus: int = 1, images_per_gpu: int | None = 
     iterations = max(1, round(r.iterations * fraction / k))
     milestones = tuple(max(1, round(m * fraction / k)) for m in r.lr_steps)
     warmup = r.warmup_iters if r.warmup_iters is not None else min(WARMUP["iters"], iterations // 5)
-    return Schedule(r, gpus, images_per_gpu, lr=r.lr * k, iterations=iterations, milestones=milestones,
-                    warmup_iters=warmup, warmup_factor=WARMUP["factor"])
+    lr, weight_decay = (r.lr, r.weight_decay * k) if r.loss == "sum" else (r.lr * k, r.weight_decay)
+    return Schedule(r, gpus, images_per_gpu, lr=lr, weight_decay=weight_decay, iterations=iterations,
+                    milestones=milestones, warmup_iters=warmup, warmup_factor=WARMUP["factor"])
+
+
+def mean_loss_sgd(lr: float, weight_decay: float, terms: int) -> tuple[float, float]:
+    """``(lr * terms, weight_decay / terms)``: SGD on a loss *summed* over ``terms`` terms with ``lr`` and
+    ``weight_decay`` makes exactly the steps of SGD on their *mean* with these. With S = N x M (sum = N x mean):
+    ``lr * (grad S + wd * w) = (lr * N) * (grad M + (wd / N) * w)``, so every gradient, and every momentum buffer
+    built from them, is the same up to the factor N that the rate absorbs. FCN's rate is for the sum (its released
+    net.py: ``SoftmaxWithLoss`` with ``normalize=False``); the course's loss is the pixel mean (N = the pixels of a
+    batch; where pixels are ignored, label 255, the mean is over fewer and the match is approximate)."""
+    return lr * terms, weight_decay / terms
+
+
+# ------------------------------------------------------------------------ the schedule a gpu run takes
+
+# ``Profile.schedule``: the part of each recipe's iterations a gpu run trains -- the paper's whole schedule, or the
+# shorter one an instructor can finish in a day (:data:`ONE_DAY`, below).
+SCHEDULES = ("paper", "one_day")
+
+
+def schedule_fraction(schedule: str, recipe: str) -> float:
+    """The ``fraction`` of :func:`scaled` for ``recipe`` under the schedule ``schedule`` (one of :data:`SCHEDULES`)."""
+    if schedule == "paper":
+        return 1.0
+    if schedule == "one_day":
+        return ONE_DAY.get(recipe, 1.0)
+    raise ValueError(f"schedule={schedule!r}: one of {', '.join(map(repr, SCHEDULES))} (the paper's iterations, "
+                     "or recipes.ONE_DAY's part of them).")
 
 
 # ------------------------------------------------------------------------ what a full recipe costs

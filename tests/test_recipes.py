@@ -150,7 +150,8 @@ def test_scaling_to_the_papers_own_setting_is_the_identity(key):
     r = recipes.RECIPES[key]
     s = recipes.scaled(key, gpus=r.gpus, images_per_gpu=r.images_per_gpu)
     assert (s.lr, s.iterations, s.milestones, s.images_seen) == (r.lr, r.iterations, r.lr_steps, r.images_seen)
-    assert s.optimizer_kwargs() == {"lr": r.lr, "momentum": r.momentum, "weight_decay": r.weight_decay}
+    # FCN's rate is for a summed loss: one term is the identity there too
+    assert s.optimizer_kwargs(loss_terms=1) == {"lr": r.lr, "momentum": r.momentum, "weight_decay": r.weight_decay}
 
 
 def test_doubling_the_batch_doubles_lr_and_halves_steps_and_milestones():
@@ -167,6 +168,58 @@ def test_the_images_seen_stay_the_papers(key, gpus, per_gpu):
     assert s.images_seen == r.images_seen
     assert math.isclose(s.lr / s.batch, r.lr / r.batch)  # lr per image: the rule itself
     assert [m * s.batch for m in s.milestones] == [m * r.batch for m in r.lr_steps]
+
+
+def test_a_summed_loss_keeps_its_rate_and_scales_its_decay():
+    """FCN's loss is summed over the batch's pixels: its gradient already grows with the batch (k), so the rule
+    keeps the rate; the decay, once a step over k times fewer steps, is x k. On the pixel mean: lr x N, decay / N."""
+    r = recipes.RECIPES["02"]
+    assert r.loss == "sum" and r.source("loss").startswith("released: shelhamer/fcn.berkeleyvision.org")
+    s = recipes.scaled("02", gpus=1, images_per_gpu=8)  # k = 8 / 20
+    assert s.lr == r.lr and math.isclose(s.weight_decay, r.weight_decay * 0.4)
+    assert s.iterations == round(r.iterations / 0.4)
+    pixels = 8 * 320 * 320
+    kwargs = s.optimizer_kwargs(loss_terms=pixels)
+    assert math.isclose(kwargs["lr"], r.lr * pixels) and math.isclose(kwargs["weight_decay"], r.weight_decay * 0.4 / pixels)
+    assert math.isclose(kwargs["lr"] * kwargs["weight_decay"], s.lr * s.weight_decay)  # the decay a step: the same
+    with pytest.raises(ValueError, match="summed over pixels: pass loss_terms"):
+        s.optimizer_kwargs()
+    assert "| loss | 'sum' |" in r.to_markdown() and "| loss |" not in recipes.RECIPES["07"].to_markdown()
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_on_a_summed_loss_is_sgd_on_the_mean_with_the_converted_rate(momentum):
+    """recipes.mean_loss_sgd, numerically: three SGD steps (momentum and weight decay included) on a pixel-summed
+    cross-entropy with (lr, wd), and on the pixel-mean one with mean_loss_sgd(lr, wd, N), give the same weights."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(2, 3, 5, 6, generator=g), torch.randint(0, 4, (2, 5, 6), generator=g)
+    n = labels.numel()  # the pixels of the batch: 60
+    start = torch.nn.Conv2d(3, 4, 3, padding=1)
+    lr, wd = 1e-3, 0.05  # a large decay: a conversion that forgot it (or the rate) fails
+    weights = []
+    for reduction, (rate, decay) in (("sum", (lr, wd)), ("mean", recipes.mean_loss_sgd(lr, wd, n))):
+        model = torch.nn.Conv2d(3, 4, 3, padding=1)
+        model.load_state_dict(start.state_dict())
+        optimizer = torch.optim.SGD(model.parameters(), lr=rate, momentum=momentum, weight_decay=decay)
+        for _ in range(3):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images), labels, reduction=reduction).backward()
+            optimizer.step()
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    start_weights = torch.cat([p.detach().flatten() for p in start.parameters()])
+    assert (weights[0] - start_weights).abs().max() > 1e-3, "the steps must move the weights for the test to mean much"
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-6)
+    assert recipes.mean_loss_sgd(1e-4, 5e-4, 1000) == (1e-4 * 1000, 5e-4 / 1000)
+
+
+def test_the_schedules_a_gpu_run_can_take():
+    assert recipes.schedule_fraction("paper", "07") == 1.0
+    assert recipes.schedule_fraction("one_day", "07") == recipes.ONE_DAY["07"]
+    assert recipes.schedule_fraction("one_day", "05") == 1.0  # a recipe that fits in a day runs whole
+    with pytest.raises(ValueError, match="'paper', 'one_day'"):
+        recipes.schedule_fraction("short", "07")
 
 
 def test_fpn_on_one_gpu():

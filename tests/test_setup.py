@@ -17,7 +17,7 @@ import pytest
 import course_lib
 import course_lib.data.make_synthetic as make_synthetic
 import course_lib.data.paths as paths
-from course_lib import setup
+from course_lib import recipes, setup
 from course_lib.profiles import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,11 +159,13 @@ def test_a_checkout_keeps_its_data_folder(monkeypatch):
     assert paths.checkout_root() == ROOT and paths.data_root() == ROOT / "data"
 
 
-def test_the_colab_profile_is_the_papers_models_at_two_images_per_batch():
+def test_the_colab_profile_is_the_papers_models_from_imagenet_at_two_images_per_batch():
     colab, gpu = PROFILES["colab"], PROFILES["gpu"]
     assert colab.device == "cuda" and colab.amp and colab.detector.width == gpu.detector.width == 1.0
-    assert colab.detector.batch_size == 2 and colab.detector.lr == pytest.approx(gpu.detector.lr / 2)
-    assert colab.resize.faster_rcnn == gpu.resize.faster_rcnn and colab.steps.fpn == gpu.steps.fpn // 4
+    fpn = recipes.RECIPES["07"]  # FPN's 0.02 for 16 images, scaled linearly to the T4's 2
+    assert colab.detector.batch_size == 2 and colab.detector.lr == pytest.approx(fpn.lr * 2 / fpn.batch)
+    assert colab.detector.optimizer == "sgd" and colab.detector.weights_backbone == gpu.detector.weights_backbone
+    assert colab.resize.faster_rcnn == gpu.resize.faster_rcnn and colab.steps.fpn < fpn.iterations
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ the one second stage, ``roi_heads.RoIHeads``).
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..backbones.vgg import VGG16
+from ..backbones.weights import WeightsEnum
 from ..ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
 from .transform import IMAGENET_MEAN, IMAGENET_STD, as_float_rgb, check_targets
 
@@ -507,10 +509,15 @@ class RCNN(nn.Module):
         return detections
 
 
-def rcnn_vgg16(num_classes: int, width: float = 1.0, vgg: nn.Module | None = None, **kwargs) -> RCNN:
+def rcnn_vgg16(num_classes: int, width: float = 1.0, vgg: nn.Module | None = None, *,
+               weights_backbone: str | os.PathLike | WeightsEnum | None = None, **kwargs) -> RCNN:
     """R-CNN with VGG16 (the paper's "O-Net", Table 3) at channel width ``width`` (1.0 = the
     paper; smaller for CPU profiles). ``num_classes`` = K + 1 (background included). Pass
-    ``vgg`` to share a network with a Fast R-CNN."""
+    ``vgg`` to share a network with a Fast R-CNN. ``weights_backbone``: the VGG16's ImageNet weights, as
+    ``VGG16.load_torchvision_state_dict`` takes them (``"IMAGENET1K_V1"``: torchvision's, from its cache, verified;
+    or a state dict file), the paper's start (width 1.0 only); None: random."""
     vgg = vgg if vgg is not None else VGG16(width=width, fully_connected=True)
+    if weights_backbone is not None:
+        vgg.load_torchvision_state_dict(weights_backbone)
     features = VGG16Features(vgg)
     return RCNN(features, features.out_channels, num_classes, **kwargs)

@@ -230,3 +230,14 @@ def test_detectors_take_weights_backbone_by_name(registry, published, builder):
     model = getattr(detection, builder)(num_classes=3, weights_backbone="IMAGENET1K_V1")
     conv1 = next(v for k, v in model.state_dict().items() if k.endswith("conv1.weight"))
     assert torch.equal(conv1, state["conv1.weight"])
+
+
+def test_rcnn_takes_its_vgg16s_weights_backbone_by_name(registry, published):
+    """Chapter 4's R-CNN starts from the gpu profile's rcnn.weights_backbone (its Fast R-CNN copies that VGG16)."""
+    from course_lib.detection import rcnn_vgg16
+
+    state, _ = published["vgg16"]
+    model = rcnn_vgg16(3, weights_backbone="IMAGENET1K_V1")
+    vgg = model.features.vgg.state_dict()
+    assert torch.equal(vgg["features.0.weight"], state["features.0.weight"])
+    assert torch.equal(vgg["fc6.weight"].flatten(1), state["classifier.0.weight"])  # fc6 as a 7 x 7 convolution

@@ -22,8 +22,8 @@ def test_train_detector_takes_the_profiles_optimiser_batch_device_and_clipping(m
     calls = _capture(monkeypatch)
     model = nn.Linear(3, 2)
     model.bias.requires_grad_(False)
-    for name in ("ci", "gpu"):
-        profile = PROFILES[name]  # the gpu profile read without CUDA: only its settings are used
+    for name in ("ci", "cpu"):  # the gpu profile's recipe: tests/engine/test_recipe_training.py
+        profile = PROFILES[name]
         engine.train_detector(model, [], steps=8, profile=profile, seed=3)
         call = calls[-1]
         kind = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[profile.detector.optimizer]
