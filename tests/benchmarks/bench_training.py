@@ -78,78 +78,79 @@ def build(name: str, profile):
 
     from course_lib.detection import detection_loss
     from course_lib.engine import detector_optimizer
+    from course_lib.profiles import EFPN_SMALL_ROI_SIZE
 
     p = profile
     det = lambda m, steps: detector_optimizer([q for q in m.parameters() if q.requires_grad],  # noqa: E731
-                                              kind=p.det_optimizer, lr=p.det_lr, steps=steps)
+                                              kind=p.detector.optimizer, lr=p.detector.lr, steps=steps)
     if name == "fcn8s":
         from course_lib.segmentation import FCN8s
 
-        model = FCN8s(SEG_CLASSES, width=p.seg_width)
+        model = FCN8s(SEG_CLASSES, width=p.segmentation.width)
         g = torch.Generator().manual_seed(0)
-        images = torch.randint(0, 256, (p.seg_batch_size, 3, p.seg_crop_size, p.seg_crop_size), generator=g,
+        images = torch.randint(0, 256, (p.segmentation.batch_size, 3, p.segmentation.crop_size, p.segmentation.crop_size), generator=g,
                                dtype=torch.uint8)
-        masks = torch.randint(0, SEG_CLASSES, (p.seg_batch_size, p.seg_crop_size, p.seg_crop_size), generator=g)
+        masks = torch.randint(0, SEG_CLASSES, (p.segmentation.batch_size, p.segmentation.crop_size, p.segmentation.crop_size), generator=g)
         loss = lambda m, b: F.cross_entropy(m(b[0]), b[1], ignore_index=255)  # noqa: E731
-        return model, loss, torch.optim.Adam(model.parameters(), lr=3e-4), None, (images, masks), p.seg_batch_size
+        return model, loss, torch.optim.Adam(model.parameters(), lr=3e-4), None, (images, masks), p.segmentation.batch_size
     if name == "unet":
         from course_lib.segmentation import UNet, weighted_cross_entropy
 
-        out = (p.seg_crop_size - 4) // 16 * 16 + 4
+        out = (p.segmentation.crop_size - 4) // 16 * 16 + 4
         size = out + 184
-        model = UNet(3, SEG_CLASSES, padding="valid", width=p.seg_width)
+        model = UNet(3, SEG_CLASSES, padding="valid", width=p.segmentation.width)
         g = torch.Generator().manual_seed(0)
-        batch = (torch.rand(p.seg_batch_size, 3, size, size, generator=g),
-                 torch.randint(0, SEG_CLASSES, (p.seg_batch_size, out, out), generator=g),
-                 torch.rand(p.seg_batch_size, out, out, generator=g), 1 + torch.rand(p.seg_batch_size, out, out, generator=g))
+        batch = (torch.rand(p.segmentation.batch_size, 3, size, size, generator=g),
+                 torch.randint(0, SEG_CLASSES, (p.segmentation.batch_size, out, out), generator=g),
+                 torch.rand(p.segmentation.batch_size, out, out, generator=g), 1 + torch.rand(p.segmentation.batch_size, out, out, generator=g))
         loss = lambda m, b: weighted_cross_entropy(m(b[0]), b[1], b[3], ignore_index=255)  # noqa: E731
-        return model, loss, torch.optim.Adam(model.parameters(), lr=3e-4), None, batch, p.seg_batch_size
+        return model, loss, torch.optim.Adam(model.parameters(), lr=3e-4), None, batch, p.segmentation.batch_size
     if name == "fast_rcnn":
         from course_lib.detection import fast_rcnn_vgg16
 
-        model = fast_rcnn_vgg16(MULTI_CLASSES, width=p.lineage_width, min_size=p.lineage_min_size,
-                                max_size=p.lineage_max_size)
-        images, targets = _detection_batch("multiscale", 2, *p.multi_image_size)
-        proposals = [_random_boxes(p.lineage_max_proposals, *p.multi_image_size, seed=i) for i in range(2)]
+        model = fast_rcnn_vgg16(MULTI_CLASSES, width=p.rcnn.width, min_size=p.resize.fast_rcnn.min_size,
+                                max_size=p.resize.fast_rcnn.max_size)
+        images, targets = _detection_batch("multiscale", 2, *p.data.multiscale_size)
+        proposals = [_random_boxes(p.selective_search.max_proposals, *p.data.multiscale_size, seed=i) for i in range(2)]
         optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, weight_decay=5e-4)
         return model, detection_loss, optimizer, None, (images, proposals, targets), 2
-    images, targets = _detection_batch("signs" if name == "efpn" else "multiscale", p.det_batch_size,
-                                       *(p.small_image_size if name == "efpn" else p.multi_image_size))
+    images, targets = _detection_batch("signs" if name == "efpn" else "multiscale", p.detector.batch_size,
+                                       *(p.data.small_objects_size if name == "efpn" else p.data.multiscale_size))
     batch = (images, targets)
     if name == "c4":
         from course_lib.detection import fasterrcnn_resnet50_c4
 
         model = fasterrcnn_resnet50_c4(
-            num_classes=MULTI_CLASSES, width=p.det_width, min_size=p.det_min_size, max_size=p.det_max_size,
-            rpn_anchor_sizes=p.c4_anchor_sizes, rpn_post_nms_top_n_train=p.fpn_proposals_train,
-            rpn_post_nms_top_n_test=p.fpn_proposals_test, box_batch_size_per_image=p.fpn_rois_per_image)
-        return (model, detection_loss, *det(model, p.faster_rcnn_train_steps), batch, p.det_batch_size)
+            num_classes=MULTI_CLASSES, width=p.detector.width, min_size=p.resize.faster_rcnn.min_size, max_size=p.resize.faster_rcnn.max_size,
+            rpn_anchor_sizes=p.detector.c4_anchor_sizes, rpn_post_nms_top_n_train=p.proposals.train,
+            rpn_post_nms_top_n_test=p.proposals.test, box_batch_size_per_image=p.proposals.rois_per_image)
+        return (model, detection_loss, *det(model, p.steps.faster_rcnn), batch, p.detector.batch_size)
     if name == "rfcn":
         from course_lib.detection.rfcn import rfcn_resnet50, rfcn_resnet101
 
-        rfcn = {50: rfcn_resnet50, 101: rfcn_resnet101}[p.rfcn_depth]
-        model = rfcn(num_classes=MULTI_CLASSES, ohem_batch_size_per_image=p.rfcn_ohem_rois, width=p.det_width,
-                     rpn_anchor_sizes=p.c4_anchor_sizes, min_size=p.rfcn_min_size, max_size=p.rfcn_max_size,
-                     rpn_pre_nms_top_n_train=20 * p.rfcn_proposals, rpn_post_nms_top_n_train=p.rfcn_proposals,
-                     rpn_pre_nms_top_n_test=20 * p.rfcn_proposals, rpn_post_nms_top_n_test=p.rfcn_proposals)
-        return (model, detection_loss, *det(model, p.rfcn_train_steps), batch, p.det_batch_size)
+        rfcn = {50: rfcn_resnet50, 101: rfcn_resnet101}[p.detector.rfcn_depth]
+        model = rfcn(num_classes=MULTI_CLASSES, ohem_batch_size_per_image=p.proposals.rfcn_ohem_rois, width=p.detector.width,
+                     rpn_anchor_sizes=p.detector.c4_anchor_sizes, min_size=p.resize.rfcn.min_size, max_size=p.resize.rfcn.max_size,
+                     rpn_pre_nms_top_n_train=20 * p.proposals.rfcn, rpn_post_nms_top_n_train=p.proposals.rfcn,
+                     rpn_pre_nms_top_n_test=20 * p.proposals.rfcn, rpn_post_nms_top_n_test=p.proposals.rfcn)
+        return (model, detection_loss, *det(model, p.steps.rfcn), batch, p.detector.batch_size)
     from course_lib.detection.faster_rcnn_fpn import fasterrcnn_resnet50_fpn
 
-    sizes = (dict(min_size=p.efpn_min_size, max_size=p.efpn_max_size) if name == "efpn"
-             else dict(min_size=p.fpn_min_size, max_size=p.fpn_max_size))
+    sizes = (dict(min_size=p.resize.efpn.min_size, max_size=p.resize.efpn.max_size) if name == "efpn"
+             else dict(min_size=p.resize.fpn.min_size, max_size=p.resize.fpn.max_size))
     model = fasterrcnn_resnet50_fpn(
-        num_classes=SIGN_CLASSES if name == "efpn" else MULTI_CLASSES, width=p.det_width, **sizes,
-        rpn_pre_nms_top_n_train=p.fpn_proposals_train, rpn_post_nms_top_n_train=p.fpn_proposals_train,
-        rpn_pre_nms_top_n_test=p.fpn_proposals_test, rpn_post_nms_top_n_test=p.fpn_proposals_test,
-        box_batch_size_per_image=p.fpn_rois_per_image)
+        num_classes=SIGN_CLASSES if name == "efpn" else MULTI_CLASSES, width=p.detector.width, **sizes,
+        rpn_pre_nms_top_n_train=p.proposals.train, rpn_post_nms_top_n_train=p.proposals.train,
+        rpn_pre_nms_top_n_test=p.proposals.test, rpn_post_nms_top_n_test=p.proposals.test,
+        box_batch_size_per_image=p.proposals.rois_per_image)
     if name == "fpn":
-        return (model, detection_loss, *det(model, p.det_train_steps), batch, p.det_batch_size)
+        return (model, detection_loss, *det(model, p.steps.fpn), batch, p.detector.batch_size)
     from course_lib.detection.efpn import CrossResolutionDistillation, efpn_from_fpn, set_stage
 
-    model = efpn_from_fpn(model, small_roi_size=p.efpn_small_roi_size)
+    model = efpn_from_fpn(model, small_roi_size=EFPN_SMALL_ROI_SIZE)
     params = set_stage(model, 2)
-    optimizer, schedule = detector_optimizer(params, kind=p.det_optimizer, lr=p.det_lr, steps=p.efpn_distill_steps)
-    return model, CrossResolutionDistillation(lam=1.0), optimizer, schedule, batch, p.det_batch_size
+    optimizer, schedule = detector_optimizer(params, kind=p.detector.optimizer, lr=p.detector.lr, steps=p.steps.efpn_distill)
+    return model, CrossResolutionDistillation(lam=1.0), optimizer, schedule, batch, p.detector.batch_size
 
 
 class _Runner:
@@ -220,8 +221,8 @@ def _loading(profile_name: str, batches: int) -> dict:
     dataset = CocoDetection(root / "images", root / "annotations" / "instances_train.json")
     start = time.perf_counter()
     for i in range(batches):
-        detection_collate([dataset[(i * profile.det_batch_size + j) % len(dataset)]
-                           for j in range(profile.det_batch_size)])
+        detection_collate([dataset[(i * profile.detector.batch_size + j) % len(dataset)]
+                           for j in range(profile.detector.batch_size)])
     return {"seconds": (time.perf_counter() - start) / batches, "root": str(root)}
 
 
