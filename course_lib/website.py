@@ -130,6 +130,7 @@ def executed_notebook(notebook: Path, profile: str, *, cache: Path, executed: Pa
     from course_lib.run import execute_notebook
 
     print(f"site: {notebook.name}: executing in the {profile} profile ...", flush=True)
+    key_file.unlink(missing_ok=True)  # a run that fails leaves no key beside its copy
     result = execute_notebook(notebook, out, {"COURSE_PROFILE": profile, "COURSE_SOLUTIONS": "1"}, timeout=timeout)
     if result["status"] != "done":
         raise RuntimeError(f"{notebook} failed in the {profile} profile: {result['error']}\nThe executed copy, "

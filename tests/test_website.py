@@ -84,3 +84,29 @@ def test_the_papers_page_holds_every_number_and_links_the_chapters_built():
         assert f"| {entry.formatted()} |" in page.replace("\\|", "|")
     assert f"[07]({found['07'].name})" in page
     assert f"({found['05'].name})" not in page, "a chapter not on the site must not be linked"
+
+
+def test_a_chapter_runs_again_only_when_its_key_changed_and_a_failed_run_is_never_cached(tmp_path, monkeypatch):
+    import course_lib.run
+    from course_lib.website import executed_notebook
+
+    runs = []
+
+    def fake_execute(path, out, env, *, timeout=None):
+        runs.append(env["COURSE_PROFILE"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("{}")
+        return {"status": "done" if len(runs) < 3 else "failed", "error": "ZeroDivisionError", "wall_s": 0.0}
+
+    monkeypatch.setattr(course_lib.run, "execute_notebook", fake_execute)
+    notebook, cache = tmp_path / "00_x.ipynb", tmp_path / "cache"
+    notebook.write_text("{}")
+    assert executed_notebook(notebook, "ci", cache=cache) == cache / notebook.name
+    executed_notebook(notebook, "ci", cache=cache)
+    assert runs == ["ci"], "an unchanged notebook in the same profile is not run again"
+    executed_notebook(notebook, "cpu", cache=cache)
+    assert runs == ["ci", "cpu"]
+    notebook.write_text('{"cells": []}')
+    with pytest.raises(RuntimeError, match="00_x.ipynb failed in the cpu profile: ZeroDivisionError"):
+        executed_notebook(notebook, "cpu", cache=cache)
+    assert not (cache / "00_x.key").exists(), "a failed run must not be taken from the cache next time"

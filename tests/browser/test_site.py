@@ -13,6 +13,7 @@ import functools
 import html
 import http.server
 import json
+import os
 import re
 import threading
 import time
@@ -34,7 +35,13 @@ TEXT_FILES = (".html", ".js", ".txt", ".ipynb", ".md", ".json", ".inv")
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """``(folder, {chapter: notebook})``: the site built from the executed chapters (see the module's docstring)."""
-    pytest.importorskip("sphinx", reason="the site needs the dev extras (Sphinx, MyST-NB): pip install -e '.[dev]'")
+    try:
+        import myst_nb  # noqa: F401
+    except ImportError:
+        message = "the site needs the dev extras (Sphinx, MyST-NB): pip install -e '.[dev]'"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}; under CI=true the site test must run", pytrace=False)
+        pytest.skip(message)
     found, executed = chapters(), BUILD / "executed" / "ci"
     if all(usable(executed / p.name, p) for p in found.values()):
         selected = found
@@ -42,7 +49,7 @@ def site(tmp_path_factory):
         selected, executed = {c: found[c] for c in CHEAP}, None
     out = tmp_path_factory.mktemp("site") / "site"
     t0 = time.perf_counter()
-    build_site(selected, out, profile="ci", cache=BUILD / "site-cache" / "ci", executed=executed)
+    build_site(selected, out, profile="ci", cache=BUILD / "site-cache" / "ci", executed=executed, timeout=600)
     print(f"site of {len(selected)} chapters built in {time.perf_counter() - t0:.0f} s")
     return out, selected
 
