@@ -31,6 +31,7 @@ import html
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -55,10 +56,12 @@ COLAB = "https://colab.research.google.com/github/{repository}/blob/{branch}/not
 
 
 def library_version() -> str:
-    """``__version__`` and a digest of the library's and the solutions' sources: what an executed chapter depends on."""
+    """``__version__`` and a digest of the library's and the solutions' sources: what an executed chapter depends on
+    (an edit there may change what a notebook shows, so every chapter runs again)."""
     root = repo_root()
     digest = hashlib.sha256()
-    for path in sorted([*(root / "course_lib").rglob("*.py"), *(root / "solutions").glob("*.py")]):
+    sources = [*(root / "course_lib").rglob("*.py"), *(root / "solutions").glob("*.py")]
+    for path in sorted(p for p in sources if p != Path(__file__).resolve()):  # not this builder: no notebook uses it
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return f"{course_lib.__version__}+{digest.hexdigest()[:16]}"
 
@@ -79,22 +82,40 @@ def _widget_state(nb: dict) -> dict:
     return nb.get("metadata", {}).get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
 
 
-def _picture(state: dict, model_id: str) -> str | None:
-    """The base64 PNG of the first ``Image`` widget inside widget ``model_id`` (depth first), or None."""
+def _models(state: dict, model_id: str):
+    """Widget ``model_id`` and the widgets inside it, in their order on the page (depth first)."""
     seen, stack = set(), [model_id]
     while stack:
         mid = stack.pop()
         if mid in seen or mid not in state:
             continue
         seen.add(mid)
-        model = state[mid]
+        yield state[mid]
+        children = state[mid]["state"].get("children", [])
+        stack.extend(reversed([c.removeprefix("IPY_MODEL_") for c in children if isinstance(c, str)]))
+
+
+def _picture(state: dict, model_id: str) -> str | None:
+    """The base64 PNG of the first ``Image`` widget inside widget ``model_id`` (an explorer's figure), or None."""
+    for model in _models(state, model_id):
         if model.get("model_name") == "ImageModel" and model["state"].get("format", "png") == "png":
             for buffer in model.get("buffers", []):
                 if buffer.get("path") == ["value"] and buffer.get("encoding") == "base64":
                     return buffer["data"]
-        children = model["state"].get("children", [])
-        stack.extend(reversed([c.removeprefix("IPY_MODEL_") for c in children if isinstance(c, str)]))
     return None
+
+
+def _widget_text(state: dict, model_id: str) -> str:
+    """A widget without a picture (tqdm's progress bar) as the text it showed last: its labels and bars."""
+    parts = []
+    for model in _models(state, model_id):
+        name, values = model.get("model_name", ""), model["state"]
+        if name in ("HTMLModel", "LabelModel", "HTMLMathModel"):
+            parts.append(html.unescape(re.sub(r"<[^>]+>", "", str(values.get("value", "")))).strip())
+        elif name in ("FloatProgressModel", "IntProgressModel"):
+            done = values.get("value", 0) / values["max"] if values.get("max") else 0.0
+            parts.append("\u2588" * round(10 * done) + " " * (10 - round(10 * done)))
+    return " ".join(p for p in parts if p)
 
 
 def _widget_outputs(nb: dict):
@@ -105,14 +126,14 @@ def _widget_outputs(nb: dict):
 
 
 def usable(executed: Path, notebook: Path) -> bool:
-    """True when ``executed`` is ``notebook`` run to the end (same code cells, no error) with its explorers' pictures."""
+    """True when ``executed`` is ``notebook`` run to the end (same code cells, no error) with its widgets' state
+    (the explorers' pictures)."""
     if not executed.is_file():
         return False
     nb, source = json.loads(executed.read_text()), json.loads(notebook.read_text())
     errors = any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
     state = _widget_state(nb)
-    return (_code(nb) == _code(source) and not errors
-            and all(_picture(state, mid) is not None for mid in _widget_outputs(nb)))
+    return _code(nb) == _code(source) and not errors and all(mid in state for mid in _widget_outputs(nb))
 
 
 def executed_notebook(notebook: Path, profile: str, *, cache: Path, executed: Path | None = None,
@@ -164,10 +185,18 @@ def publish(nb: dict, name: str, *, repository: str | None = None) -> dict:
         outputs = []
         for output in cell.get("outputs", []):
             if WIDGET_VIEW in output.get("data", {}):
-                png = _picture(state, output["data"][WIDGET_VIEW]["model_id"])
-                if png is None:
-                    raise ValueError(f"{name}: an explorer's output has no picture in the notebook's widget state; "
-                                     "execute it with course_lib.run.execute_notebook (which keeps the state).")
+                model_id = output["data"][WIDGET_VIEW]["model_id"]
+                if model_id not in state:
+                    raise ValueError(f"{name}: a widget's output has no state in the executed notebook; execute it "
+                                     "with course_lib.run.execute_notebook (which keeps the state).")
+                png = _picture(state, model_id)
+                if png is None and any(m.get("model_name") == "ImageModel" for m in _models(state, model_id)):
+                    raise ValueError(f"{name}: an explorer's picture is missing from the executed notebook's widget "
+                                     "state; execute it again with course_lib.run.execute_notebook.")
+                if png is None:  # a progress bar
+                    outputs.append({"output_type": "display_data", "metadata": {},
+                                    "data": {"text/plain": _widget_text(state, model_id)}})
+                    continue
                 outputs.append({"output_type": "display_data", "metadata": {}, "data": {"image/png": png}})
                 outputs.append({"output_type": "display_data", "metadata": {},
                                 "data": {"text/html": _explorer_note(name, repository)}})

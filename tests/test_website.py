@@ -49,9 +49,25 @@ def test_the_checkers_solution_lines_are_reworded_and_the_rest_kept():
     assert "\u2713 box_iou: all 6 hidden cases pass" in text
 
 
-def test_an_explorer_without_its_picture_is_an_error_that_names_the_notebook(tmp_path):
-    with pytest.raises(ValueError, match="07_fpn.ipynb.*widget state"):
+def test_a_progress_bar_becomes_its_last_text():
+    nb = _executed()
+    nb["metadata"]["widgets"][STATE]["state"] = {
+        "box": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_a", "IPY_MODEL_b", "IPY_MODEL_c"]}},
+        "a": {"model_name": "HTMLModel", "state": {"value": "training:\u2007100%"}},
+        "b": {"model_name": "FloatProgressModel", "state": {"value": 150.0, "max": 150.0}},
+        "c": {"model_name": "HTMLModel", "state": {"value": "150/150 [01:07&lt;00:00]"}}}
+    outputs = publish(nb, "01_x.ipynb")["cells"][0]["outputs"]
+    assert outputs == [{"output_type": "display_data", "metadata": {},
+                        "data": {"text/plain": "training:\u2007100% " + "\u2588" * 10 + " 150/150 [01:07<00:00]"}}]
+
+
+def test_a_widget_without_its_state_or_picture_is_an_error_that_names_the_notebook(tmp_path):
+    with pytest.raises(ValueError, match="07_fpn.ipynb: an explorer's picture is missing"):
         publish(_executed(with_picture=False), "07_fpn.ipynb")
+    stateless = _executed()
+    del stateless["metadata"]["widgets"]
+    with pytest.raises(ValueError, match="08_efpn.ipynb: a widget's output has no state"):
+        publish(stateless, "08_efpn.ipynb")
     notebook, executed = tmp_path / "n.ipynb", tmp_path / "e.ipynb"
     source = _executed()
     for cell in source["cells"]:
@@ -59,8 +75,8 @@ def test_an_explorer_without_its_picture_is_an_error_that_names_the_notebook(tmp
     notebook.write_text(json.dumps(source))
     executed.write_text(json.dumps(_executed()))
     assert usable(executed, notebook)
-    executed.write_text(json.dumps(_executed(with_picture=False)))
-    assert not usable(executed, notebook), "an executed copy without the explorers' pictures cannot be published"
+    executed.write_text(json.dumps(stateless))
+    assert not usable(executed, notebook), "an executed copy without the widgets' state cannot be published"
     source["cells"][1]["source"] = "check_box_iou(my_box_iou)"
     notebook.write_text(json.dumps(source))
     executed.write_text(json.dumps(_executed()))
