@@ -304,7 +304,7 @@ def build_site(notebooks: dict[str, Path], out: Path, *, profile: str, cache: Pa
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m course_lib.website", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default=os.environ.get("SITE_PROFILE") or "cpu",
                         help="the profile the chapters run in (default: $SITE_PROFILE, else cpu)")
     parser.add_argument("--executed", type=Path, default=None,

@@ -39,7 +39,8 @@ def test_an_explorer_becomes_its_picture_and_a_note():
     assert outputs[0]["data"] == {"image/png": PNG}
     note = outputs[1]["data"]["text/html"]
     assert "JupyterLab" in note
-    assert "https://colab.research.google.com/github/someone/course/blob/dev/notebooks/03b_detection_toolkit.ipynb" in note
+    colab = "https://colab.research.google.com/github/someone/course/blob/dev/notebooks/03b_detection_toolkit.ipynb"
+    assert colab in note
     assert "widgets" not in nb["metadata"], "the widget state would make the page load the widgets' JavaScript"
 
 
