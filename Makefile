@@ -27,6 +27,7 @@ help:
 	@echo "make weights - download the ImageNet weights the papers fine-tune (VGG16, ResNet-50/101) and the COCO R50-FPN into torchvision's cache"
 	@echo "make reference [COCO=data/real/coco] - torchvision's COCO Faster R-CNN weights scored by the course's pipeline (AP beside the published 37.0)"
 	@echo "make grade SUBMISSIONS=dir [OUT=gradebook.csv] [JOBS=2] - check every student's notebooks (ci profile, no solutions) into a CSV gradebook"
+	@echo "make site [SITE_PROFILE=cpu] - the course as a static website in build/site/ (chapters executed in that profile, cached)"
 	@echo "make gpu-check - CUDA tests, CUDA vs CPU, AMP steps at full scale, benchmarks on CUDA (skips without CUDA)"
 
 venv: $(STAMP)
@@ -113,6 +114,15 @@ JOBS ?= 1
 grade: $(STAMP)
 	@test -n "$(SUBMISSIONS)" || { echo "make grade SUBMISSIONS=folder: the folder of students' notebooks"; exit 2; }
 	$(PY) -m course_lib.exercises.grade "$(SUBMISSIONS)" --out "$(OUT)" --jobs $(JOBS)
+
+# The course as a static website in build/site/ (course_lib/website.py: Sphinx + MyST-NB, offline): each chapter
+# executed in SITE_PROFILE (cached in build/site-cache/<profile>/; with ci, make test's build/executed/ci copies when
+# current). SITE_REPOSITORY=owner/name[@branch]: the explorers' notes link to Colab.
+SITE_PROFILE ?= cpu
+.PHONY: site
+site: $(STAMP)
+	$(PY) data_scripts/make_synthetic.py --profile $(SITE_PROFILE) --skip-existing
+	$(PY) -m course_lib.website --profile $(SITE_PROFILE) $(if $(filter ci,$(SITE_PROFILE)),--executed build/executed/ci)
 
 # The GPU check runs on a GPU machine's own Python and torch when there is no .venv (no install needed there).
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))

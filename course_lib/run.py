@@ -119,6 +119,7 @@ def execute_notebook(path: Path, out: Path, env: dict, *, timeout: int | None = 
         result["error"] = str(e).strip().splitlines()[-1][:500] if str(e).strip() else type(e).__name__
     finally:
         bar.close()
+        client.set_widgets_metadata()  # the explorers' state (their pictures), as nbclient's own execute() keeps it
         result.setdefault("wall_s", time.perf_counter() - t0)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, nbformat.writes(nb).encode())

@@ -149,21 +149,45 @@ def lab(tmp_path_factory, request):
         stop(process)
 
 
+def launch_chromium(playwright, profile_dir: Path, allowed: str):
+    """Debian's chromium with a fresh profile; nothing leaves the machine: only URLs starting with ``allowed``
+    (the local server) and the page's own data: / blob: URLs are fetched."""
+    context = playwright.chromium.launch_persistent_context(
+        str(profile_dir), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+        viewport={"width": 1400, "height": 1000})
+    context.route("**/*", lambda route: route.continue_()
+                  if route.request.url.startswith((allowed, "data:", "blob:")) else route.abort())
+    return context
+
+
 @pytest.fixture(scope="session")
-def browser_context(lab, tmp_path_factory):
+def playwright_driver():
+    """Playwright's driver, one per session (its sync API cannot be started twice at once)."""
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1000})
-        # nothing leaves the machine: only the local server, and the page's own data: / blob: URLs
-        context.route("**/*", lambda route: route.continue_()
-                      if route.request.url.startswith((lab.url, "data:", "blob:")) else route.abort())
-        try:
-            yield context
-        finally:
-            context.close()
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser_context(lab, playwright_driver, tmp_path_factory):
+    context = launch_chromium(playwright_driver, tmp_path_factory.mktemp("chromium-profile"), allowed=lab.url)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def chromium(playwright_driver, tmp_path_factory):
+    """A headless Chromium context for pages served on 127.0.0.1 (the static site): every other request is refused."""
+    context = launch_chromium(playwright_driver, tmp_path_factory.mktemp("chromium-profile"),
+                              allowed="http://127.0.0.1:")
+    try:
+        yield context
+    finally:
+        context.close()
 
 
 def pytest_terminal_summary(terminalreporter, config):
