@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 LAB_ARGS ?=
 TIMINGS_ARGS ?=
 
-.PHONY: lab test test-notebooks venv data bench timings clean help instructor gpu-check test-fullsize weights reference
+.PHONY: lab test test-notebooks test-site venv data bench timings clean help instructor gpu-check test-fullsize weights reference
 
 help:
 	@echo "make lab    - open the course in JupyterLab (sets everything up first); LAB_ARGS=\"--ip=0.0.0.0 --port=8890\""
@@ -51,8 +51,9 @@ test: export COURSE_PROFILE = ci
 test: export COURSE_SOLUTIONS = 1
 test: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py --profile ci --skip-existing
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests --ignore=tests/browser/test_site.py $(PYTEST_ARGS)
 	$(MAKE) test-notebooks
+	$(MAKE) test-site
 
 # Every notebook as a student's copy runs it: a wheel of this checkout installed in build/installed-venv (the course
 # venv's third-party packages, not its editable course_lib), each notebook alone in an empty folder outside the
@@ -64,6 +65,11 @@ test-notebooks: export COURSE_PROFILE = ci
 test-notebooks: export COURSE_SOLUTIONS = 1
 test-notebooks: $(STAMP)
 	env -u PYTHONPATH $(PY) tests/installed/run_notebooks.py $(NOTEBOOKS_ARGS)
+
+# The website of the whole course, built from the notebooks test-notebooks just executed (build/executed/ci) and
+# read in Chromium (tests/browser/test_site.py; alone, `pytest tests/browser/test_site.py` builds two chapters).
+test-site: $(STAMP)
+	COURSE_SITE_ALL_CHAPTERS=1 $(PY) -m pytest tests/browser/test_site.py
 
 # make timings PROFILE=cpu: Run All on every notebook in that profile (default: COURSE_PROFILE, else gpu with
 # CUDA, else cpu); the seconds go to course_lib/timings.json and the README's table. TIMINGS_ARGS: e.g. --notebooks 05
@@ -117,7 +123,7 @@ grade: $(STAMP)
 
 # The course as a static website in build/site/ (course_lib/website.py: Sphinx + MyST-NB, offline): each chapter
 # executed in SITE_PROFILE (cached in build/site-cache/<profile>/; with ci, make test's build/executed/ci copies when
-# current). SITE_REPOSITORY=owner/name[@branch]: the explorers' notes link to Colab.
+# current). The explorers' notes link to Colab by course_lib.REPOSITORY, as the README does.
 SITE_PROFILE ?= cpu
 .PHONY: site
 site: $(STAMP)

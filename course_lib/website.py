@@ -52,7 +52,6 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 SOLUTIONS_MARK = "[COURSE_SOLUTIONS=1]"
 SOLUTIONS_NOTE = ("(This page was built with the course's reference solution standing in for the stub above; "
                   "when you run the notebook, the checker checks your own code.)")
-COLAB = "https://colab.research.google.com/github/{repository}/blob/{branch}/notebooks/{name}"
 
 
 def library_version() -> str:
@@ -162,19 +161,18 @@ def executed_notebook(notebook: Path, profile: str, *, cache: Path, executed: Pa
     return out
 
 
-def _explorer_note(name: str, repository: str | None) -> str:
+def _explorer_note(name: str) -> str:
+    """Where to move the explorer: JupyterLab, or Colab by the README's link (course_lib.setup.colab_url, from the one
+    setting course_lib.REPOSITORY)."""
+    from course_lib.setup import colab_url
+
     lab = "in JupyterLab (<code>make lab</code> in the course's repository)"
-    if repository:
-        repo, _, branch = repository.partition("@")
-        url = html.escape(COLAB.format(repository=repo, branch=branch or "main", name=name))
-        colab = f'<a href="{url}">in Colab</a>'
-    else:
-        colab = "in Colab (the README's &ldquo;Open in Colab&rdquo; link)"
+    colab = f'<a href="{html.escape(colab_url(Path(name).stem))}">in Colab</a>'
     return (f'<p class="explorer-note"><em>An interactive explorer, shown here as its first picture: open this '
             f"notebook {lab} or {colab} to move its controls.</em></p>")
 
 
-def publish(nb: dict, name: str, *, repository: str | None = None) -> dict:
+def publish(nb: dict, name: str) -> dict:
     """A copy of the executed notebook ``nb`` for the site: each explorer replaced by its first picture and a line
     saying where to move it, the checkers' "[COURSE_SOLUTIONS=1]" lines reworded, the widget state dropped."""
     nb = copy.deepcopy(nb)
@@ -199,7 +197,7 @@ def publish(nb: dict, name: str, *, repository: str | None = None) -> dict:
                     continue
                 outputs.append({"output_type": "display_data", "metadata": {}, "data": {"image/png": png}})
                 outputs.append({"output_type": "display_data", "metadata": {},
-                                "data": {"text/html": _explorer_note(name, repository)}})
+                                "data": {"text/html": _explorer_note(name)}})
                 continue
             if output.get("output_type") == "stream":
                 text = "".join(output["text"]) if isinstance(output["text"], list) else output["text"]
@@ -267,7 +265,7 @@ def _sphinx_config(title: str) -> dict:
 
 
 def build_site(notebooks: dict[str, Path], out: Path, *, profile: str, cache: Path, executed: Path | None = None,
-               repository: str | None = None, timeout: int | None = None) -> Path:
+               timeout: int | None = None) -> Path:
     """Build the site of ``notebooks`` ({chapter: path}, in order) into ``out`` (a temporary folder, then renamed)."""
     try:
         from sphinx.application import Sphinx
@@ -284,7 +282,7 @@ def build_site(notebooks: dict[str, Path], out: Path, *, profile: str, cache: Pa
         src.mkdir()
         for path in notebooks.values():
             run = executed_notebook(path, profile, cache=cache, executed=executed, timeout=timeout)
-            nb = publish(json.loads(run.read_text()), path.name, repository=repository)
+            nb = publish(json.loads(run.read_text()), path.name)
             (src / path.name).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
         (src / "index.md").write_text(_index_page(notebooks))
         (src / "papers.md").write_text(papers_page(notebooks))
@@ -312,8 +310,6 @@ def main(argv=None) -> int:
     parser.add_argument("--chapters", nargs="*", default=None, help="chapter ids, e.g. 00 03b (default: all)")
     parser.add_argument("--out", type=Path, default=BUILD / "site")
     parser.add_argument("--cache", type=Path, default=None, help="default: build/site-cache/<profile>")
-    parser.add_argument("--repository", default=os.environ.get("SITE_REPOSITORY") or None,
-                        help="owner/name[@branch] on GitHub, for the explorers' Colab links")
     parser.add_argument("--timeout", type=int, default=None, help="seconds per cell (default: none)")
     args = parser.parse_args(argv)
     found = chapters()
@@ -323,7 +319,7 @@ def main(argv=None) -> int:
     selected = {c: p for c, p in found.items() if args.chapters is None or c in args.chapters}
     t0 = time.perf_counter()
     out = build_site(selected, args.out, profile=args.profile, cache=args.cache or BUILD / "site-cache" / args.profile,
-                     executed=args.executed, repository=args.repository, timeout=args.timeout)
+                     executed=args.executed, timeout=args.timeout)
     print(f"site: {out}/index.html ({time.perf_counter() - t0:.0f} s); serve it with "
           f"`python -m http.server --directory {out}`")
     return 0

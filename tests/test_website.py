@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+import course_lib
 from course_lib import papers
 from course_lib.report import chapters
 from course_lib.website import SOLUTIONS_MARK, cache_key, papers_page, publish, usable
@@ -33,8 +34,10 @@ def _executed(with_picture: bool = True) -> dict:
                      "\u2713 box_iou: all 6 hidden cases pass\n"}]}]}
 
 
-def test_an_explorer_becomes_its_picture_and_a_note():
-    nb = publish(_executed(), "03b_detection_toolkit.ipynb", repository="someone/course@dev")
+def test_an_explorer_becomes_its_picture_and_a_note(monkeypatch):
+    monkeypatch.setattr(course_lib, "REPOSITORY", "https://github.com/someone/course")
+    monkeypatch.setattr(course_lib, "BRANCH", "dev")
+    nb = publish(_executed(), "03b_detection_toolkit.ipynb")
     outputs = nb["cells"][0]["outputs"]
     assert outputs[0]["data"] == {"image/png": PNG}
     note = outputs[1]["data"]["text/html"]

@@ -1,7 +1,7 @@
 """The course's website (``course_lib.website``, ``make site``) built, served on 127.0.0.1 and read in Chromium.
 
-The chapters come from ``build/executed/ci`` when ``make test`` left current executed copies of all of them there;
-otherwise two cheap chapters, 00 and 03b (three explorers), are executed in the ci profile (cached in
+The chapters come from ``build/executed/ci`` when ``make test`` left current executed copies of all of them there
+(``make test-site``, with ``COURSE_SITE_ALL_CHAPTERS=1``, requires it); otherwise two cheap chapters, 00 and 03b (three explorers), are executed in the ci profile (cached in
 ``build/site-cache/ci``). Every page reachable from the home page loads without a console error, every ``<img>``
 decoded, every internal link answers 200 and its anchor exists, the navigation lists the chapters in order, each
 explorer is a picture with its note, and no solution's source is anywhere in the site.
@@ -43,8 +43,13 @@ def site(tmp_path_factory):
             pytest.fail(f"{message}; under CI=true the site test must run", pytrace=False)
         pytest.skip(message)
     found, executed = chapters(), BUILD / "executed" / "ci"
-    if all(usable(executed / p.name, p) for p in found.values()):
+    stale = [p.name for p in found.values() if not usable(executed / p.name, p)]
+    if not stale:
         selected = found
+    elif os.environ.get("COURSE_SITE_ALL_CHAPTERS") == "1":  # make test-site: the whole course, as make test ran it
+        pytest.fail(f"make test-site builds every chapter from make test-notebooks' executed copies in {executed}; "
+                    f"missing, out of date or without their widgets' state: {', '.join(stale)}. Run make "
+                    "test-notebooks first.", pytrace=False)
     else:
         selected, executed = {c: found[c] for c in CHEAP}, None
     out = tmp_path_factory.mktemp("site") / "site"

@@ -1,14 +1,39 @@
 """Copied as conftest.py next to the notebooks that run_notebooks.py runs: when the session ends, each notebook is
 written with the outputs nbval collected (``item.test_outputs``) to ``$COURSE_EXECUTED_DIR/<name>.ipynb`` (atomic), and
-the seconds each notebook took (kernel start included) are printed."""
+the seconds each notebook took (kernel start included) are printed.
+
+The widgets' state goes with it (``metadata.widgets``, as nbclient writes it): nbval reads the kernel's comm messages
+and drops them, so each one is also recorded here, by nbclient's own rules -- the website shows an explorer from that
+state (its first picture)."""
 import os
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import nbformat
+from nbclient import NotebookClient
+from nbval.plugin import IPyNbFile
 
 SECONDS = defaultdict(float)
+WIDGETS: dict = {}  # IPyNbFile -> the NotebookClient that keeps its widgets' state (never started)
+
+
+def _recording(get_kernel_message):
+    def get(self, *args, **kwargs):
+        msg = get_kernel_message(self, *args, **kwargs)
+        data = msg["content"].get("data", {}) if msg["msg_type"] in ("comm_open", "comm_msg") else {}
+        if "state" in data:  # nbclient's NotebookClient.handle_comm_msg: custom messages carry no state
+            client = WIDGETS.setdefault(self, NotebookClient(self.nb))
+            comm_id = msg["content"]["comm_id"]
+            client.widget_state.setdefault(comm_id, {}).update(data["state"])
+            if data.get("buffer_paths"):
+                client.widget_buffers.setdefault(comm_id, {}).update(
+                    {tuple(b["path"]): b for b in client._get_buffer_data(msg)})
+        return msg
+    return get
+
+
+IPyNbFile.get_kernel_message = _recording(IPyNbFile.get_kernel_message)
 
 
 def pytest_runtest_logreport(report):
@@ -25,10 +50,13 @@ def pytest_sessionfinish(session):
         if getattr(item, "test_outputs", None) is not None:
             counts[name] += 1
             item.cell.outputs, item.cell.execution_count = item.test_outputs, counts[name]
+    for client in WIDGETS.values():
+        client.set_widgets_metadata()  # into client.nb, the very notebook nbval ran
     for name, nb in notebooks.items():
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             nbformat.write(nb, f)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the copy from a web server or another user
         os.replace(tmp, out / name)
 
 
