@@ -45,9 +45,9 @@ def test_bad_width_is_named(width):
 def test_imagenet_weights_need_full_width(tmp_path):
     path = tmp_path / "resnet50.pth"
     torch.save(resnet50().state_dict(), path)
-    with pytest.raises(ValueError, match="width=0.5.*width=1.0"):
+    with pytest.raises(ValueError, match=r"(?s)\[64, 3, 7, 7\] in the file but \[32, 3, 7, 7\] in the model.*width \(0\.5\)"):
         load_torchvision_resnet(resnet50(width=0.5), path)
-    with pytest.raises(ValueError, match="width=1.0"):
+    with pytest.raises(ValueError, match=r"width \(0\.5\)"):  # a file may hold a narrow ResNet: checked key by key
         fasterrcnn_resnet50_fpn(num_classes=3, weights_backbone=path, width=0.5)
 
 
