@@ -584,7 +584,8 @@ def detector_optimizer(params, *, kind: str, lr: float, steps: int, weight_decay
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         decay = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))  # noqa: E731
     else:
-        raise ValueError(f"kind={kind!r}: 'sgd' (the papers' recipe) or 'adamw' (from scratch, few steps).")
+        raise ValueError(f"kind={kind!r}: 'sgd' (fine-tuning in the papers' manner) or 'adamw' (from scratch, few "
+                         "steps); the papers' own recipes are the optimizer 'recipe' (recipe_optimizer).")
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * decay(step))
     return optimizer, schedule
 

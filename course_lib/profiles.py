@@ -12,8 +12,8 @@ Four profiles, chosen with the environment variable ``COURSE_PROFILE``:
 
 Default: ``gpu`` when CUDA is available, else ``cpu``. ``make test`` sets ``ci``.
 
-Profiles change sizes and schedules, never the code path: a notebook runs the same
-cells in every profile, only with smaller numbers.
+Profiles change sizes, schedules and where a backbone starts (random weights; ImageNet's in gpu and colab, with the
+papers' recipes in gpu), never the models: a notebook runs the same cells in every profile.
 
 One form: a :class:`Profile` is a few groups (frozen dataclasses), each named for what reads it --
 ``PROFILE.data`` (the synthetic datasets), ``PROFILE.segmentation`` (FCN / U-Net training),

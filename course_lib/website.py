@@ -41,7 +41,7 @@ from pathlib import Path
 import course_lib
 from course_lib import papers
 from course_lib.data.atomic import atomic_write_bytes
-from course_lib.data.paths import repo_root
+from course_lib.data.paths import checkout_root, repo_root
 from course_lib.report import CHAPTER_PAPERS, chapters
 
 __all__ = ["BUILD", "cache_key", "executed_notebook", "publish", "papers_page", "build_site", "main"]
@@ -72,9 +72,9 @@ def cache_key(notebook: Path, profile: str) -> str:
     return digest.hexdigest()
 
 
-def _code(nb: dict) -> list[str]:
-    return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-            for c in nb["cells"] if c["cell_type"] == "code"]
+def _cells(nb: dict) -> list[tuple[str, str]]:
+    """Every cell's type and source: an executed copy is current only when the notebook's text is unchanged too."""
+    return [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"]) for c in nb["cells"]]
 
 
 def _widget_state(nb: dict) -> dict:
@@ -125,14 +125,14 @@ def _widget_outputs(nb: dict):
 
 
 def usable(executed: Path, notebook: Path) -> bool:
-    """True when ``executed`` is ``notebook`` run to the end (same code cells, no error) with its widgets' state
+    """True when ``executed`` is ``notebook`` run to the end (the same cells, markdown included; no error) with its widgets' state
     (the explorers' pictures)."""
     if not executed.is_file():
         return False
     nb, source = json.loads(executed.read_text()), json.loads(notebook.read_text())
     errors = any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
     state = _widget_state(nb)
-    return _code(nb) == _code(source) and not errors and all(mid in state for mid in _widget_outputs(nb))
+    return _cells(nb) == _cells(source) and not errors and all(mid in state for mid in _widget_outputs(nb))
 
 
 def executed_notebook(notebook: Path, profile: str, *, cache: Path, executed: Path | None = None,
@@ -312,6 +312,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="default: build/site-cache/<profile>")
     parser.add_argument("--timeout", type=int, default=None, help="seconds per cell (default: none)")
     args = parser.parse_args(argv)
+    if checkout_root() is None:
+        parser.error(f"course_lib is installed ({Path(course_lib.__file__).parent}), without the course's notebooks: "
+                     "the site is built from a checkout of the course's repository (make site there).")
     found = chapters()
     unknown = sorted(set(args.chapters or []) - set(found))
     if unknown:

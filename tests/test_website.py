@@ -85,6 +85,13 @@ def test_a_widget_without_its_state_or_picture_is_an_error_that_names_the_notebo
     notebook.write_text(json.dumps(source))
     executed.write_text(json.dumps(_executed()))
     assert not usable(executed, notebook), "an executed copy of older code is stale"
+    source = _executed()
+    source["cells"].insert(0, {"cell_type": "markdown", "source": "## What you will learn (edited)", "metadata": {}})
+    notebook.write_text(json.dumps(source))
+    executed_nb = _executed()
+    executed_nb["cells"].insert(0, {"cell_type": "markdown", "source": "## What you will learn", "metadata": {}})
+    executed.write_text(json.dumps(executed_nb))
+    assert not usable(executed, notebook), "an executed copy of older text would publish that text"
 
 
 def test_the_cache_key_follows_the_notebook_and_the_profile(tmp_path):

@@ -81,6 +81,9 @@ def build(name: str, profile):
     from course_lib.profiles import EFPN_SMALL_ROI_SIZE
 
     p = profile
+    if p.detector.optimizer == "recipe":  # the gpu profile's steps and rates are its recipes' (engine.recipe_optimizer)
+        raise SystemExit(f"bench_training times a profile with steps of its own (ci, cpu, colab), not {p.name!r}, whose "
+                         "runs are the papers' recipes: make gpu-check times those.")
     det = lambda m, steps: detector_optimizer([q for q in m.parameters() if q.requires_grad],  # noqa: E731
                                               kind=p.detector.optimizer, lr=p.detector.lr, steps=steps)
     if name == "fcn8s":

@@ -208,7 +208,7 @@ def test_no_solution_source_in_the_site(site):
     assert not leaks, "solution source published:\n" + "\n".join(leaks[:20])
 
 
-def test_the_solution_grep_finds_a_published_solution(site, tmp_path):
+def test_the_solution_grep_finds_a_published_solution(tmp_path):
     """The check above can fail: a page holding one solution's function (as highlighted HTML) is caught."""
     source = (ROOT / "solutions" / "ch03b.py").read_text()
     function = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef))

@@ -6,13 +6,14 @@ The widgets' state goes with it (``metadata.widgets``, as nbclient writes it): n
 and drops them, so each one is also recorded here, by nbclient's own rules -- the website shows an explorer from that
 state (its first picture)."""
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 from nbval.plugin import IPyNbFile
+
+from course_lib.data.atomic import atomic_write_bytes  # the course venv's (the checkout's) course_lib
 
 SECONDS = defaultdict(float)
 WIDGETS: dict = {}  # IPyNbFile -> the NotebookClient that keeps its widgets' state (never started)
@@ -53,11 +54,7 @@ def pytest_sessionfinish(session):
     for client in WIDGETS.values():
         client.set_widgets_metadata()  # into client.nb, the very notebook nbval ran
     for name, nb in notebooks.items():
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the copy from a web server or another user
-        os.replace(tmp, out / name)
+        atomic_write_bytes(out / name, nbformat.writes(nb).encode())
 
 
 def pytest_terminal_summary(terminalreporter):
