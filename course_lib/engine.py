@@ -615,6 +615,9 @@ def training_steps(steps: int | None, recipe: str, profile, *, images_per_gpu: i
     ``profile.detector.batch_size``). The one place a gpu step count comes from."""
     if steps is not None:
         return steps
+    if images_per_gpu is None and not recipe.startswith(("05", "06", "07", "08")):
+        raise ValueError(f"training_steps(..., {recipe!r}): the default batch is the detectors' (chapters 5-8); for "
+                         "another chapter's recipe pass images_per_gpu, the batch of its run.")
     batch = profile.detector.batch_size if images_per_gpu is None else images_per_gpu
     return recipe_schedule(recipe, profile, images_per_gpu=batch).iterations
 

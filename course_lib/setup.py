@@ -26,6 +26,7 @@ import course_lib
 
 __all__ = ["requirement", "colab_url", "cell_source", "colab_links", "notebook", "write"]
 
+SETUP_MARK = "# Set-up, the same in every notebook"  # how write() knows a notebook's set-up cell
 LINKS_BEGIN = "<!-- colab links: written by `python -m course_lib.setup` from course_lib.REPOSITORY -->"
 LINKS_END = "<!-- end of colab links -->"
 
@@ -122,8 +123,13 @@ def write(root: Path) -> list[Path]:
     changed = []
     for path in notebooks:
         nb = json.loads(path.read_text(encoding="utf-8"))
-        cell = next(c for c in nb["cells"] if c["cell_type"] == "code")
+        first = next((i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"), len(nb["cells"]))
+        cell = nb["cells"][first] if first < len(nb["cells"]) else None
         lines = cell_source(path.stem).splitlines(keepends=True)
+        if cell is None or not "".join(cell["source"]).startswith(SETUP_MARK):  # a new notebook: keep its first cell
+            cell = {"cell_type": "code", "execution_count": None, "id": "course-setup", "metadata": {}, "outputs": [],
+                    "source": []}
+            nb["cells"].insert(first, cell)
         if cell["source"] != lines:
             cell["source"] = lines
             atomic_write_bytes(path, (json.dumps(nb, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))

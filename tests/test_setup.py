@@ -190,3 +190,28 @@ def test_the_wheel_ships_every_module_the_solutions_and_the_timings(wheel):
     assert len(solutions) == len(NOTEBOOKS) and solutions <= names, "COURSE_SOLUTIONS=1 needs them installed"
     assert {"course_lib/timings.json", "course_lib/data/make_synthetic.py", "course_lib/setup.py"} <= names
     assert not any(n.startswith(("solutions/", "tests/", "notebooks/", "data/")) for n in names), sorted(names)[:5]
+
+
+def test_write_rewrites_a_set_up_cell_and_inserts_one_where_a_notebook_has_none(tmp_path):
+    """`python -m course_lib.setup` after a version change: an old set-up cell is replaced; a new notebook's first code
+    cell is kept, with the set-up cell inserted before it; the README's Colab table follows the notebooks."""
+    (tmp_path / "notebooks").mkdir()
+    markdown = {"cell_type": "markdown", "id": "goals", "metadata": {}, "source": ["# Goals\n"]}
+    def notebook(first_code: str) -> dict:
+        return {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+            markdown, {"cell_type": "code", "id": "c1", "metadata": {}, "outputs": [], "execution_count": None,
+                       "source": [first_code]}]}
+    old = setup.cell_source("01_old", version="0.0.1")
+    (tmp_path / "notebooks" / "01_old.ipynb").write_text(json.dumps(notebook(old)))
+    (tmp_path / "notebooks" / "02_new.ipynb").write_text(json.dumps(notebook("import torch\n")))
+    (tmp_path / "README.md").write_text(f"# Course\n{setup.LINKS_BEGIN}\nstale\n{setup.LINKS_END}\n")
+    changed = setup.write(tmp_path)
+    assert {p.name for p in changed} == {"01_old.ipynb", "02_new.ipynb", "README.md"}
+    old_nb = json.loads((tmp_path / "notebooks" / "01_old.ipynb").read_text())
+    assert len(old_nb["cells"]) == 2 and "".join(old_nb["cells"][1]["source"]) == setup.cell_source("01_old")
+    new_nb = json.loads((tmp_path / "notebooks" / "02_new.ipynb").read_text())
+    assert [c["cell_type"] for c in new_nb["cells"]] == ["markdown", "code", "code"]
+    assert "".join(new_nb["cells"][1]["source"]) == setup.cell_source("02_new")
+    assert "".join(new_nb["cells"][2]["source"]) == "import torch\n", "the notebook's own first cell is kept"
+    assert setup.colab_url("02_new") in (tmp_path / "README.md").read_text()
+    assert setup.write(tmp_path) == [], "a second run changes nothing"

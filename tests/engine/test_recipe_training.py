@@ -159,3 +159,12 @@ def test_every_notebook_training_call_names_its_recipe():
             assert re.search(r"\"0[2-8](\.\w+)?\"|'0[2-8](\.\w+)?'|\brecipe\b", args), f"{notebook.name}: {name}({args})"
         named |= set(re.findall(r"[\"'](0[2-8](?:\.\w+)?)[\"']", code)) & set(recipes.RECIPES)
     assert named == set(recipes.RECIPES) - {"03"}, named
+
+
+def test_training_steps_takes_the_detectors_batch_only_for_a_detector_recipe():
+    gpu = PROFILES["gpu"]
+    assert engine.training_steps(None, "07", gpu) == recipes.scaled("07", images_per_gpu=gpu.detector.batch_size).iterations
+    assert engine.training_steps(123, "02", gpu) == 123
+    with pytest.raises(ValueError, match=r"'04'.*images_per_gpu"):
+        engine.training_steps(None, "04", gpu)  # Fast R-CNN trains 2 images a step, not the detectors' 4
+    assert engine.training_steps(None, "04", gpu, images_per_gpu=2) == recipes.scaled("04", images_per_gpu=2).iterations
