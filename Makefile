@@ -45,12 +45,14 @@ $(STAMP): pyproject.toml
 # As root, course_lib/lab.py adds --allow-root (and says so); it prints the URL to open once the server answers.
 lab: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py --skip-existing
+	$(PY) data_scripts/pretrain_backbones.py
 	$(PY) -m course_lib.lab $(LAB_ARGS)
 
 test: export COURSE_PROFILE = ci
 test: export COURSE_SOLUTIONS = 1
 test: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py --profile ci --skip-existing
+	$(PY) data_scripts/pretrain_backbones.py --profile ci --quiet
 	$(PY) -m pytest tests --ignore=tests/browser/test_site.py $(PYTEST_ARGS)
 	$(MAKE) test-notebooks
 	$(MAKE) test-site
@@ -75,6 +77,7 @@ test-site: $(STAMP)
 # CUDA, else cpu); the seconds go to course_lib/timings.json and the README's table. TIMINGS_ARGS: e.g. --notebooks 05
 timings: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py $(if $(PROFILE),--profile $(PROFILE)) --skip-existing
+	$(PY) data_scripts/pretrain_backbones.py $(if $(PROFILE),--profile $(PROFILE))
 	$(PY) tests/benchmarks/timings.py $(if $(PROFILE),--profile $(PROFILE)) $(TIMINGS_ARGS)
 
 bench: $(STAMP)
@@ -99,6 +102,7 @@ FORCE ?=
 REFERENCE ?=
 instructor: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py $(if $(PROFILE),--profile $(PROFILE)) --skip-existing
+	$(PY) data_scripts/pretrain_backbones.py $(if $(PROFILE),--profile $(PROFILE))
 	$(PY) -m course_lib.run $(if $(PROFILE),--profile $(PROFILE)) $(if $(CHAPTERS),--chapters $(CHAPTERS)) --data $(DATA) --gpus $(GPUS) $(if $(FORCE),--force)
 	$(if $(REFERENCE),$(MAKE) reference)
 
@@ -128,6 +132,7 @@ SITE_PROFILE ?= cpu
 .PHONY: site
 site: $(STAMP)
 	$(PY) data_scripts/make_synthetic.py --profile $(SITE_PROFILE) --skip-existing
+	$(PY) data_scripts/pretrain_backbones.py --profile $(SITE_PROFILE)
 	$(PY) -m course_lib.website --profile $(SITE_PROFILE) $(if $(filter ci,$(SITE_PROFILE)),--executed build/executed/ci)
 
 # The GPU check runs on a GPU machine's own Python and torch when there is no .venv (no install needed there).

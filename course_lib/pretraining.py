@@ -44,7 +44,7 @@ from course_lib.data.synthetic.common import image_rng, to_uint8
 from course_lib.engine import fit, save_checkpoint
 from course_lib.segmentation.common import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["CLASSES", "ObjectCrops", "Classifier", "resnet_classifier", "classification_loss", "accuracy",
+__all__ = ["PRETRAINED", "backbone_path", "backbone_weights", "build_backbone", "CLASSES", "ObjectCrops", "Classifier", "resnet_classifier", "classification_loss", "accuracy",
            "backbone_state_dict", "pretrain"]
 
 #: the classes, in label order: the traffic signs of ``small_objects``, then the shapes of ``multiscale``
@@ -52,6 +52,56 @@ CLASSES: tuple[str, ...] = (tuple(f"sign:{c[0]}" for c in traffic_signs.SIGN_CLA
                             + tuple(f"shape:{c[0]}" for c in multiscale.SHAPE_CLASSES))
 _SIGNS = len(traffic_signs.SIGN_CLASSES)
 _SPLITS = ("train", "val")
+
+#: a profile's ``detector.weights_backbone`` naming this module's file: :func:`backbone_weights` resolves it
+PRETRAINED = "pretrained"
+
+
+def backbone_path(root: str | os.PathLike, width: float) -> Path:
+    """The pretrained ResNet-50 at ``width`` under a profile's data folder ``root`` (``data/<profile>``)."""
+    return Path(root) / "pretrained" / f"resnet50_w{width:g}.pth"
+
+
+def backbone_weights(profile) -> str | Path | None:
+    """What a detector of ``profile`` passes as ``weights_backbone``: its ``detector.weights_backbone`` (torchvision's
+    ImageNet weights by name in ``gpu``, None for random), or, where that is :data:`PRETRAINED` (``cpu``, ``ci``),
+    the file this module's :func:`pretrain` wrote for the profile's width -- which must exist."""
+    from course_lib.data.paths import data_root
+
+    weights = profile.detector.weights_backbone
+    if weights != PRETRAINED:
+        return weights
+    path = backbone_path(data_root() / profile.name, profile.detector.width)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The {profile.name!r} profile's detectors start from the course's pretrained ResNet-50 at width "
+            f"{profile.detector.width:g}, and {path} does not exist. Build it once (about 10 minutes in cpu, seconds "
+            f"in ci; resumable): `make lab`, or `python data_scripts/pretrain_backbones.py --profile {profile.name}`.")
+    return path
+
+
+def build_backbone(profile, *, root: str | os.PathLike | None = None, seed: int = 0, num_workers: int = 0,
+                   val_crops: int = 0, progress: bool = True) -> Path | None:
+    """Pretrain ``profile``'s backbone file if it uses one (:data:`PRETRAINED`) and it is missing, under ``root``
+    (default ``data_root() / profile.name``); resumable (:func:`pretrain`). Returns its path, None if the profile
+    uses none. What ``make lab``, ``make test`` and an installed detector chapter's set-up cell run."""
+    from course_lib.data.paths import data_root
+
+    if profile.detector.weights_backbone != PRETRAINED:
+        return None
+    path = backbone_path(root if root is not None else data_root() / profile.name, profile.detector.width)
+    if not path.is_file():
+        settings = profile.pretraining
+        if progress:
+            print(f"Pretraining the {profile.name!r} profile's ResNet-50 (width {profile.detector.width:g}) on "
+                  f"{settings.steps * settings.batch_size:,} synthetic crops, once: {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        summary = pretrain(path, width=profile.detector.width, steps=settings.steps, batch_size=settings.batch_size,
+                           size=settings.crop_size, seed=seed, num_workers=num_workers, device=profile.device,
+                           val_crops=val_crops, progress=progress)
+        if progress and val_crops:
+            print(f"top-1 accuracy on {val_crops} held-out crops: {summary['val_accuracy']:.3f}")
+    return path
 
 
 class ObjectCrops(torch.utils.data.Dataset):

@@ -97,7 +97,9 @@ class DetectorTraining:
     optimizer: str = "recipe"
     lr: float | None = None  # "sgd" / "adamw" only (None: the recipe's)
     batch_size: int = 4  # images per GPU
-    weights_backbone: str | None = "IMAGENET1K_V1"  # the ResNet's start: torchvision's ImageNet weights (None: random)
+    # the ResNet's start: torchvision's ImageNet weights; "pretrained": the course's own "ImageNet in miniature" file
+    # for this width (course_lib.pretraining.backbone_weights finds it); None: random
+    weights_backbone: str | None = "IMAGENET1K_V1"
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ PROFILES: dict[str, Profile] = {
         selective_search=SelectiveSearch(images=4, mode="single", max_proposals=50),
         rcnn=RCNNNetwork(width=0.125, warp_size=64, optimizer="sgd", weights_backbone=None),
         detector=DetectorTraining(width=0.125, rfcn_depth=50, c4_anchor_sizes=(32, 64, 128), optimizer="adamw",
-                                  lr=2e-3, batch_size=2, weights_backbone=None),
+                                  lr=2e-3, batch_size=2, weights_backbone="pretrained"),
         # chapters 6 and 7 train several detectors each: their images are the smallest
         resize=DetectorResize(fast_rcnn=Resize(256, 320), faster_rcnn=Resize(256, 320), rfcn=Resize(128, 160),
                               fpn=Resize(128, 160), efpn=Resize(256, 256)),
@@ -218,7 +220,7 @@ PROFILES: dict[str, Profile] = {
         selective_search=SelectiveSearch(images=16, max_proposals=300),
         rcnn=RCNNNetwork(width=0.25, optimizer="sgd", weights_backbone=None),
         detector=DetectorTraining(width=0.25, rfcn_depth=50, c4_anchor_sizes=(64, 128, 256), optimizer="adamw",
-                                  lr=2e-3, batch_size=2, weights_backbone=None),
+                                  lr=2e-3, batch_size=2, weights_backbone="pretrained"),
         resize=DetectorResize(fast_rcnn=Resize(384, 512), faster_rcnn=Resize(384, 512), rfcn=Resize(384, 512),
                               fpn=Resize(384, 512), efpn=Resize(384, 384)),
         proposals=ProposalCounts(train=600, test=300, rois_per_image=64, rfcn_ohem_rois=64, efpn_ohem_rois=32),

@@ -27,6 +27,7 @@ import course_lib
 __all__ = ["requirement", "colab_url", "cell_source", "colab_links", "notebook", "write"]
 
 SETUP_MARK = "# Set-up, the same in every notebook"  # how write() knows a notebook's set-up cell
+DETECTOR_CHAPTERS = ("05", "06", "07", "08")  # ResNet detectors: in cpu and ci from course_lib.pretraining's file
 LINKS_BEGIN = "<!-- colab links: written by `python -m course_lib.setup` from course_lib.REPOSITORY -->"
 LINKS_END = "<!-- end of colab links -->"
 
@@ -107,6 +108,10 @@ def _installed(name: str, version: str | None) -> None:
     profile = get_profile()
     print(f"profile {profile.name}: {profile.description}")
     build(profile, skip_existing=True, progress=profile.name != "ci")  # ci: seconds, and no bars in executed copies
+    if name[:2] in DETECTOR_CHAPTERS:  # their ResNets start from the course's pretrained one in cpu and ci
+        from course_lib.pretraining import build_backbone
+
+        build_backbone(profile, progress=profile.name != "ci")
 
 
 def colab_links(names: list[str]) -> str:

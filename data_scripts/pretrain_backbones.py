@@ -13,7 +13,6 @@ from its checkpoint (``<file>.ckpt``) when run again.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -21,15 +20,12 @@ from pathlib import Path
 
 try:
     from course_lib.data.paths import data_root
+    from course_lib.pretraining import PRETRAINED, backbone_path, build_backbone
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from course_lib.data.paths import data_root
+    from course_lib.pretraining import PRETRAINED, backbone_path, build_backbone
 from course_lib.profiles import PROFILES, get_profile, profile_names
-
-
-def backbone_path(out: Path, width: float) -> Path:
-    """The file of a ResNet-50 at ``width`` under ``out``."""
-    return out / "pretrained" / f"resnet50_w{width:g}.pth"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,23 +45,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     key = (args.profile or os.environ.get("COURSE_PROFILE", "")).strip().lower()
     profile = PROFILES[key] if key in PROFILES else get_profile(key or None)
-    settings = profile.pretraining
-    if profile.detector.width == 1.0:
-        print(f"The {profile.name!r} profile pretrains nothing: its detectors have the papers' width and fine-tune "
-              "torchvision's ImageNet weights (`make weights`).")
+    if profile.detector.weights_backbone != PRETRAINED:
+        print(f"The {profile.name!r} profile pretrains nothing: its detectors start from "
+              f"{profile.detector.weights_backbone or 'random weights'} (ImageNet's: `make weights`).")
         return 0
-    path = backbone_path(args.out if args.out is not None else data_root() / profile.name, profile.detector.width)
-    if path.is_file():
-        print(f"{path}: exists, kept (delete it to pretrain again).")
+    root = args.out if args.out is not None else data_root() / profile.name
+    if backbone_path(root, profile.detector.width).is_file():
+        print(f"{backbone_path(root, profile.detector.width)}: exists, kept (delete it to pretrain again).")
         return 0
-    from course_lib.pretraining import pretrain  # torch only when there is work
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    summary = pretrain(path, width=profile.detector.width, steps=settings.steps, batch_size=settings.batch_size,
-                       size=settings.crop_size, seed=args.seed, num_workers=args.workers, device=profile.device,
-                       val_crops=args.val_crops, progress=not args.quiet)
-    print(json.dumps(summary))
+    path = build_backbone(profile, root=root, seed=args.seed, num_workers=args.workers, val_crops=args.val_crops,
+                          progress=not args.quiet)
     print(f"Done: {path} ({path.stat().st_size / 2 ** 20:.1f} MiB) in {time.perf_counter() - start:.0f} s.")
     return 0
 

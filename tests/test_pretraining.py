@@ -6,7 +6,8 @@ import torch
 
 from course_lib.data.synthetic import multiscale, traffic_signs
 from course_lib.detection.faster_rcnn_fpn import fasterrcnn_resnet50_fpn
-from course_lib.pretraining import CLASSES, ObjectCrops, pretrain
+from course_lib.pretraining import CLASSES, PRETRAINED, ObjectCrops, backbone_path, backbone_weights, build_backbone, pretrain
+from course_lib.profiles import PROFILES
 from course_lib.state_dict import read_state_dict
 
 TINY = dict(width=0.125, steps=2, batch_size=4, size=32, progress=False)
@@ -65,3 +66,21 @@ def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path):
     pretrain(tmp_path / "resumed.pth", **TINY, checkpoint_every=1)
     whole, resumed = read_state_dict(tmp_path / "whole.pth"), read_state_dict(tmp_path / "resumed.pth")
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_profile_names_its_backbone_and_builds_it_once_where_missing(tmp_path, monkeypatch):
+    """cpu and ci detectors start from the course's file (backbone_weights finds it, or says how to build it); gpu
+    from torchvision's ImageNet weights by name, passed through; build_backbone pretrains only what is missing."""
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    assert backbone_weights(PROFILES["gpu"]) == "IMAGENET1K_V1" and build_backbone(PROFILES["gpu"]) is None
+    ci = PROFILES["ci"]
+    assert ci.detector.weights_backbone == PROFILES["cpu"].detector.weights_backbone == PRETRAINED
+    expected = tmp_path / "ci" / "pretrained" / f"resnet50_w{ci.detector.width:g}.pth"
+    assert backbone_path(tmp_path / "ci", ci.detector.width) == expected
+    with pytest.raises(FileNotFoundError, match=r"(?s)resnet50_w0.125.pth does not exist.*pretrain_backbones.py "
+                                                r"--profile ci"):
+        backbone_weights(ci)
+    assert build_backbone(ci, progress=False) == expected and backbone_weights(ci) == expected
+    first = expected.stat().st_mtime_ns
+    assert build_backbone(ci, progress=False) == expected and expected.stat().st_mtime_ns == first  # kept
+    fasterrcnn_resnet50_fpn(num_classes=3, width=ci.detector.width, weights_backbone=backbone_weights(ci))

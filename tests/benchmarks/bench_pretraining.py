@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "data_scripts"))
 
 from course_lib import engine  # noqa: E402
 from course_lib.data import CocoDetection, data_root, dataset_dir  # noqa: E402
@@ -32,7 +31,7 @@ from course_lib.detection.faster_rcnn_fpn import fasterrcnn_resnet50_fpn  # noqa
 from course_lib.evaluation import evaluate_detector  # noqa: E402
 from course_lib.evaluation.bootstrap import bootstrap_ap, bootstrap_ap_samples, resample_counts  # noqa: E402
 from course_lib.profiles import get_profile, profile_names  # noqa: E402
-from pretrain_backbones import backbone_path  # noqa: E402
+from course_lib.pretraining import backbone_weights  # noqa: E402
 
 
 def run(profile, start: str, weights: Path, steps: int, seed: int = 0) -> dict:
@@ -78,9 +77,7 @@ def main(argv=None) -> int:
     parser.add_argument("--starts", nargs="+", choices=("scratch", "pretrained"), default=["scratch", "pretrained"])
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
-    weights = backbone_path(data_root() / profile.name, profile.detector.width)
-    if "pretrained" in args.starts and not weights.is_file():
-        raise SystemExit(f"{weights} is missing: run data_scripts/pretrain_backbones.py --profile {profile.name}")
+    weights = backbone_weights(profile)  # the course's pretrained file (an error naming the command if missing)
     print(f"{profile.name} profile, torch threads {torch.get_num_threads()}, backbone file {weights}")
     detections = {}
     for start in args.starts:
