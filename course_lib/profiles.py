@@ -164,6 +164,7 @@ class BackbonePretraining:
     steps: int = 2000
     batch_size: int = 64
     crop_size: int = 64  # square crops, one object covering 35-90 % of the side
+    demo_steps: int = 150  # notebook 00's FPN from random weights vs from this start (every profile: a demonstration)
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,7 @@ PROFILES: dict[str, Profile] = {
         steps=TrainingSteps(rcnn=1, fast_rcnn=2, faster_rcnn=2, rfcn=2, rfcn_ablation=1, fpn=2, fpn_ablation=1,
                             efpn_fpn=2, efpn_distill=2, efpn_head=2, efpn_ablation=1),
         timing=Timing(rfcn_rois=(10, 40), efpn_images=1),
-        pretraining=BackbonePretraining(steps=2, batch_size=4, crop_size=32),
+        pretraining=BackbonePretraining(steps=2, batch_size=4, crop_size=32, demo_steps=1),
     ),
     "cpu": Profile(
         "cpu", "a laptop: meaningful results in minutes on a CPU",

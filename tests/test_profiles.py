@@ -73,6 +73,7 @@ BEFORE_THE_GROUPS = [
     ("pretraining_steps", "pretraining.steps", (2, 2000, 2000)),  # gpu: never run (width 1.0)
     ("pretraining_batch_size", "pretraining.batch_size", (4, 64, 64)),
     ("pretraining_crop_size", "pretraining.crop_size", (32, 64, 64)),
+    ("new", "pretraining.demo_steps", (1, 150, 150)),
     ("new", "schedule", ("paper", "paper", "paper")),
     ("new", "segmentation.optimizer", ("adam", "adam", "recipe")),
     ("new", "segmentation.weights_backbone", (None, None, "IMAGENET1K_V1")),
