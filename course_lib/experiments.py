@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from course_lib import papers
 from course_lib.profiles import Profile, check_targets, get_profile
 
-__all__ = ["TrainableSignature", "trainable_signature", "Claim", "Comparison", "check_fair", "compare",
+__all__ = ["TrainableSignature", "trainable_signature", "Claim", "Comparison", "check_fair", "compare", "paired",
            "check_verdict", "VERDICTS"]
 
 VERDICTS = ("holds", "reversed", "within noise")
@@ -94,29 +94,48 @@ class Claim:
 
     Without ``within``: the arm whose paper number is larger is claimed to measure larger here too (better for an
     AP, slower for a time). With ``within`` (in the units of the metric measured here, e.g. 0.02 of AP50): the two
-    are claimed comparable, |difference| <= within.
+    are claimed comparable, |difference| <= within. Where the paper states a direction in words or in a figure, not
+    in two numbers, ``Claim.stated(larger, smaller, key)`` names the larger arm and the one entry that says so.
     """
 
     keys: Mapping[str, str]
     within: float | None = None
+    larger: str | None = None  # set by Claim.stated: the arm the paper's text or figure says is larger
 
     def __post_init__(self):
         values = [papers.value(key) for key in self.keys.values()]  # an unknown key fails here, with a suggestion
+        if self.larger is not None:
+            if len(values) != 2 or self.larger not in self.keys or self.within is not None:
+                raise ValueError(f"Claim({dict(self.keys)}, larger={self.larger!r}): a stated claim names two arms, "
+                                 "the larger one among them, and no within=; use Claim.stated(larger, smaller, key).")
+            return
         if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values):
-            raise ValueError(f"Claim({dict(self.keys)}): give two arms, each with a numeric papers.NUMBERS key.")
+            raise ValueError(f"Claim({dict(self.keys)}): give two arms, each with a numeric papers.NUMBERS key (a "
+                             "direction the paper states only in words or a figure: Claim.stated(larger, smaller, key)).")
         if self.within is None and values[0] == values[1]:
             raise ValueError(f"Claim({dict(self.keys)}): the paper's numbers are equal ({values[0]}); for a "
                              "'comparable accuracy' claim pass within= (the tolerated difference).")
+
+    @classmethod
+    def stated(cls, larger: str, smaller: str, key: str) -> "Claim":
+        """The paper says, at ``key`` (an entry of ``papers.NUMBERS``, e.g. a figure's reading), that ``larger`` >
+        ``smaller``, without a number for each (e.g. Faster R-CNN's recall curves, Fig. 4)."""
+        return cls({larger: key, smaller: key}, larger=larger)
 
     @property
     def arms(self) -> tuple[str, str]:
         """(a, b): the difference a - b is claimed positive (or, with ``within``, small)."""
         a, b = self.keys
+        if self.larger is not None:
+            return (a, b) if self.larger == a else (b, a)
         return (a, b) if self.within is not None or papers.value(self.keys[a]) > papers.value(self.keys[b]) else (b, a)
 
     def __str__(self) -> str:
         a, b = self.arms
         said = f"{a} ≈ {b}, |difference| <= {self.within:g}" if self.within is not None else f"{a} > {b}"
+        if self.larger is not None:
+            key = self.keys[a]
+            return f"the paper: {said}\n  {papers.number(key).formatted()} -- {papers.cite(key)}"
         return f"the paper: {said}\n" + "\n".join(
             f"  {arm}: {papers.number(key).formatted()} -- {papers.cite(key)}" for arm, key in self.keys.items())
 
@@ -211,8 +230,13 @@ def compare(arms: Mapping[str, Mapping], *, variable: str, run: Callable[[dict, 
                 values[arm].append(float(metrics[metric]))
                 se[arm].append(float(metrics.get(f"{metric}_se", math.nan)))
                 bar.update()
-    lines = [f"{variable}: {' vs '.join(arms)} -- {metric} on seeds {', '.join(map(str, seeds))} (+- its bootstrap SE "
-             "over images) | mean +- std over seeds | min..max", *_arm_rows(values, se), settings]
+    return _report(variable, metric, seeds, values, se, claim, settings)
+
+
+def _report(variable, metric, seeds, values, se, claim, settings) -> Comparison:
+    """The table, the verdict by ``RULE`` (with a claim), printed and returned: ``compare``'s and ``paired``'s end."""
+    lines = [f"{variable}: {' vs '.join(values)} -- {metric} on seeds {', '.join(map(str, seeds))} (+- its bootstrap "
+             "SE over images) | mean +- std over seeds | min..max", *_arm_rows(values, se), settings]
     verdict = None
     if claim is not None:
         verdict, judged = _judge(values, se, claim)
@@ -220,6 +244,28 @@ def compare(arms: Mapping[str, Mapping], *, variable: str, run: Callable[[dict, 
     result = Comparison(variable, metric, seeds, values, se, claim, verdict, "\n".join(lines))
     print(result.table)
     return result
+
+
+def paired(values: Mapping[str, list[float]], *, variable: str, claim: Claim, metric: str, seeds=(0, 1, 2),
+           se: Mapping[str, list[float]] | None = None, same: str = "") -> Comparison:
+    """Judge two arms measured, not trained, per seed -- e.g. one trained detector per seed, its head run on two
+    proposal sources -- by ``compare``'s ``RULE``, and print the same table.
+
+    ``values`` maps each arm to its ``metric`` on every seed (in the order of ``seeds``); ``se`` the bootstrap SE of
+    each value (none: 0, the spread over seeds alone); ``same`` says in words what both arms share (the images, the
+    trained weights, the number of proposals), printed in place of ``compare``'s settings.
+    """
+    seeds = tuple(seeds)
+    if len(values) != 2 or set(values) != set(claim.keys):
+        raise ValueError(f"paired compares the claim's two arms {list(claim.keys)}; values has {list(values)}.")
+    se = {arm: list(se[arm]) if se is not None else [math.nan] * len(seeds) for arm in values}
+    for arm in values:
+        if not len(values[arm]) == len(se[arm]) == len(seeds):
+            raise ValueError(f"arm {arm!r}: {len(values[arm])} values and {len(se[arm])} SEs for {len(seeds)} seeds "
+                             f"{seeds}: give one of each per seed.")
+    values = {arm: [float(x) for x in v] for arm, v in values.items()}
+    return _report(variable, metric, seeds, values, {arm: [float(x) for x in v] for arm, v in se.items()}, claim,
+                   f"same in both arms: {same or '--'}")
 
 
 def check_verdict(result: Comparison, expected: str = "holds", profile: Profile | None = None, *,

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from course_lib.experiments import Claim, check_fair, check_verdict, compare, trainable_signature
+from course_lib.experiments import Claim, check_fair, check_verdict, compare, paired, trainable_signature
 from course_lib.profiles import get_profile
 
 COMMON = {"data": "multi", "image_size": 384, "steps": 100, "batch_size": 2, "lr": 2e-3, "rpn_post_nms_total": 300}
@@ -144,3 +144,52 @@ def test_clear_errors_for_a_wrong_claim_metric_or_expectation():
         check_verdict(result, "holds", get_profile("cpu"))
     with pytest.raises(ValueError, match="expected='hold'"):
         check_verdict(result, "hold", get_profile("cpu"))
+
+
+RPN_OVER_SS = Claim({"rpn": "faster_rcnn.table2.rpn_zf_shared_300.map", "ss": "faster_rcnn.table2.ss_2000.map"})
+
+
+@pytest.mark.parametrize("rpn, ss, se, expected", [
+    ([0.60, 0.62, 0.58], [0.40, 0.41, 0.39], [0.01] * 3, "holds"),  # the RPN's proposals clearly better, every seed
+    ([0.40, 0.41, 0.39], [0.60, 0.62, 0.58], [0.01] * 3, "reversed"),
+    ([0.60, 0.55, 0.58], [0.57, 0.57, 0.57], [0.01] * 3, "within noise"),  # signs disagree
+    ([0.60, 0.62, 0.58], [0.58, 0.60, 0.56], [0.03] * 3, "within noise"),  # +0.02 everywhere, but +-0.03 over images
+])
+def test_paired_judges_measured_pairs_by_compares_rule(rpn, ss, se, expected, capsys):
+    result = paired({"rpn": rpn, "ss": ss}, se={"rpn": se, "ss": se}, variable="proposals", metric="AP50",
+                    claim=RPN_OVER_SS, same="one trained detector per seed, 16 images, 300 proposals")
+    assert result.verdict == expected and result.values == {"rpn": rpn, "ss": ss}
+    out = capsys.readouterr().out
+    assert "same in both arms: one trained detector per seed, 16 images, 300 proposals" in out
+    assert f"verdict: {expected.upper()}" in out and "rule: d = a - b per seed" in out
+
+
+def test_paired_gives_the_same_verdict_and_table_as_compare():
+    values = {"fpn": [0.50, 0.52, 0.49], "c4": [0.41, 0.43, 0.42]}
+    run = lambda settings, seed: {"AP50": values[settings["head"]][seed], "AP50_se": 0.01}  # noqa: E731
+    trained = compare(ARMS, variable="head", run=run, claim=FPN_OVER_C4, progress=False)
+    measured = paired(values, se={arm: [0.01] * 3 for arm in values}, variable="head", metric="AP50",
+                      claim=FPN_OVER_C4)
+    assert measured.verdict == trained.verdict == "holds"
+    assert measured.table.splitlines()[:3] == trained.table.splitlines()[:3]  # header and per-seed rows
+    assert measured.table.splitlines()[-6:] == trained.table.splitlines()[-6:]  # difference, claim, verdict, rule
+
+
+def test_paired_refuses_other_arms_or_missing_seeds():
+    with pytest.raises(ValueError, match=r"claim's two arms \['rpn', 'ss'\]; values has \['rpn', 'eb'\]"):
+        paired({"rpn": [0.5] * 3, "eb": [0.4] * 3}, variable="proposals", metric="AP50", claim=RPN_OVER_SS)
+    with pytest.raises(ValueError, match=r"arm 'ss': 2 values and 3 SEs for 3 seeds"):
+        paired({"rpn": [0.5] * 3, "ss": [0.4] * 2}, variable="proposals", metric="AP50", claim=RPN_OVER_SS)
+
+
+def test_a_stated_claim_takes_its_direction_from_the_words_not_from_numbers():
+    claim = Claim.stated("rpn", "ss", "faster_rcnn.fig4.recall_300")
+    assert claim.arms == ("rpn", "ss") and Claim.stated("ss", "rpn", "faster_rcnn.fig4.recall_300").arms == ("ss", "rpn")
+    assert str(claim).startswith("the paper: rpn > ss\n  RPN above SS -- Ren, He, Girshick & Sun")
+    without_se = paired({"rpn": [0.9, 0.92, 0.91], "ss": [0.8] * 3}, variable="proposals", metric="recall@300",
+                        claim=claim)
+    assert without_se.verdict == "holds"  # no SE over images: the spread over seeds alone
+    with pytest.raises(ValueError, match="numeric papers.NUMBERS key.*Claim.stated"):
+        Claim({"rpn": "faster_rcnn.fig4.recall_300", "ss": "faster_rcnn.table2.ss_2000.map"})
+    with pytest.raises(ValueError, match="the larger one among them"):
+        Claim({"rpn": "faster_rcnn.fig4.recall_300", "ss": "faster_rcnn.fig4.recall_300"}, larger="eb")

@@ -127,6 +127,24 @@ class GeneralizedRCNN(nn.Module):
         return [resize_boxes(p, resized, original)
                 for p, resized, original in zip(proposals, image_list.image_sizes, original_sizes)]
 
+    @torch.no_grad()
+    def detect_from(self, images: list[Tensor], proposals: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Inference with the given proposals in place of the RPN's: ``proposals`` one ``[P, 4]`` tensor per image, in
+        that image's own pixels (as :meth:`propose` returns them, or selective search's), through the RoI heads.
+        Chapter 5 runs the same trained head on two proposal sources with it. Call it in eval mode."""
+        if self.training:
+            raise RuntimeError("detect_from() runs inference on given proposals: call model.eval() first.")
+        if len(proposals) != len(images):
+            raise ValueError(f"{len(images)} images but {len(proposals)} proposal tensors: give one [P, 4] tensor "
+                             "of boxes (x1, y1, x2, y2 in the image's own pixels) per image.")
+        image_list, _, original_sizes = self.prepare(images)
+        features = self.features(image_list)
+        device = image_list.tensors.device
+        resized = [resize_boxes(p.to(device=device, dtype=torch.float32).reshape(-1, 4), original, size)
+                   for p, original, size in zip(proposals, original_sizes, image_list.image_sizes)]
+        detections, _ = self.detect(features, resized, image_list)
+        return self.postprocess(detections, image_list, original_sizes)
+
 
 def detection_loss(model: nn.Module, batch: tuple) -> dict[str, Tensor]:
     """The ``loss_fn`` of :func:`course_lib.engine.fit` for every detector of the course: the model's

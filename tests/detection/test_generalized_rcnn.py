@@ -45,6 +45,24 @@ def test_stages_compose_to_forward_in_inference(tiny):
         torch.testing.assert_close(p, q * scale)
 
 
+def test_detect_from_the_rpns_own_proposals_is_forward_and_takes_any_others(tiny):
+    model, images, _ = tiny
+    model.eval()
+    with torch.no_grad():
+        expected = model(images)
+    for a, b in zip(model.detect_from(images, model.propose(images)), expected):  # a round trip through own pixels
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=1e-3)
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=0, atol=1e-5)
+        assert torch.equal(a["labels"], b["labels"])
+    one_box = [torch.tensor([[10.0, 10.0, 50.0, 40.0]]), torch.zeros(0, 4)]  # e.g. selective search's, or none
+    detections = model.detect_from(images, one_box)
+    assert len(detections[1]["boxes"]) == 0 and len(detections[0]["boxes"]) <= 2  # one box, 2 classes: at most 2
+    with pytest.raises(ValueError, match="2 images but 1 proposal tensors"):
+        model.detect_from(images, one_box[:1])
+    with pytest.raises(RuntimeError, match="call model.eval"):
+        model.train().detect_from(images, one_box)
+    model.eval()
+
 def test_prepare_resizes_targets_and_checks_them(tiny):
     model, images, targets = tiny
     model.train()
