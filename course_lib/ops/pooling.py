@@ -479,7 +479,7 @@ def _roi_align_point_by_point(input: Tensor, rois: Tensor, ph: int, pw: int, spa
     """RoIAlign with torchvision's CPU kernel's arithmetic, operation for operation, so the result is the
     same to the last bit: each sampling point's bilinear value ``w1 v1 + w2 v2 + w3 v3 + w4 v4`` (in that
     order), the points of a bin added one after the other (row by row) to a sum that starts at 0, then
-    divided by their number. Returns ``[K, PH, PW, C]``.
+    divided by their number. Returns ``[K, C, PH, PW]``.
 
     Every step is a few large tensor operations over a block of RoIs, bins, points and channels:
 
@@ -539,9 +539,10 @@ def _roi_align_point_by_point(input: Tensor, rois: Tensor, ph: int, pw: int, spa
                     total += value[:, :, j]
             torch.div(total, count[idx[rows]].view(-1, 1, 1), out=out[start + rows.start:start + rows.stop])
         start += m
-    result = torch.empty_like(out)
-    result.index_copy_(0, order, out)
-    return result.view(k, ph, pw, c)
+    # back to the RoIs' order and to channels-first in one copy
+    result = input.new_empty(k, c, ph, pw)
+    result.view(k, c, bins).index_copy_(0, order, out.transpose(1, 2))
+    return result
 
 
 class _RoIAlign(torch.autograd.Function):
@@ -563,7 +564,7 @@ class _RoIAlign(torch.autograd.Function):
         with torch.enable_grad(), _one_thread():
             zeros = grad_output.new_zeros(ctx.input_shape, dtype=ctx.input_dtype).requires_grad_()
             pooled = _roi_align_sum_of_pixels(zeros, rois, *ctx.args)
-            (grad_input,) = torch.autograd.grad(pooled, zeros, grad_output.to(pooled.dtype))
+            (grad_input,) = torch.autograd.grad(pooled, zeros, grad_output.permute(0, 2, 3, 1).to(pooled.dtype))
         return grad_input, None, None, None, None, None, None
 
 
@@ -613,8 +614,8 @@ def roi_align(
     c = input.shape[1]
     if rois.shape[0] == 0:
         return _no_rois(input, c, ph, pw)
-    out = _RoIAlign.apply(input.to(rois.dtype), rois, ph, pw, float(spatial_scale), sampling_ratio, aligned)
-    return out.permute(0, 3, 1, 2).contiguous().to(input.dtype)
+    return _RoIAlign.apply(input.to(rois.dtype), rois, ph, pw, float(spatial_scale), sampling_ratio,
+                           aligned).to(input.dtype)
 
 
 # ------------------------------------------------------------------------------- RoIPool
