@@ -524,19 +524,24 @@ def _roi_align_point_by_point(input: Tensor, rois: Tensor, ph: int, pw: int, spa
         # [M, bins, steps, J, 4] -> [steps, M, bins, J, 4]: one step's entries of a block contiguous
         pixels = pixels.view(m, bins, -1, step, 4).permute(2, 0, 1, 3, 4).contiguous()
         weights = weights.view(m, bins, -1, step, 4, 1).permute(2, 0, 1, 3, 4, 5).contiguous()
+        # the steps' intermediate tensors, allocated once per group and refilled (a new megabyte-sized tensor
+        # per step costs the allocator's time and fresh pages)
+        fetched, summed = table.new_empty(per_step * bins * step * 4, c), table.new_empty(per_step, bins, step, c)
         for first in range(0, m, per_step):
             rows = slice(first, min(first + per_step, m))
             r = rows.stop - rows.start
             steps = -(-max(1, sorted_points[start + first]) // step)  # this block's own largest grid
-            total = table.new_zeros(r, bins, c)
+            total, value = table.new_zeros(r, bins, c), summed[:r]
             for s in range(steps):
-                values = table.index_select(0, pixels[s, rows].reshape(-1)).view(r, bins, step, 4, c)
-                values.mul_(weights[s, rows])
-                value = values[:, :, :, 0].add(values[:, :, :, 1])  # w1 v1 + w2 v2 + w3 v3 + w4 v4, J points at once
-                value += values[:, :, :, 2]
-                value += values[:, :, :, 3]
-                for j in range(step):  # ((sum + value_1) + value_2) + ...
-                    total += value[:, :, j]
+                entries = pixels[s, rows].reshape(-1)
+                values = torch.index_select(table, 0, entries, out=fetched[:entries.numel()])
+                values = values.view(r, bins, step, 4, c).mul_(weights[s, rows])
+                v1, v2, v3, v4 = values.unbind(3)
+                torch.add(v1, v2, out=value)  # w1 v1 + w2 v2 + w3 v3 + w4 v4, J points at once
+                value += v3
+                value += v4
+                for point in value.unbind(2):  # ((sum + value_1) + value_2) + ...
+                    total += point
             torch.div(total, count[idx[rows]].view(-1, 1, 1), out=out[start + rows.start:start + rows.stop])
         start += m
     # back to the RoIs' order and to channels-first in one copy
