@@ -399,14 +399,13 @@ def _roi_align_setup(rois: Tensor, ph: int, pw: int, spatial_scale: float, sampl
     return batch, y1, x1, bin_h, bin_w, grid_h, grid_w, count
 
 
-def _roi_align_sum_of_pixels(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float,
-                             sampling_ratio: int, aligned: bool) -> Tensor:
-    """RoIAlign as one weighted sum of pixels per bin (``embedding_bag``): differentiable, the
-    weights of points that share a pixel merged. Used for the gradient of :func:`roi_align`."""
-    n, c, height, width = input.shape
+def _roi_align_sum_of_pixels(table: Tensor, height: int, width: int, rois: Tensor, ph: int, pw: int,
+                             spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
+    """RoIAlign as one weighted sum of pixels per bin (``embedding_bag``) of a :func:`_pixel_table`:
+    differentiable, the weights of points that share a pixel merged. Used for the gradient of :func:`roi_align`."""
+    c = table.shape[1]
     batch, y1, x1, bin_h, bin_w, grid_h, grid_w, count = _roi_align_setup(
         rois, ph, pw, spatial_scale, sampling_ratio, aligned)
-    table = _pixel_table(input.to(rois.dtype))
     pixel_offset = (batch * height * width).view(-1, 1, 1)
 
     def pool(offset_, y1_, x1_, bin_h_, bin_w_, grid_h_, grid_w_, count_):
@@ -566,11 +565,13 @@ class _RoIAlign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         (rois,) = ctx.saved_tensors
+        n, c, height, width = ctx.input_shape
         with torch.enable_grad(), _one_thread():
-            zeros = grad_output.new_zeros(ctx.input_shape, dtype=ctx.input_dtype).requires_grad_()
-            pooled = _roi_align_sum_of_pixels(zeros, rois, *ctx.args)
-            (grad_input,) = torch.autograd.grad(pooled, zeros, grad_output.permute(0, 2, 3, 1).to(pooled.dtype))
-        return grad_input, None, None, None, None, None, None
+            # the gradient with respect to the channels-last table itself: no NCHW map of zeros to fill and copy
+            table = grad_output.new_zeros(n * height * width, c, dtype=ctx.input_dtype).requires_grad_()
+            pooled = _roi_align_sum_of_pixels(table, height, width, rois, *ctx.args)
+            (grad_table,) = torch.autograd.grad(pooled, table, grad_output.permute(0, 2, 3, 1).to(pooled.dtype))
+        return grad_table.view(n, height, width, c).permute(0, 3, 1, 2), None, None, None, None, None, None
 
 
 @_one_thread()
