@@ -453,6 +453,10 @@ def _sampling_points(y1: Tensor, x1: Tensor, bin_h: Tensor, bin_w: Tensor,
 
     y_lo, y_hi, hy, ly, in_y = axis(y1, bin_h, grid_h, iy, ph, height)
     x_lo, x_hi, hx, lx, in_x = axis(x1, bin_w, grid_w, ix, pw, width)
+    # a point outside the map or beyond the grid gets y (or x) factors 0, so its four weights are exactly 0
+    # (the factors are finite and >= 0): masked on the small per-axis tensors, not on the full weights
+    in_y = in_y & real[:, None, :]
+    hy, ly, hx, lx = (torch.where(inside, f, 0) for inside, f in ((in_y, hy), (in_y, ly), (in_x, hx), (in_x, lx)))
 
     def along_y(t: Tensor) -> Tensor:  # [M, PH, padded] -> [M, PH, 1, padded]
         return t[:, :, None, :]
@@ -460,17 +464,16 @@ def _sampling_points(y1: Tensor, x1: Tensor, bin_h: Tensor, bin_w: Tensor,
     def along_x(t: Tensor) -> Tensor:  # [M, PW, padded] -> [M, 1, PW, padded]
         return t[:, None, :, :]
 
-    base = base.view(-1, 1, 1, 1)
-    row_lo, row_hi = base + along_y(y_lo) * width, base + along_y(y_hi) * width
-    pixels = torch.stack([row_lo + along_x(x_lo), row_lo + along_x(x_hi),
-                          row_hi + along_x(x_lo), row_hi + along_x(x_hi)], dim=-1)
-    weights = torch.stack([along_y(hy) * along_x(hx), along_y(hy) * along_x(lx),
-                           along_y(ly) * along_x(hx), along_y(ly) * along_x(lx)], dim=-1)
-    inside = (along_y(in_y) & along_x(in_x))[..., None]
-    pixels = torch.where(inside, pixels, base[..., None])
-    weights = torch.where(inside, weights, 0)
-    padding = ~real[:, None, None, :, None]
-    return pixels.masked_fill_(padding, zero_row), weights.masked_fill_(padding, 0)
+    row_lo, row_hi = base.view(-1, 1, 1, 1) + along_y(y_lo) * width, base.view(-1, 1, 1, 1) + along_y(y_hi) * width
+    shape = (y1.shape[0], ph, pw, padded, 4)
+    pixels, weights = base.new_empty(shape), hy.new_empty(shape)
+    for k, (row, col, fy, fx) in enumerate(((row_lo, x_lo, hy, hx), (row_lo, x_hi, hy, lx),
+                                            (row_hi, x_lo, ly, hx), (row_hi, x_hi, ly, lx))):  # the 4 neighbours
+        torch.add(row, along_x(col), out=pixels[..., k])
+        torch.mul(along_y(fy), along_x(fx), out=weights[..., k])
+    # outside the map: the image's pixel (0, 0), as torchvision; beyond the grid: zero_row
+    elsewhere = torch.where(real, base.view(-1, 1), zero_row)[:, None, None, :, None]
+    return torch.where((along_y(in_y) & along_x(in_x))[..., None], pixels, elsewhere), weights
 
 
 def _roi_align_point_by_point(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float,
