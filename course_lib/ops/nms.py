@@ -352,7 +352,7 @@ def _batched_nms_coordinate_trick(boxes: Tensor, scores: Tensor, idxs: Tensor, i
 def _batched_nms_per_class(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """torchvision's large-input strategy (``_batched_nms_vanilla``): exact NMS within each category,
     then the kept indices (increasing) reordered by the same unstable descending sort of their scores."""
-    by_score = scores.sort(descending=True, stable=True).indices
+    sorted_scores, by_score = scores.sort(descending=True, stable=True)
     by_class = idxs.index_select(0, by_score).sort(stable=True).indices
     order = by_score.index_select(0, by_class)  # class by class, best first within each class
     boxes_in_order, groups_in_order = boxes.index_select(0, order), idxs.index_select(0, order)
@@ -361,5 +361,8 @@ def _batched_nms_per_class(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_thre
         keep_in_order = _greedy_nms(boxes_in_order, groups_in_order, iou_threshold)
     keep_mask = torch.zeros_like(keep_in_order)
     keep_mask.index_fill_(0, order.masked_select(keep_in_order), True)
+    if not bool((sorted_scores[1:] == sorted_scores[:-1]).any()):
+        # no two scores are equal: every sort gives the one order by decreasing score, which by_score already is
+        return by_score.masked_select(keep_mask.index_select(0, by_score))
     keep = torch.where(keep_mask)[0]
     return keep[scores[keep].sort(descending=True)[1]]

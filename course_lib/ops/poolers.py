@@ -46,7 +46,7 @@ def level_name(level: int) -> str:
 
 def _sizes(boxlists: Sequence[Tensor]) -> Tensor:
     """``sqrt(w h)`` of every box of every image, concatenated."""
-    return torch.sqrt(torch.cat([box_area(boxes) for boxes in boxlists]))
+    return torch.cat([box_area(boxes) for boxes in boxlists]).sqrt_()
 
 
 class LevelMapper:
@@ -114,9 +114,10 @@ class LevelMapper:
     def level(self, boxlists: Sequence[Tensor]) -> Tensor:
         """The level number ``k`` (stride ``2^k``) each box is pooled from, ``int64``, after every rule."""
         sizes = _sizes(boxlists)
-        # the same arithmetic as torchvision's mapper (eps added as a tensor of the boxes' dtype)
-        shifted = self.lvl0 + torch.log2(sizes / self.s0) + torch.tensor(self.eps, dtype=sizes.dtype)
-        k = torch.clamp(torch.floor(shifted), min=self.k_min, max=self.k_max).to(torch.int64)
+        # the same arithmetic as torchvision's mapper, (k0 + log2(size / s0)) + eps with eps a tensor of the boxes'
+        # dtype, in place on one new tensor (the same operations on the same values, fewer temporaries)
+        shifted = torch.log2(sizes / self.s0).add_(self.lvl0).add_(torch.tensor(self.eps, dtype=sizes.dtype))
+        k = torch.floor(shifted).clamp_(min=self.k_min, max=self.k_max).to(torch.int64)
         if self._gaps:
             k = self._fill_gaps(k, shifted, sizes)
         return k
@@ -144,7 +145,7 @@ class LevelMapper:
     def __call__(self, boxlists: Sequence[Tensor]) -> Tensor:
         k = self.level(boxlists)
         if self._consecutive:
-            return k - self.levels[0]
+            return k.sub_(self.levels[0])  # k is level()'s new tensor
         return torch.searchsorted(torch.tensor(self.levels, dtype=torch.int64, device=k.device), k)
 
     def __repr__(self) -> str:

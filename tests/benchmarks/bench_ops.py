@@ -106,13 +106,13 @@ def cases(smoke: bool):
     kk, classes = 7, 21
     score_maps = torch.randn(1, kk * kk * (classes + 1), IMAGE_H // 16, IMAGE_W // 16, generator=g)
     k = shrink(300)
-    rois = random_rois(k, g)
+    ps_rois = random_rois(k, g)  # a new name: the RoIAlign and RoIPool lambdas above read `rois` when they run
     out.append((f"ps_roi_pool {k} RoIs k=7, {score_maps.shape[1]} maps 1/16",
-                lambda: ops.ps_roi_pool(score_maps, rois, kk, 1 / 16),
-                lambda: torchvision.ops.ps_roi_pool(score_maps, rois, kk, 1 / 16)))
+                lambda: ops.ps_roi_pool(score_maps, ps_rois, kk, 1 / 16),
+                lambda: torchvision.ops.ps_roi_pool(score_maps, ps_rois, kk, 1 / 16)))
     out.append((f"ps_roi_align {k} RoIs k=7, sampling 2",
-                lambda: ops.ps_roi_align(score_maps, rois, kk, 1 / 16, 2),
-                lambda: torchvision.ops.ps_roi_align(score_maps, rois, kk, 1 / 16, 2)))
+                lambda: ops.ps_roi_align(score_maps, ps_rois, kk, 1 / 16, 2),
+                lambda: torchvision.ops.ps_roi_align(score_maps, ps_rois, kk, 1 / 16, 2)))
     return out
 
 

@@ -283,3 +283,18 @@ def test_bad_input_raises_clear_errors():
         ops.batched_nms(boxes, scores, torch.zeros(3, dtype=torch.int64), 0.5)
     with pytest.raises(ValueError, match=r"batched_nms: idxs must hold integer category ids, got torch.float32"):
         ops.batched_nms(boxes, scores, torch.zeros(10), 0.5)
+
+
+def test_batched_nms_signed_zero_scores_tie_like_torchvision():
+    """Above the switch, distinct scores are ordered without a second sort; 0.0 and -0.0 compare equal, so a
+    pair of them is a tie and must come out in the order of torchvision's (unstable) sort, not by index."""
+    n = 1200
+    boxes, scores = clustered(n, seed=5)
+    scores[::2] = 0.0
+    scores[1::2] = -0.0  # all 1200 scores tie; the same value with two signs
+    idxs = torch.randint(0, 80, (n,), generator=torch.Generator().manual_seed(5))
+    keep = ops.batched_nms(boxes, scores, idxs, 0.5)
+    assert torch.equal(keep, tv.batched_nms(boxes, scores, idxs, 0.5))
+    scores = torch.randperm(n, generator=torch.Generator().manual_seed(6)).float() - n / 2  # distinct, one is 0
+    scores[scores == 0] = -0.0
+    assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.5), tv.batched_nms(boxes, scores, idxs, 0.5))

@@ -259,3 +259,13 @@ def test_benchmark_script_runs(capsys):
     assert {r["op"].split()[0] for r in rows} >= {"nms", "batched_nms", "roi_align", "roi_pool", "ps_roi_pool"}
     assert all(r["ours_ms"] > 0 and r["torchvision_ms"] > 0 for r in rows)
     assert "ratio" in capsys.readouterr().out
+
+
+def test_benchmark_rows_pool_the_rois_their_labels_say():
+    """Each RoI row of bench_ops times the RoIs its label names ("roi_align 64 RoIs ..."): its lambdas read
+    the inputs when they run, so a later case that rebinds a shared name would time other RoIs."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ops.py"
+    for name, ours, reference in runpy.run_path(str(script))["cases"](True):
+        if name.startswith(("roi_align ", "roi_pool ", "ps_roi")) and "fwd+bwd" not in name:
+            rois = int(name.split()[1])
+            assert ours().shape[0] == reference().shape[0] == rois, name
