@@ -144,3 +144,15 @@ def test_clear_errors_for_a_wrong_claim_metric_or_expectation():
         check_verdict(result, "holds", get_profile("cpu"))
     with pytest.raises(ValueError, match="expected='hold'"):
         check_verdict(result, "hold", get_profile("cpu"))
+
+
+def test_a_paper_fail_ranks_below_every_number():
+    """R-FCN's Table 2 has k = 1 as "fail" (did not converge): the claim is k = 7 > k = 1, whichever arm comes first."""
+    arms = {"k=1": {**COMMON, "k": 1}, "k=7": {**COMMON, "k": 7}}
+    claim = Claim({"k=1": "rfcn.table2.k1.map", "k=7": "rfcn.table2.k7.map"})
+    assert claim.arms == ("k=7", "k=1")
+    run = lambda settings, seed: {"AP50": {1: 0.2, 7: 0.5}[settings["k"]] + 0.01 * seed, "AP50_se": 0.01}  # noqa: E731
+    assert compare(arms, variable="k", run=run, claim=claim, progress=False).verdict == "holds"
+    assert "k=1: fail" in str(claim)
+    with pytest.raises(ValueError, match="a 'fail' is not comparable"):
+        Claim({"k=1": "rfcn.table2.k1.map", "k=7": "rfcn.table2.k7.map"}, within=0.02)
