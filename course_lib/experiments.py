@@ -94,8 +94,10 @@ class Claim:
 
     Without ``within``: the arm whose paper number is larger is claimed to measure larger here too (better for an
     AP, slower for a time). With ``within`` (in the units of the metric measured here, e.g. 0.02 of AP50): the two
-    are claimed comparable, |difference| <= within. Where the paper states a direction in words or in a figure, not
-    in two numbers, ``Claim.stated(larger, smaller, key)`` names the larger arm and the one entry that says so.
+    are claimed comparable, |difference| <= within. A paper's "fail" (a model that did not converge, as R-FCN's k = 1
+    in its Table 2) ranks below every number: Claim({"k=7": "rfcn.table2.k7.map", "k=1": "rfcn.table2.k1.map"})
+    claims k=7 > k=1. Where the paper states a direction in words or in a figure, not in two numbers,
+    ``Claim.stated(larger, smaller, key)`` names the larger arm and the one entry that says so.
     """
 
     keys: Mapping[str, str]
@@ -103,18 +105,22 @@ class Claim:
     larger: str | None = None  # set by Claim.stated: the arm the paper's text or figure says is larger
 
     def __post_init__(self):
-        values = [papers.value(key) for key in self.keys.values()]  # an unknown key fails here, with a suggestion
+        values = [_rank(key) for key in self.keys.values()]  # an unknown key fails here, with a suggestion
         if self.larger is not None:
             if len(values) != 2 or self.larger not in self.keys or self.within is not None:
                 raise ValueError(f"Claim({dict(self.keys)}, larger={self.larger!r}): a stated claim names two arms, "
                                  "the larger one among them, and no within=; use Claim.stated(larger, smaller, key).")
             return
         if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values):
-            raise ValueError(f"Claim({dict(self.keys)}): give two arms, each with a numeric papers.NUMBERS key (a "
-                             "direction the paper states only in words or a figure: Claim.stated(larger, smaller, key)).")
-        if self.within is None and values[0] == values[1]:
+            raise ValueError(f"Claim({dict(self.keys)}): give two arms, each with a numeric (or 'fail') papers.NUMBERS "
+                             "key (a direction the paper states only in words or a figure: Claim.stated(larger, "
+                             "smaller, key)).")
+        if values[0] == values[1] and (self.within is None or math.isinf(values[0])):
             raise ValueError(f"Claim({dict(self.keys)}): the paper's numbers are equal ({values[0]}); for a "
                              "'comparable accuracy' claim pass within= (the tolerated difference).")
+        if self.within is not None and any(map(math.isinf, values)):
+            raise ValueError(f"Claim({dict(self.keys)}, within={self.within}): a 'fail' is not comparable to a "
+                             "number; leave within out (the claim is then that the other arm is larger).")
 
     @classmethod
     def stated(cls, larger: str, smaller: str, key: str) -> "Claim":
@@ -128,7 +134,7 @@ class Claim:
         a, b = self.keys
         if self.larger is not None:
             return (a, b) if self.larger == a else (b, a)
-        return (a, b) if self.within is not None or papers.value(self.keys[a]) > papers.value(self.keys[b]) else (b, a)
+        return (a, b) if self.within is not None or _rank(self.keys[a]) > _rank(self.keys[b]) else (b, a)
 
     def __str__(self) -> str:
         a, b = self.arms
@@ -138,6 +144,12 @@ class Claim:
             return f"the paper: {said}\n  {papers.number(key).formatted()} -- {papers.cite(key)}"
         return f"the paper: {said}\n" + "\n".join(
             f"  {arm}: {papers.number(key).formatted()} -- {papers.cite(key)}" for arm, key in self.keys.items())
+
+
+def _rank(key: str):
+    """A paper number as a claim orders it: the number, or -inf for "fail" (did not converge)."""
+    value = papers.value(key)
+    return -math.inf if value == "fail" else value
 
 
 def _verdict(differences: np.ndarray, se: float, within: float | None) -> str:

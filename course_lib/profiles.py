@@ -126,7 +126,7 @@ class ProposalCounts:
     test: int = 1000  # the same at test time
     rois_per_image: int = 512  # RoIs sampled per image for the Fast R-CNN loss
     rfcn: int = 300  # R-FCN's RPN proposals after NMS, training and test (R-FCN paper)
-    rfcn_ohem_rois: int = 128  # R-FCN's OHEM: RoIs back-propagated per image (R-FCN paper)
+    rfcn_ohem_rois: int = 128  # chapter 6: RoIs per image that train the head, sampled or OHEM's hardest (R-FCN paper)
     efpn_ohem_rois: int = 128  # EFPN stage 3's OHEM: the hardest of the rois_per_image sampled
 
 
@@ -139,7 +139,7 @@ class TrainingSteps:
     fast_rcnn: int | None = None  # chapter 4: Fast R-CNN; "04"
     faster_rcnn: int | None = None  # chapter 5: Faster R-CNN R50-C4; "05"
     rfcn: int | None = None  # chapter 6: R-FCN and its C4 comparison; "06"
-    rfcn_ablation: int | None = None  # chapter 6: each k = 1 / 3 run; "06"
+    rfcn_ablation: int | None = None  # chapter 6: each k = 1 / 7 run (k = 7 shared with the comparison if equal to rfcn); "06"
     fpn: int | None = None  # chapter 7: FPN and C4; "07"
     fpn_ablation: int | None = None  # chapter 7: each ablation (no top-down / no lateral / P2-only); "07"
     efpn_fpn: int | None = None  # chapter 8, stage 1: the FPN baseline; "08.1"
@@ -151,7 +151,7 @@ class TrainingSteps:
 @dataclass(frozen=True)
 class Timing:
     """What the speed measurements time."""
-    rfcn_rois: tuple[int, ...] = (300, 2000)  # chapter 6's head timing: RoI counts (R-FCN's Table 3)
+    rfcn_rois: tuple[int, ...] = (300, 2000)  # chapter 6's head timing, plotted: RoI counts (R-FCN's Table 3), first = test
     efpn_images: int = 20  # chapter 8's Table III: images timed per model
 
 
@@ -207,7 +207,7 @@ PROFILES: dict[str, Profile] = {
         proposals=ProposalCounts(train=100, test=50, rois_per_image=32, rfcn=50, rfcn_ohem_rois=16, efpn_ohem_rois=4),
         steps=TrainingSteps(rcnn=1, fast_rcnn=2, faster_rcnn=2, rfcn=2, rfcn_ablation=1, fpn=2, fpn_ablation=1,
                             efpn_fpn=2, efpn_distill=2, efpn_head=2, efpn_ablation=1),
-        timing=Timing(rfcn_rois=(10, 40), efpn_images=1),
+        timing=Timing(rfcn_rois=(10, 20, 40), efpn_images=1),
         pretraining=BackbonePretraining(steps=2, batch_size=4, crop_size=32, demo_steps=1),
     ),
     "cpu": Profile(
@@ -224,10 +224,10 @@ PROFILES: dict[str, Profile] = {
                                   lr=2e-3, batch_size=2, weights_backbone="pretrained"),
         resize=DetectorResize(fast_rcnn=Resize(384, 512), faster_rcnn=Resize(384, 512), rfcn=Resize(384, 512),
                               fpn=Resize(384, 512), efpn=Resize(384, 384)),
-        proposals=ProposalCounts(train=600, test=300, rois_per_image=64, rfcn_ohem_rois=64, efpn_ohem_rois=32),
-        steps=TrainingSteps(rcnn=20, fast_rcnn=400, faster_rcnn=600, rfcn=320, rfcn_ablation=60, fpn=400,
+        proposals=ProposalCounts(train=600, test=300, rois_per_image=64, rfcn_ohem_rois=32, efpn_ohem_rois=32),
+        steps=TrainingSteps(rcnn=20, fast_rcnn=400, faster_rcnn=600, rfcn=150, rfcn_ablation=150, fpn=400,
                             fpn_ablation=100, efpn_fpn=300, efpn_distill=100, efpn_head=100, efpn_ablation=40),
-        timing=Timing(efpn_images=2),
+        timing=Timing(rfcn_rois=(300, 1000, 2000), efpn_images=2),
     ),
     # the papers' values: every default above
     "gpu": Profile("gpu", "instructors: the papers' models and recipes from ImageNet, on CUDA with mixed precision"),

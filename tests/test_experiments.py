@@ -189,7 +189,19 @@ def test_a_stated_claim_takes_its_direction_from_the_words_not_from_numbers():
     without_se = paired({"rpn": [0.9, 0.92, 0.91], "ss": [0.8] * 3}, variable="proposals", metric="recall@300",
                         claim=claim)
     assert without_se.verdict == "holds"  # no SE over images: the spread over seeds alone
-    with pytest.raises(ValueError, match="numeric papers.NUMBERS key.*Claim.stated"):
+    with pytest.raises(ValueError, match=r"(?s)numeric \(or .fail.\) papers.NUMBERS key.*Claim.stated"):
         Claim({"rpn": "faster_rcnn.fig4.recall_300", "ss": "faster_rcnn.table2.ss_2000.map"})
     with pytest.raises(ValueError, match="the larger one among them"):
         Claim({"rpn": "faster_rcnn.fig4.recall_300", "ss": "faster_rcnn.fig4.recall_300"}, larger="eb")
+
+
+def test_a_paper_fail_ranks_below_every_number():
+    """R-FCN's Table 2 has k = 1 as "fail" (did not converge): the claim is k = 7 > k = 1, whichever arm comes first."""
+    arms = {"k=1": {**COMMON, "k": 1}, "k=7": {**COMMON, "k": 7}}
+    claim = Claim({"k=1": "rfcn.table2.k1.map", "k=7": "rfcn.table2.k7.map"})
+    assert claim.arms == ("k=7", "k=1")
+    run = lambda settings, seed: {"AP50": {1: 0.2, 7: 0.5}[settings["k"]] + 0.01 * seed, "AP50_se": 0.01}  # noqa: E731
+    assert compare(arms, variable="k", run=run, claim=claim, progress=False).verdict == "holds"
+    assert "k=1: fail" in str(claim)
+    with pytest.raises(ValueError, match="a 'fail' is not comparable"):
+        Claim({"k=1": "rfcn.table2.k1.map", "k=7": "rfcn.table2.k7.map"}, within=0.02)

@@ -15,11 +15,14 @@ time is nearly flat in the number of RoIs (``tests/benchmarks/bench_rfcn.py``).
 
 PSRoI pooling (eq. 1): bin (i, j) of a RoI averages, over its pixels, the score map of part (i, j)
 only; ``course_lib.ops.ps_roi_pool`` (equal to ``torchvision.ops.ps_roi_pool``) reads input channel
-``(c * k + i) * k + j`` for class c, bin row i, bin column j: class-major, the layout of the
-official Caffe ``PSROIPooling``, so official weights map one to one.
+``(c * k + i) * k + j`` for class c, bin row i, bin column j: class-major, the channel layout of the
+official Caffe ``PSROIPooling``, so official weights map one to one. The channels only: the bin
+geometry differs (torchvision rounds the scaled corners to whole cells and clips the bins to
+[0, H-1] x [0, W-1], so it never reads the map's last row and column; Caffe keeps fractional bins).
 
-Voting: eq. 2 writes r_c = sum over the k^2 bins; the official code averages (``Pooling AVE``
-k x k after ``PSROIPooling``), which :func:`position_sensitive_vote` does. The two differ by the
+Voting: the paper's text says "we simply vote by averaging the scores" (sec. 2) while its eq. 2
+writes r_c = sum over the k^2 bins; the official code averages (``Pooling AVE`` k x k after
+``PSROIPooling``), which :func:`position_sensitive_vote` does. The two differ by the
 factor k^2 before the softmax, i.e. by a scaling of the last layer's weights that training absorbs.
 
 Box regression (sec. 2, "class-agnostic bounding box regression"): the paper's 4k^2 maps give one

@@ -47,6 +47,8 @@ def check_psroi_vote(fn):
              (_part_maps(2, 2), torch.tensor([16.0, 16, 144, 144]), 2, 1 / 16)),
         Case("random maps, k = 3, scale 1/16", (maps3, torch.tensor([41.0, 30, 250, 203]), 3, 1 / 16)),
         Case("a RoI on half cells (x / 16 ends in .5)", (maps3, torch.tensor([8.0, 24, 104, 200]), 3, 1 / 16)),
+        Case("a RoI from a negative half cell (x1 / 16 = -1.5)", (maps3, torch.tensor([-24.0, -40, 104, 200]), 3, 1 / 16)),
+        Case("a RoI of 2 x 2 cells, k = 3: bins narrower than a cell", (maps3, torch.tensor([64.0, 72, 96, 104]), 3, 1 / 16)),
         Case("a RoI crossing the map's border", (maps3, torch.tensor([-60.0, 200, 500, 420]), 3, 1 / 16)),
         Case("a RoI smaller than one cell", (maps3, torch.tensor([100.0, 100, 104, 106]), 3, 1 / 16)),
         Case("a RoI smaller than one cell, rounding to zero cells", (maps3, torch.tensor([98.0, 98, 102, 101]), 3, 1 / 16)),
@@ -57,8 +59,13 @@ def check_psroi_vote(fn):
         Hint("Bin (i, j) reads only its own part's map: channel (c * k + i) * k + j, i the bin's row (y) and j its "
              "column (x). In this case each part's map is lit only on its own bin: the right reading votes exactly "
              "c + 1 for class c.", when=lambda out, exp, case: case.label.startswith("part maps")),
-        Hint("Round the scaled corners half away from zero (floor(x + 0.5) for x >= 0), like torchvision; "
-             "torch.round rounds half to even.", when=lambda out, exp, case: case.label.startswith("a RoI on half")),
+        Hint("Round the scaled corners half away from zero, like torchvision (C's round: 2.5 -> 3, -1.5 -> -2); "
+             "torch.round rounds half to even, and floor(x + 0.5) rounds -1.5 up to -1.",
+             when=lambda out, exp, case: case.label.startswith(("a RoI on half", "a RoI from a negative half"))),
+        Hint("Bin i spans cells floor(i h / k) .. ceil((i + 1) h / k) from the RoI's first cell (h its height in "
+             "cells, not rounded): when the RoI is narrower than k cells the bins overlap and each still reads at "
+             "least one cell -- not h // k cells each.",
+             when=lambda out, exp, case: case.label.startswith("a RoI of 2 x 2")),
         Hint("Clip each bin's rows to [0, H - 1] and columns to [0, W - 1] (torchvision never reads the last row "
              "and column), and let an empty bin count as 0 in the vote.",
              when=lambda out, exp, case: case.label.startswith("a RoI crossing")),
@@ -87,6 +94,7 @@ def check_ohem_keep(fn):
         Case("three RoIs tie at the cut, B = 2", (tied, 2)),
         Case("fewer RoIs than B", (torch.rand(5, generator=g), 128)),
         Case("300 RoIs, B = 128 (the paper)", (torch.rand(300, generator=g) * 3, 128)),
+        Case("300 RoIs, many equal losses, B = 128", ((torch.rand(300, generator=g) * 4).floor(), 128)),
         Case("all losses equal", (torch.ones(10), 4)),
         Case("no RoIs", (torch.zeros(0), 128)),
     ]
@@ -95,8 +103,8 @@ def check_ohem_keep(fn):
              when=lambda out, exp, case: isinstance(out, torch.Tensor) and out.shape == exp.shape
              and torch.equal(out.sort().values, exp)),
         Hint("Among equal losses the earlier RoI wins: a stable sort (torch.sort(..., stable=True)) is reproducible, "
-             "torch.topk's choice among ties is not specified.", when=lambda out, exp, case: "tie" in case.label
-             or "equal" in case.label),
+             "torch.topk's and torch.argsort's choice among ties is not specified (it changes with the number of "
+             "RoIs).", when=lambda out, exp, case: "tie" in case.label or "equal" in case.label),
         Hint("With fewer RoIs than B, keep all of them.", when=lambda out, exp, case: case.label.startswith("fewer")),
     ]
     return check_function("ohem_keep", fn, reference=_ohem_keep_reference, cases=cases, chapter=CHAPTER, hints=hints)

@@ -66,3 +66,49 @@ def test_psroi_vote_rejects_a_roi_of_zero_cells():
         return maps.new_zeros(maps.shape[0] // (k * k))  # every bin empty
     with pytest.raises(ExerciseFailed, match="at least 1 x 1 cell"):
         ch06.check_psroi_vote(no_clamp)
+
+
+def _rounded_corners(roi, scale, rounding):
+    return [rounding(float(v) * scale) for v in roi]
+
+
+def test_psroi_vote_rejects_floor_of_x_plus_a_half_at_negative_half_cells():
+    """floor(x + 0.5) is half away from zero only for x >= 0: -1.5 becomes -1, torchvision's round -2. It agreed
+    with torchvision on every positive case, so a RoI that starts on a negative half cell is a hidden case."""
+    import math
+
+    def floor_plus_half(maps, roi, k, scale):
+        corners = torch.tensor(_rounded_corners(roi, scale, lambda x: math.floor(x + 0.5)), dtype=roi.dtype)
+        return sol("psroi_vote")(maps, corners / scale, k, scale)  # exact: whole cells scale back and round to themselves
+    assert floor_plus_half(torch.ones(9, 4, 4), torch.tensor([16.0, 16, 48, 48]), 3, 1 / 16).eq(1).all()
+    with pytest.raises(ExerciseFailed, match=r"-1.5 up to -1"):
+        ch06.check_psroi_vote(floor_plus_half)
+
+
+def test_psroi_vote_rejects_bins_of_a_whole_number_of_cells():
+    """Bins of h // k cells each (at least one), laid end to end: wrong wherever k does not divide the RoI, and for
+    a RoI narrower than k cells they run past it instead of overlapping inside it."""
+    import math
+
+    def integer_bins(maps, roi, k, scale):
+        channels, height, width = maps.shape
+        x1, y1, x2, y2 = _rounded_corners(roi, scale, lambda x: int(math.copysign(math.floor(abs(x) + 0.5), x)))
+        bin_w, bin_h = max((x2 - x1) // k, 1), max((y2 - y1) // k, 1)
+        parts, total = maps.reshape(channels // (k * k), k, k, height, width), maps.new_zeros(channels // (k * k))
+        clip = lambda v, limit: min(max(v, 0), limit - 1)  # noqa: E731
+        for i in range(k):
+            top, bottom = clip(y1 + i * bin_h, height), clip(y1 + (i + 1) * bin_h, height)
+            for j in range(k):
+                left, right = clip(x1 + j * bin_w, width), clip(x1 + (j + 1) * bin_w, width)
+                if bottom > top and right > left:
+                    total += parts[:, i, j, top:bottom, left:right].mean(dim=(1, 2))
+        return total / (k * k)
+    with pytest.raises(ExerciseFailed):
+        ch06.check_psroi_vote(integer_bins)
+
+
+def test_ohem_keep_rejects_an_unstable_sort_among_many_ties():
+    """torch.argsort without stable=True happened to keep the earlier RoI on the few ties of the small cases; on 300
+    RoIs with many equal losses it does not."""
+    with pytest.raises(ExerciseFailed, match="earlier RoI wins"):
+        ch06.check_ohem_keep(lambda losses, b: losses.argsort(descending=True)[:b].sort().values)
