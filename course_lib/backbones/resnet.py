@@ -267,6 +267,18 @@ class ResNetBody(IntermediateLayerGetter):
     def stem(self, x: Tensor) -> Tensor:
         return self["relu"](self["bn1"](self["conv1"](x)))
 
+    def after_stem(self, stem: Tensor) -> OrderedDict[str, Tensor]:
+        """``forward(x)`` from ``stem(x)`` on (the max-pool, then the stages): EFPN computes the stem once for C2..C5
+        and for C2'."""
+        out = OrderedDict()
+        for name, module in self.items():
+            if name in ("conv1", "bn1", "relu"):
+                continue
+            stem = module(stem)
+            if name in self.return_layers:
+                out[self.return_layers[name]] = stem
+        return out
+
     @property
     def out_channels_list(self) -> list[int]:
         return [self[layer][-1].conv3.out_channels for layer in self if layer in self.return_layers]

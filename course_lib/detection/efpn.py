@@ -96,7 +96,9 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+        # relu(x + conv2(relu(conv1(x)))) in place on the convolutions' fresh outputs (their backward does not read
+        # them): the same numbers, two maps fewer to allocate
+        return F.relu(self.conv2(F.relu(self.conv1(x), inplace=True)).add_(x), inplace=True)
 
 
 class _CodeContentExtractor(nn.Module):
@@ -122,6 +124,19 @@ def _match_size(x: Tensor, like: Tensor) -> Tensor:
     if dh == 0 and dw == 0:
         return x
     return F.pad(x, (0, dw, 0, dh))  # negative padding crops
+
+
+def _add_nearest_2x(x: Tensor, coarse: Tensor) -> Tensor:
+    """``x + _match_size(nearest_2x(coarse), x)``. Without gradients and with ``x`` exactly twice ``coarse``'s size,
+    the same numbers without the upsampled map (at P2' as big as P2' itself): ``coarse`` broadcast over each 2 x 2
+    block. (With gradients, the upsampling's backward sums each block's four in its own order: kept, so that training
+    stays bit for bit what it was.)"""
+    n, c, h, w = x.shape
+    grad = torch.is_grad_enabled() and (x.requires_grad or coarse.requires_grad)
+    if grad or (h, w) != (2 * coarse.shape[-2], 2 * coarse.shape[-1]):
+        return x + _match_size(F.interpolate(coarse, scale_factor=2.0, mode="nearest"), x)
+    blocks = x.unflatten(3, (w // 2, 2)).unflatten(2, (h // 2, 2))  # [N, C, h/2, 2, w/2, 2]: a view
+    return (blocks + coarse[:, :, :, None, :, None]).flatten(4, 5).flatten(2, 3)
 
 
 class FeatureTextureTransfer(nn.Module):
@@ -170,14 +185,13 @@ class FeatureTextureTransfer(nn.Module):
         if p3.shape[1] != self.channels or p2.shape[1] != self.channels:
             raise ValueError(f"FeatureTextureTransfer({self.channels}) needs {self.channels}-channel P3 and P2, "
                              f"got {p3.shape[1]} and {p2.shape[1]}.")
-        upsampled = _match_size(F.interpolate(p3, scale_factor=2.0, mode="nearest"), p2)
         if self.variant == "nearest":
-            return upsampled
+            return _match_size(F.interpolate(p3, scale_factor=2.0, mode="nearest"), p2)
         content = _match_size(self.sub_pixel(self.content_extractor(p3)), p2)
         wrap = torch.cat([p2, content] if self.variant == "paper" else [content, p2], dim=1)  # P2 || E_c(P3)^2x
         p3_prime = self.texture_extractor(wrap) + content
         if self.variant == "code":
-            p3_prime = self.tail(p3_prime) + upsampled
+            p3_prime = self.tail(p3_prime) + _match_size(F.interpolate(p3, scale_factor=2.0, mode="nearest"), p2)
         return p3_prime
 
 
@@ -205,9 +219,7 @@ class EFPNExtension(nn.Module):
     def forward(self, c2_prime: Tensor, p3: Tensor, p2: Tensor) -> tuple[Tensor, Tensor]:
         P3_prime = self.ftt(p3, p2)
         lateral = self.lateral(c2_prime)
-        P2_prime = self.output(lateral + _match_size(F.interpolate(P3_prime, scale_factor=2.0, mode="nearest"),
-                                                     lateral))
-        return P2_prime, P3_prime
+        return self.output(_add_nearest_2x(lateral, P3_prime)), P3_prime
 
 
 class EFPNBackbone(nn.Module):
@@ -234,8 +246,9 @@ class EFPNBackbone(nn.Module):
         return self.fpn(self.body(x))
 
     def extended(self, x: Tensor) -> tuple[OrderedDict[str, Tensor], Tensor]:
-        p = self.pyramid(x)
-        P2_prime, P3_prime = self.extension(self.c2_prime(x), p["1"], p["0"])
+        stem = self.body.stem(x)  # once, for C2..C5 (pyramid) and C2' (c2_prime)
+        p = self.fpn(self.body.after_stem(stem))
+        P2_prime, P3_prime = self.extension(self.body.layer1(stem), p["1"], p["0"])
         return OrderedDict([(P2_PRIME, P2_prime), *p.items()]), P3_prime
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:

@@ -174,8 +174,9 @@ class GeneralizedRCNNTransform(nn.Module):
         if math.floor(h * scale) < 1 or math.floor(w * scale) < 1:
             raise ValueError(f"An image of size {h}x{w} would be resized to less than one pixel "
                              f"(min_size={size}, max_size={self.max_size}); its aspect ratio is too extreme.")
-        image = F.interpolate(image[None], scale_factor=scale, mode="bilinear",
-                              recompute_scale_factor=True, align_corners=False)[0]
+        if scale != 1.0:  # at scale 1 bilinear sampling reads every pixel where it is: the same image, skipped
+            image = F.interpolate(image[None], scale_factor=scale, mode="bilinear",
+                                  recompute_scale_factor=True, align_corners=False)[0]
         if target is not None:
             target["boxes"] = resize_boxes(target["boxes"].as_subclass(Tensor), (h, w), image.shape[-2:])
         return image, target

@@ -11,20 +11,17 @@ Nothing here re-implements the pooling: :func:`psroi_bins` calls ``course_lib.op
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import ipywidgets as widgets
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from course_lib.detection.rfcn import position_sensitive_vote
 from course_lib.ops import ps_roi_pool
 
-from ._figure import Explorer
+from ._figure import Explorer, FigureView
 
 __all__ = ["PSRoIState", "psroi_bins", "score_maps_of", "PSRoIExplorer"]
 
@@ -112,15 +109,13 @@ class PSRoIExplorer(Explorer):
                                        description="k", style=style),
         }
         self.message = widgets.HTML()
-        self.picture = widgets.Image(format="png")
-        self.figure = Figure(figsize=(11, 3.6), layout="constrained")
-        self.draws = 0  # one redraw per input (the tests count them)
+        self.view = FigureView(figsize=(11, 3.6))  # view.renders: one per input (the tests count them)
         self.state: PSRoIState | None = None
         self._observe_controls()
         self.update()
         values = list(self.controls.values())
         self.widget = widgets.VBox([widgets.HBox([widgets.VBox(values[:4]), widgets.VBox(values[4:] + [self.message])]),
-                                    self.picture])
+                                    self.view.output])
 
     def roi(self) -> tuple[float, float, float, float]:
         c = {k: w.value for k, w in self.controls.items()}
@@ -138,9 +133,11 @@ class PSRoIExplorer(Explorer):
 
     def draw(self):
         """Render the figure as a PNG. The artists are built once per k (and the constrained layout solved
-        then); an RoI or class input only moves and recolours them, which is most of a redraw's cost saved."""
+        then); an RoI or class input only moves and recolours them, and only they are drawn again, over the
+        rest of the picture kept from the last full render (the image, ticks and labels: half of the text)."""
         k, c = self.controls["k"].value, self.controls["class_index"].value
-        if getattr(self, "_artists_k", None) != k:
+        new_k = getattr(self, "_artists_k", None) != k
+        if new_k:
             self._build(k)
         x1, y1, x2, y2 = self.roi()
         artists = self._artists
@@ -158,17 +155,12 @@ class PSRoIExplorer(Explorer):
         for i, (bar, p) in enumerate(zip(artists["bars"], self.state.probabilities.tolist())):
             bar.set_width(p)
             bar.set_facecolor("tab:orange" if i == c else "tab:blue")
-        buffer = io.BytesIO()
-        FigureCanvasAgg(self.figure).print_png(buffer)  # after a _build this also solves the layout ...
-        self.figure.set_layout_engine("none")  # ... which is then kept: an input moves artists, not axes
-        self.picture.value = buffer.getvalue()
-        self.draws += 1
+        self.view.show(relayout=new_k, changing=artists["changing"])  # new axes only are laid out again
 
     def _build(self, k: int):
         """The figure's axes and artists for k x k bins; the next draw lays them out (constrained layout) once."""
-        fig = self.figure
+        fig = self.view.figure
         fig.clear()
-        fig.set_layout_engine("constrained")
         ax_image, ax_bins, ax_vote = fig.subplots(1, 3, width_ratios=[1.4, 1, 1.2])
         ax_image.imshow(self.image.permute(1, 2, 0).numpy())
         roi = ax_image.add_patch(Rectangle((0, 0), 1, 1, fill=False, ec="tab:orange", lw=2))
@@ -188,6 +180,10 @@ class PSRoIExplorer(Explorer):
         ax_vote.invert_yaxis()
         ax_vote.set_xlim(0, 1)
         ax_vote.set_title("softmax of the votes")
+        # what an input changes, drawn in this order over the kept background: the axes' frames go over the bin
+        # image and the bars, as in a full render
+        changing = [roi, *(line for pair in grid for line in pair), bins, *texts.values(), bins_title,
+                    *ax_bins.spines.values(), *bars, *ax_vote.spines.values()]
         self._artists = {"roi": roi, "grid": grid, "bins": bins, "texts": texts, "bins_title": bins_title,
-                         "bars": list(bars)}
+                         "bars": list(bars), "changing": changing}
         self._artists_k = k

@@ -5,6 +5,7 @@ Run by hand; pytest does not collect it (no ``test_`` prefix)::
     .venv/bin/python tests/benchmarks/bench_training.py                          # every model, cpu profile
     .venv/bin/python tests/benchmarks/bench_training.py --models c4 fpn --steps 5
     .venv/bin/python tests/benchmarks/bench_training.py --compare channels_last  # the option against the baseline
+    .venv/bin/python tests/benchmarks/bench_training.py --baseline channels_last --compare bf16 --clock cpu
     .venv/bin/python tests/benchmarks/bench_training.py --smoke                  # ci sizes, one step: the script runs
 
 Each model is built as its notebook builds it, at the profile's sizes, widths, batch and proposal counts
@@ -17,8 +18,10 @@ at 10 -- through ``course_lib.engine``'s own step (``engine._step``), so what is
 data loading (timed on its own: ``--loading``).
 
 ``--compare OPTION`` builds the model twice from the same seed, once in the default (contiguous) layout in float32
--- ``fit(..., channels_last=False)`` -- and once with the option, and alternates their steps in one process (A, B, A, B, ...), so that the load of a shared machine falls on
-both alike; it prints the medians and the ratio (> 1: the option is faster). Options:
+-- ``fit(..., channels_last=False)`` -- and once with the option, and alternates their steps in one process (A, B,
+B, A, ...), so that the load of a shared machine falls on both alike; it prints the medians and the ratio (> 1: the
+option is faster). Options join with ``+`` (``channels_last+bf16``); ``--baseline OPTIONS`` gives the baseline
+options too (``--baseline channels_last``: what ``fit`` runs on the CPU), which the compared run then adds to:
 
 * ``channels_last``: the model's 4-d weights (and so its activations) in channels-last memory format (what ``fit``
   does by default on the CPU, except for a model with ``channels_last_on_cpu = False``);
@@ -26,7 +29,11 @@ both alike; it prints the medians and the ratio (> 1: the option is faster). Opt
 * ``flush_denormal``: ``torch.set_flush_denormal(True)`` (denormal floats read as zero);
 * ``compile``: ``torch.compile`` of the backbone; its first step (the compilation) is printed apart, against
   the steps a notebook runs;
-* ``threads1``: one intra-op thread in place of ``torch.get_num_threads()``.
+* ``threads1``: one intra-op thread in place of ``torch.get_num_threads()``;
+* ``unfused``: the optimiser's for-loop implementation in place of the fused one that ``detector_optimizer`` builds.
+
+``--clock cpu`` times the process's CPU seconds with OpenMP's idle threads asleep, in place of the wall clock: on a
+machine shared with other jobs a thread that waits for a descheduled one can make a step ten times as long.
 
 Each model runs in a spawned process of its own (``_process.in_fresh_process``). Absolute numbers move with the
 machine's load (printed first); the ratios of ``--compare`` are the numbers to read.
@@ -44,7 +51,7 @@ from _process import in_fresh_process  # this folder: a script's own folder is o
 MODELS = ("fcn8s", "unet", "fast_rcnn", "c4", "rfcn", "fpn", "efpn")
 NAMES = {"fcn8s": "FCN-8s", "unet": "U-Net", "fast_rcnn": "Fast R-CNN", "c4": "Faster R-CNN C4", "rfcn": "R-FCN",
          "fpn": "FPN", "efpn": "EFPN stage 2"}
-OPTIONS = ("channels_last", "bf16", "flush_denormal", "compile", "threads1")
+OPTIONS = ("channels_last", "bf16", "flush_denormal", "compile", "threads1", "unfused")
 SEG_CLASSES, MULTI_CLASSES, SIGN_CLASSES = 6, 6, 16  # the synthetic sets' classes + background
 
 
@@ -157,20 +164,24 @@ def build(name: str, profile):
 
 
 class _Runner:
-    """One model as ``fit`` trains it (``option`` None) or with ``option``; ``step()`` runs and times one step."""
+    """One model as ``fit(..., channels_last=False)`` trains it, plus the ``options`` (a set of ``OPTIONS``);
+    ``step()`` runs and times one step."""
 
-    def __init__(self, name: str, profile, option: str | None, threads: int):
+    def __init__(self, name: str, profile, options: frozenset[str], threads: int, clock=time.perf_counter):
         from course_lib import engine
 
-        self.engine, self.option, self.threads = engine, option, threads
+        self.engine, self.options, self.threads, self.clock = engine, options, threads, clock
         torch.manual_seed(0)
         model, loss_fn, self.optimizer, self.schedule, self.batch, self.images = build(name, profile)
         self.model = model.train()
-        self.amp = option == "bf16"
-        if option == "channels_last":
+        self.amp = "bf16" in options
+        if "unfused" in options:  # Adam(W) and SGD read the flags of each group at every step
+            for group in self.optimizer.param_groups:
+                group["fused"], group["foreach"] = None, False
+        if "channels_last" in options:
             self.model.to(memory_format=torch.channels_last)
         forward_model = self.model
-        if option == "compile":
+        if "compile" in options:
             body = getattr(self.model, "backbone", None)
             if body is not None:
                 self.model.backbone = torch.compile(body)
@@ -181,26 +192,38 @@ class _Runner:
         self.step_number = 0
 
     def step(self) -> float:
-        torch.set_flush_denormal(self.option == "flush_denormal")
-        torch.set_num_threads(1 if self.option == "threads1" else self.threads)
+        torch.set_flush_denormal("flush_denormal" in self.options)
+        torch.set_num_threads(1 if "threads1" in self.options else self.threads)
         self.step_number += 1
-        start = time.perf_counter()
+        start = self.clock()
         self.engine._step(self.step_number, self.batch, self.forward, self.model, self.optimizer, self.schedule,
                           self.scaler, amp=self.amp, amp_dtype=torch.bfloat16, device=torch.device("cpu"),
                           grad_clip=10.0, world=1)
-        return time.perf_counter() - start
+        return self.clock() - start
 
 
-def _measure(name: str, profile_name: str, option: str | None, steps: int, warmup: int, threads: int) -> dict:
+def _options(text: str) -> frozenset[str]:
+    """``"channels_last+bf16"`` -> the set of options; an unknown one is refused by name."""
+    names = frozenset(o for o in text.split("+") if o)
+    unknown = sorted(names - set(OPTIONS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown option(s) {', '.join(unknown)} in {text!r}: join some of "
+                                         f"{', '.join(OPTIONS)} with '+'")
+    return names
+
+
+def _measure(name: str, profile_name: str, baseline: frozenset[str], option: frozenset[str] | None, steps: int,
+             warmup: int, threads: int, clock: str = "wall") -> dict:
     """In a child process: the baseline's (and the option's) step times, alternated, after ``warmup`` steps each."""
     from course_lib.profiles import get_profile
 
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     profile = get_profile(profile_name)
-    runners = {"baseline": _Runner(name, profile, None, threads)}
+    timer = time.perf_counter if clock == "wall" else time.process_time
+    runners = {"baseline": _Runner(name, profile, baseline, threads, timer)}
     if option is not None:
-        runners[option] = _Runner(name, profile, option, threads)
+        runners["option"] = _Runner(name, profile, baseline | option, threads, timer)
     first = {key: r.step() for key, r in runners.items()}  # the first step: allocations, compilation
     for _ in range(warmup - 1):
         for r in runners.values():
@@ -236,36 +259,48 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per model (and per option)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (default: torch's choice)")
-    parser.add_argument("--compare", choices=OPTIONS, help="time this option against the baseline, interleaved")
+    parser.add_argument("--compare", type=_options, help="time the baseline plus these options (joined by '+', "
+                        f"of {', '.join(OPTIONS)}) against the baseline, interleaved")
+    parser.add_argument("--baseline", type=_options, default=frozenset(),
+                        help="options of the baseline too (default none: contiguous, float32, the optimiser as built)")
     parser.add_argument("--loading", action="store_true",
                         help="also time loading one detection batch from the generated data (data/<COURSE_PROFILE>, or $COURSE_DATA_DIR)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time steps by the wall clock (default), or by the CPU seconds of the process with "
+                             "OMP_WAIT_POLICY=passive (idle threads sleep): on a loaded machine, where waiting for a "
+                             "descheduled thread can stretch a step tenfold, CPU seconds still measure the work")
     parser.add_argument("--smoke", action="store_true", help="ci sizes, one step: checks the script runs")
     args = parser.parse_args()
     if args.smoke:
         args.profile, args.steps, args.warmup = "ci", 1, 1
+    if args.clock == "cpu":
+        os.environ["OMP_WAIT_POLICY"] = "passive"  # read by the spawned processes' OpenMP at start
 
     print(f"profile {args.profile}, torch {torch.__version__}, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f}; {args.steps} timed steps after {args.warmup} warm-up"
-          + (f"; {args.compare} vs baseline, interleaved" if args.compare else ""))
+          + ("; CPU seconds (not wall), OMP_WAIT_POLICY=passive" if args.clock == "cpu" else "")
+          + (f"; baseline {'+'.join(sorted(args.baseline)) or 'contiguous float32'}" +
+             (f", against it plus {'+'.join(sorted(args.compare))}, interleaved" if args.compare else "")))
     header = f"{'model':18s}{'images':>7s}{'s / step':>10s}{'images/s':>10s}"
     if args.compare:
         header += f"{'option s/step':>15s}{'ratio':>8s}{'1st step (s)':>20s}"
     print(header)
     ratios = []
     for name in args.models:
-        r = in_fresh_process(_measure, name, args.profile, args.compare, args.steps, args.warmup, args.threads)
+        r = in_fresh_process(_measure, name, args.profile, args.baseline, args.compare, args.steps, args.warmup,
+                             args.threads, args.clock)
         base = r["median"]["baseline"]
         line = f"{NAMES[name]:18s}{r['images']:7d}{base:10.3f}{r['images'] / base:10.2f}"
         if args.compare:
-            option = r["median"][args.compare]
+            option = r["median"]["option"]
             ratios.append(base / option)
             line += (f"{option:15.3f}{base / option:7.2f}x"
-                     f"{r['first']['baseline']:9.1f} /{r['first'][args.compare]:7.1f}")
+                     f"{r['first']['baseline']:9.1f} /{r['first']['option']:7.1f}")
         print(line, flush=True)
     if args.compare:
-        print(f"{args.compare}: geometric mean of the ratios {statistics.geometric_mean(ratios):.2f}x "
-              "(> 1: the option trains faster; baseline: contiguous layout, float32)")
+        print(f"{'+'.join(sorted(args.compare))}: geometric mean of the ratios {statistics.geometric_mean(ratios):.2f}x "
+              "(> 1: the option trains faster)")
     if args.loading:
         r = in_fresh_process(_loading, args.profile, 10)
         print(f"loading + collating one detection batch from {r['root']}: {r['seconds']:.3f} s")

@@ -441,3 +441,29 @@ def test_pooler_with_the_small_object_rule_pools_each_roi_from_its_level():
     by_hand = torch.cat([roi_align(x[f"s{2 ** int(k)}"], rois[i : i + 1], 5, 1 / 2 ** int(k), 2)
                          for i, k in enumerate(levels)])
     torch.testing.assert_close(out, by_hand, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("side", [128, 120])  # 120: P3 and P2 sides not exactly 2:1 (the fallback)
+@pytest.mark.parametrize("ftt", ["paper", "code", "nearest"])
+def test_the_extended_pyramid_is_the_papers_formula_to_the_bit(side, ftt):
+    """EFPNBackbone.extended's shortcuts (one stem for C2..C5 and C2', P3' added over 2 x 2 blocks without the
+    upsampled map, residual blocks in place) give exactly the maps of the formulas they replace."""
+    import torch.nn.functional as F
+
+    from course_lib.detection.efpn import ResidualBlock, _match_size
+
+    torch.manual_seed(0)
+    backbone = efpn_resnet50_fpn(num_classes=3, width=0.125, min_size=side, max_size=side, ftt=ftt).backbone.eval()
+    x = torch.randn(1, 3, side, side)
+    with torch.no_grad():
+        maps, p3_prime = backbone.extended(x)
+        p = backbone.pyramid(x)
+        ext = backbone.extension
+        p3 = ext.ftt(p["1"], p["0"])
+        lateral = ext.lateral(backbone.c2_prime(x))
+        p2_prime = ext.output(lateral + _match_size(F.interpolate(p3, scale_factor=2.0, mode="nearest"), lateral))
+    assert torch.equal(p3_prime, p3) and torch.equal(maps[P2_PRIME], p2_prime)
+    assert all(torch.equal(maps[k], v) for k, v in p.items())
+    block, h = ResidualBlock(4), torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(block(h), F.relu(h + block.conv2(F.relu(block.conv1(h)))))

@@ -226,3 +226,24 @@ def test_bad_inputs_train_and_detect_without_nan():
         model([image, image], [proposals])
     with pytest.raises(ValueError, match="N x 4"):
         model.eval()([image], [torch.zeros(5, 3)])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_box_head_is_fc6_and_fc7_as_convolutions(channels_last):
+    """VGG16BoxHead runs fc6 / fc7 as matrix products on the stored weights (no layout copy in channels-last): the
+    same outputs and gradients as the 7 x 7 and 1 x 1 convolutions they are stored as, in either layout."""
+    from course_lib.backbones.vgg import VGG16
+    from course_lib.detection.fast_rcnn import VGG16BoxHead
+
+    torch.manual_seed(0)
+    head = VGG16BoxHead(VGG16(width=0.125, fully_connected=True, dropout=0.0))
+    if channels_last:
+        head.to(memory_format=torch.channels_last)
+    x = torch.randn(5, head.fc6.in_channels, 7, 7, requires_grad=True)
+    out = head(x)
+    reference = F.relu(head.fc7(F.relu(head.fc6(x)))).flatten(1)
+    torch.testing.assert_close(out, reference)
+    grads = torch.autograd.grad(out.square().sum(), [x, head.fc6.weight])
+    expected = torch.autograd.grad(reference.square().sum(), [x, head.fc6.weight])
+    for g, e in zip(grads, expected):  # sums of products in another order: close to the scale of the gradient
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5 * float(e.abs().max()))

@@ -37,6 +37,22 @@ def test_equals_torchvision_in_eval(min_size, max_size):
     assert torch.equal(targets[0]["boxes"], random_batch([(37, 53), (61, 29), (50, 50)])[1][0]["boxes"])
 
 
+
+@pytest.mark.parametrize("train", [False, True])
+def test_an_image_at_the_size_equals_torchvisions_and_is_not_resampled(train):
+    """At scale 1 the resize is skipped (the cpu profile's 384-px images at min_size 384): torchvision's bilinear
+    resample of it gives the same numbers, and the boxes are copies, not the caller's tensor."""
+    ours, ref = GeneralizedRCNNTransform(64, 96, MEAN, STD), TVTransform(64, 96, MEAN, STD)
+    ours.train(train), ref.train(train)
+    images, targets = random_batch([(64, 80), (64, 64)], seed=3)
+    torch.manual_seed(0)
+    ours_list, ours_t = ours(images, targets)
+    torch.manual_seed(0)
+    ref_list, ref_t = ref(images, targets)
+    assert torch.equal(ours_list.tensors, ref_list.tensors) and ours_list.image_sizes == [(64, 80), (64, 64)]
+    for o, r, t in zip(ours_t, ref_t, targets):
+        assert torch.equal(o["boxes"], r["boxes"]) and o["boxes"] is not t["boxes"]
+
 def test_resize_rule_shorter_side_then_cap():
     t = GeneralizedRCNNTransform(800, 1333).eval()
     image_list, _ = t([torch.rand(3, 300, 400), torch.rand(3, 100, 1000)])

@@ -26,15 +26,15 @@ def test_explorer_redraws_once_per_input_and_switches_k():
     image = torch.rand(3, 160, 240, generator=g)
     maps = {1: torch.randn(3, 10, 15, generator=g), 3: torch.randn(27, 10, 15, generator=g)}
     explorer = PSRoIExplorer(image, maps, class_names=["background", "square", "disc"])
-    assert explorer.draws == 1 and explorer.picture.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert explorer.view.renders == 1 and explorer.view.output.value[:8] == b"\x89PNG\r\n\x1a\n"
     assert explorer.controls["k"].value == 3 and explorer.state.bins.shape == (3, 3, 3)
-    before, picture = explorer.state.votes.clone(), explorer.picture.value
+    before, picture = explorer.state.votes.clone(), explorer.view.output.value
     explorer.controls["x"].value += 40
-    assert explorer.draws == 2 and not torch.equal(before, explorer.state.votes) and explorer.picture.value != picture
+    assert explorer.view.renders == 2 and not torch.equal(before, explorer.state.votes) and explorer.view.output.value != picture
     explorer.controls["k"].value = 1
-    assert explorer.draws == 3 and explorer.state.bins.shape == (3, 1, 1)
+    assert explorer.view.renders == 3 and explorer.state.bins.shape == (3, 1, 1)
     explorer.controls["class_index"].value = 2
-    assert explorer.draws == 4 and "disc" in explorer.message.value
+    assert explorer.view.renders == 4 and "disc" in explorer.message.value
     with pytest.raises(ValueError, match="Pass class_names"):
         PSRoIExplorer(image, maps[3])
 
