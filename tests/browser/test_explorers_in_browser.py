@@ -9,8 +9,9 @@ nbval anyway), then for every explorer:
 * each control is moved, by keyboard (arrow keys, space) and by mouse (a click on the slider's track, on the
   checkbox; a disabled control is left alone): each input gives exactly one redraw (one new picture: counted in the page), the picture changes for
   every control, and the time from the input event to the new picture being painted is recorded (the table is
-  printed at the end of the run, with the median); each explorer's median must be at most ``MEDIAN_PAINT_MS``
-  (``COURSE_BROWSER_PAINT_MS`` sets another limit, e.g. on a loaded machine).
+  printed at the end of the run, with the median); with ``COURSE_BROWSER_PAINT_MS=250`` each explorer's median must
+  also be at most that many milliseconds (a speed check to run by hand on a quiet machine: speed is shown by
+  measurements, not asserted by default in a suite that CI runs on machines of any load).
 
 ``COURSE_BROWSER_SCREENSHOTS=<folder>`` also saves a screenshot of every explorer as it first renders.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MEDIAN_PAINT_MS = float(os.environ.get("COURSE_BROWSER_PAINT_MS", 250))  # an input's new picture, painted
+MEDIAN_PAINT_MS = os.environ.get("COURSE_BROWSER_PAINT_MS")  # an input's new picture, painted (ms); None: report only
 EXPLORER_CALL = re.compile(r"^(?!\s*(?:from|import)\s).*?\b([A-Z]\w*Explorer)\(", re.M)
 
 
@@ -272,9 +273,9 @@ def test_explorers_in_browser(lab, browser_context, path):
             assert not unchanged, f"{explorer}: the picture did not change when moving {unchanged}"
             times = [r["ms"] for r in lab.latencies if r["notebook"] == path.stem and r["explorer"] == explorer]
             median = statistics.median(times)
-            assert median <= MEDIAN_PAINT_MS, (
+            assert MEDIAN_PAINT_MS is None or median <= float(MEDIAN_PAINT_MS), (
                 f"{explorer} in {path.name}: median input-to-paint {median:.0f} ms over {len(times)} inputs > "
-                f"{MEDIAN_PAINT_MS:.0f} ms (load average {os.getloadavg()[0]:.1f}): profile its draw() (is the whole "
+                f"{MEDIAN_PAINT_MS} ms (load average {os.getloadavg()[0]:.1f}): profile its draw() (is the whole "
                 "figure redrawn for an input? see FigureView.show(changing=...))")
         assert not console_errors, f"errors in the browser console: {console_errors}"
     finally:
