@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from course_lib.experiments import Claim, check_fair, check_verdict, compare, trainable_signature
+from course_lib.experiments import Claim, check_fair, check_verdict, compare, remembered, trainable_signature
 from course_lib.profiles import get_profile
 
 COMMON = {"data": "multi", "image_size": 384, "steps": 100, "batch_size": 2, "lr": 2e-3, "rpn_post_nms_total": 300}
@@ -144,3 +144,20 @@ def test_clear_errors_for_a_wrong_claim_metric_or_expectation():
         check_verdict(result, "holds", get_profile("cpu"))
     with pytest.raises(ValueError, match="expected='hold'"):
         check_verdict(result, "hold", get_profile("cpu"))
+
+
+def test_remembered_trains_each_arm_and_seed_once_for_two_metrics():
+    calls = []
+
+    def run(settings, seed):
+        calls.append((settings["head"], seed))
+        return {"AP50": 0.5 + 0.1 * (settings["head"] == "fpn") + 0.01 * seed, "APs": 0.2 + 0.1 * (settings["head"] == "fpn")}
+    run_once = remembered(run)
+    first = compare(ARMS, variable="head", run=run_once, claim=FPN_OVER_C4, progress=False)
+    second = compare(ARMS, variable="head", run=run_once, metric="APs", progress=False)
+    assert sorted(calls) == sorted((head, seed) for head in ("fpn", "c4") for seed in (0, 1, 2))  # 6 runs, not 12
+    assert first.values["fpn"] == pytest.approx([0.6, 0.61, 0.62]) and second.values["c4"] == pytest.approx([0.2] * 3)
+    run_once({**ARMS["fpn"], "steps": 200}, 0)  # other settings: trained again
+    assert calls[-1] == ("fpn", 0) and len(calls) == 7
+    run_once(ARMS["fpn"], 0)["AP50"] = -1.0  # the caller's copy: the remembered metrics stay
+    assert run_once(ARMS["fpn"], 0)["AP50"] == pytest.approx(0.6)
