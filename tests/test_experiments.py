@@ -151,7 +151,8 @@ def test_remembered_trains_each_arm_and_seed_once_for_two_metrics():
 
     def run(settings, seed):
         calls.append((settings["head"], seed))
-        return {"AP50": 0.5 + 0.1 * (settings["head"] == "fpn") + 0.01 * seed, "APs": 0.2 + 0.1 * (settings["head"] == "fpn")}
+        fpn = settings["head"] == "fpn"
+        return {"AP50": 0.5 + 0.1 * fpn + 0.01 * seed, "APs": 0.2 + 0.1 * fpn}
     run_once = remembered(run)
     first = compare(ARMS, variable="head", run=run_once, claim=FPN_OVER_C4, progress=False)
     second = compare(ARMS, variable="head", run=run_once, metric="APs", progress=False)
