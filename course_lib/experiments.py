@@ -19,6 +19,7 @@ validation images -- so no difference between two detectors could be told from n
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from course_lib import papers
 from course_lib.profiles import Profile, check_targets, get_profile
 
 __all__ = ["TrainableSignature", "trainable_signature", "Claim", "Comparison", "check_fair", "compare", "paired",
-           "check_verdict", "VERDICTS"]
+           "remembered", "check_verdict", "VERDICTS"]
 
 VERDICTS = ("holds", "reversed", "within noise")
 _MISSING = "<missing>"
@@ -214,6 +215,20 @@ def _judge(values: dict[str, list[float]], se: dict[str, list[float]], claim: Cl
     return verdict, [f"{a} - {b} per seed: {'  '.join(f'{x:+.3f}' for x in d)}; mean {d.mean():+.3f}, "
                      f"SE {_cell(total)} (seeds {_cell(math.sqrt(seed_var))}, images {math.sqrt(eval_var):.3f})",
                      str(claim), f"verdict: {verdict.upper()}", f"rule: {RULE}"]
+
+
+def remembered(run: Callable[[dict, int], Mapping[str, float]]) -> Callable[[dict, int], dict]:
+    """``run`` that trains each (settings, seed) once: a second ``compare`` of the same arms on another metric (AP50,
+    then APs) reads the metrics of the models the first one trained. Settings are told apart by their ``repr``."""
+    memory: dict[tuple[str, int], Mapping[str, float]] = {}
+
+    @functools.wraps(run)
+    def run_once(settings: dict, seed: int) -> dict:
+        key = (repr(sorted(settings.items())), seed)
+        if key not in memory:
+            memory[key] = run(settings, seed)
+        return dict(memory[key])
+    return run_once
 
 
 def compare(arms: Mapping[str, Mapping], *, variable: str, run: Callable[[dict, int], Mapping[str, float]],

@@ -3,6 +3,9 @@ import pytest
 import torch
 
 from course_lib.experiments import Claim, check_fair, check_verdict, compare, paired, trainable_signature
+
+
+from course_lib.experiments import Claim, check_fair, check_verdict, compare, remembered, trainable_signature
 from course_lib.profiles import get_profile
 
 COMMON = {"data": "multi", "image_size": 384, "steps": 100, "batch_size": 2, "lr": 2e-3, "rpn_post_nms_total": 300}
@@ -205,3 +208,21 @@ def test_a_paper_fail_ranks_below_every_number():
     assert "k=1: fail" in str(claim)
     with pytest.raises(ValueError, match="a 'fail' is not comparable"):
         Claim({"k=1": "rfcn.table2.k1.map", "k=7": "rfcn.table2.k7.map"}, within=0.02)
+
+
+def test_remembered_trains_each_arm_and_seed_once_for_two_metrics():
+    calls = []
+
+    def run(settings, seed):
+        calls.append((settings["head"], seed))
+        fpn = settings["head"] == "fpn"
+        return {"AP50": 0.5 + 0.1 * fpn + 0.01 * seed, "APs": 0.2 + 0.1 * fpn}
+    run_once = remembered(run)
+    first = compare(ARMS, variable="head", run=run_once, claim=FPN_OVER_C4, progress=False)
+    second = compare(ARMS, variable="head", run=run_once, metric="APs", progress=False)
+    assert sorted(calls) == sorted((head, seed) for head in ("fpn", "c4") for seed in (0, 1, 2))  # 6 runs, not 12
+    assert first.values["fpn"] == pytest.approx([0.6, 0.61, 0.62]) and second.values["c4"] == pytest.approx([0.2] * 3)
+    run_once({**ARMS["fpn"], "steps": 200}, 0)  # other settings: trained again
+    assert calls[-1] == ("fpn", 0) and len(calls) == 7
+    run_once(ARMS["fpn"], 0)["AP50"] = -1.0  # the caller's copy: the remembered metrics stay
+    assert run_once(ARMS["fpn"], 0)["AP50"] == pytest.approx(0.6)

@@ -145,6 +145,23 @@ class GeneralizedRCNN(nn.Module):
         detections, _ = self.detect(features, resized, image_list)
         return self.postprocess(detections, image_list, original_sizes)
 
+    def proposal_budget(self, image_size: tuple[int, int]) -> dict[str, int]:
+        """The RPN's proposal counts per image of ``image_size`` (H, W before the transform resizes it): the boxes that
+        enter NMS and the most that leave it, in training and at test time -- what a fair comparison of two detectors
+        holds equal (``pre_nms_top_n`` is per map: see ``RegionProposalNetwork.boxes_into_nms``)."""
+        was_training = self.training
+        device = next(self.parameters()).device
+        try:
+            image_list, _, _ = self.eval().prepare([torch.zeros(3, *image_size, device=device)])
+            maps = self.rpn.select_features(self.features(image_list))
+        finally:
+            self.train(was_training)
+        anchors = [a * m.shape[-2] * m.shape[-1]
+                   for a, m in zip(self.rpn.anchor_generator.num_anchors_per_location(), maps)]
+        return {f"{when} NMS, {mode}": (self.rpn.boxes_into_nms(anchors, mode) if when == "into"
+                                        else self.rpn.post_nms_top_n(mode))
+                for mode in ("training", "testing") for when in ("into", "out of")}
+
 
 def detection_loss(model: nn.Module, batch: tuple) -> dict[str, Tensor]:
     """The ``loss_fn`` of :func:`course_lib.engine.fit` for every detector of the course: the model's

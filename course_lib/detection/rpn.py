@@ -181,6 +181,12 @@ class RegionProposalNetwork(nn.Module):
         """Proposals kept per image after NMS (sec. 3.3: 2000 for training, 300 at test time in the paper)."""
         return self._post_nms_top_n[self._mode(mode)]
 
+    def boxes_into_nms(self, anchors_per_level: list[int], mode: str | None = None) -> int:
+        """How many boxes of one image enter NMS, given its anchors on each map: the ``pre_nms_top_n`` best of every
+        map, summed (all of a map's anchors where it has fewer). The limit is per map, so an FPN with five levels
+        sends up to five times as many boxes into NMS as a one-map (C4) RPN with the same ``pre_nms_top_n``."""
+        return sum(min(self.pre_nms_top_n(mode), n) for n in anchors_per_level)
+
     @contextlib.contextmanager
     def proposal_counts(self, *, pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None,
                         mode: str = "testing"):
