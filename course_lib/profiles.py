@@ -225,7 +225,7 @@ PROFILES: dict[str, Profile] = {
                               fpn=Resize(384, 512), efpn=Resize(384, 384)),
         proposals=ProposalCounts(train=600, test=300, rois_per_image=64, rfcn_ohem_rois=64, efpn_ohem_rois=32),
         steps=TrainingSteps(rcnn=20, fast_rcnn=400, faster_rcnn=600, rfcn=320, rfcn_ablation=60, fpn=400,
-                            fpn_ablation=100, efpn_fpn=250, efpn_distill=60, efpn_head=60, efpn_ablation=30),
+                            fpn_ablation=100, efpn_fpn=350, efpn_distill=60, efpn_head=60, efpn_ablation=20),
         timing=Timing(efpn_images=2),
     ),
     # the papers' values: every default above
