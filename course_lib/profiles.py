@@ -227,7 +227,7 @@ PROFILES: dict[str, Profile] = {
                               fpn=Resize(384, 512), efpn=Resize(384, 384)),
         proposals=ProposalCounts(train=600, test=300, rois_per_image=64, rfcn_ohem_rois=32, efpn_ohem_rois=32),
         steps=TrainingSteps(rcnn=20, fast_rcnn=400, faster_rcnn=600, rfcn=150, rfcn_ablation=150, fpn=200,
-                            fpn_ablation=200, efpn_fpn=300, efpn_distill=100, efpn_head=100, efpn_ablation=40),
+                            fpn_ablation=200, efpn_fpn=350, efpn_distill=60, efpn_head=60, efpn_ablation=20),
         timing=Timing(rfcn_rois=(300, 1000, 2000), efpn_images=2),
     ),
     # the papers' values: every default above

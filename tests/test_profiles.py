@@ -63,11 +63,11 @@ BEFORE_THE_GROUPS = [
     ("efpn_min_size", "resize.efpn.min_size", (256, 384, 1400)),
     ("efpn_max_size", "resize.efpn.max_size", (256, 384, 1400)),
     ("efpn_small_roi_size", "EFPN_SMALL_ROI_SIZE", (56.0, 56.0, 56.0)),
-    ("efpn_fpn_steps", "steps.efpn_fpn", (2, 300, None)),
-    ("efpn_distill_steps", "steps.efpn_distill", (2, 100, None)),
-    ("efpn_head_steps", "steps.efpn_head", (2, 100, None)),
+    ("efpn_fpn_steps", "steps.efpn_fpn", (2, 350, None)),
+    ("efpn_distill_steps", "steps.efpn_distill", (2, 60, None)),
+    ("efpn_head_steps", "steps.efpn_head", (2, 60, None)),
     ("efpn_ohem_rois", "proposals.efpn_ohem_rois", (4, 32, 128)),
-    ("efpn_ablation_steps", "steps.efpn_ablation", (1, 40, None)),
+    ("efpn_ablation_steps", "steps.efpn_ablation", (1, 20, None)),
     ("efpn_bench_images", "timing.efpn_images", (1, 2, 20)),
     # new with issue 19 (no value before): the laptop's backbone pretraining (course_lib/pretraining.py)
     ("pretraining_steps", "pretraining.steps", (2, 2000, 2000)),  # gpu: never run (width 1.0)

@@ -302,13 +302,19 @@ def efpn_metrics(gt, detections, iou_threshold: float = 0.5, score_threshold: fl
 
 
 def _accuracy_recall_f1(tp: int, num_det: int, matched: int, num_gt: int) -> dict[str, float]:
-    """accuracy = tp / detections, recall = matched / objects, F1 (eq. 9); NaN where there is nothing to count."""
+    """accuracy = tp / detections, recall = matched / objects, F1 (eq. 9); NaN where there is nothing to count.
+
+    F1, the harmonic mean of the two, is 0 when either is 0 even if the other has nothing to count: a size with
+    objects but no detection above the threshold has recall 0 and F1 0 (every object missed), not NaN -- the NaN
+    that filled chapter 8's ablation table when briefly trained models scored nothing above the threshold."""
     acc = tp / num_det if num_det else math.nan
     rec = matched / num_gt if num_gt else math.nan
-    if math.isnan(acc) or math.isnan(rec):
+    if acc == 0 or rec == 0:
+        f1 = 0.0
+    elif math.isnan(acc) or math.isnan(rec):
         f1 = math.nan
     else:
-        f1 = 2 * acc * rec / (acc + rec) if acc + rec > 0 else 0.0
+        f1 = 2 * acc * rec / (acc + rec)
     return {"accuracy": acc, "recall": rec, "f1": f1, "num_det": num_det, "tp": tp, "fp": num_det - tp,
             "num_gt": num_gt, "matched_gt": matched, "fn": num_gt - matched}
 

@@ -1,7 +1,7 @@
 """Chapter 08's exercises: the pixel shuffle of eq. 4, written from the formula, and the foreground-background-balanced
 loss of eq. 6-8. Each checker compares the student's function with the library's (``course_lib.detection.efpn``)
 on hidden, seeded cases: several upscaling factors and channel counts; an image without objects, a full mask, images
-with unequal numbers of positive pixels, lambda.
+with unequal numbers of positive pixels, a batch in which one image has none, lambda.
 """
 from __future__ import annotations
 
@@ -72,6 +72,9 @@ def _fbb_cases() -> list[Case]:
     uneven[1] = False
     uneven[1, 5, 0] = True  # one positive pixel in the second image, four in the first
     cases.append(Case("two images with unequal numbers of positive pixels (4 and 1)", (s, t, uneven)))
+    one_empty = mask.clone()
+    one_empty[1] = False  # positives in the first image only: N is the first image's count, the empty one adds 0
+    cases.append(Case("two images, the second without objects", (s, t, one_empty)))
     cases.append(Case("an image without objects (no positive pixel)", (s[:1], t[:1], torch.zeros(1, 6, 5, dtype=torch.bool))))
     cases.append(Case("every pixel positive", (s, t, torch.ones(2, 6, 5, dtype=torch.bool))))
     s, t = maps(1, 256, 12, 10)
@@ -80,7 +83,8 @@ def _fbb_cases() -> list[Case]:
     return cases
 
 
-def _fbb_variant(case, *, by_all_pixels=False, no_lam=False, sum_channels=False, per_image=False):
+def _fbb_variant(case, *, by_all_pixels=False, no_lam=False, sum_channels=False, per_image=False,
+                 clamp_per_image=False, lam_on_glob=False):
     """What a plausible mistake computes on ``case`` (to aim the hint at it)."""
     student, target, mask = case.args
     lam = 1.0 if no_lam else case.kwargs.get("lam", 1.0)
@@ -89,7 +93,12 @@ def _fbb_variant(case, *, by_all_pixels=False, no_lam=False, sum_channels=False,
     m = mask.to(diff.dtype)
     if per_image:
         return diff.mean() + lam * ((per_pixel * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)).mean()
-    n = torch.tensor(float(m.numel())) if by_all_pixels else m.sum().clamp(min=1)
+    if clamp_per_image:  # each image's N clamped to 1, then summed: an image without objects adds 1 to N
+        n = m.sum((1, 2)).clamp(min=1).sum()
+    else:
+        n = torch.tensor(float(m.numel())) if by_all_pixels else m.sum().clamp(min=1)
+    if lam_on_glob:
+        return lam * diff.mean() + (per_pixel * m).sum() / n
     return diff.mean() + lam * (per_pixel * m).sum() / n
 
 
@@ -109,6 +118,11 @@ def check_fbb_loss(fbb):
         Hint("N counts the positive pixels of the whole batch: L_pos is one sum over every image's positive pixels "
              "divided by that N, not a mean of per-image means (they differ when the images have unequal numbers "
              "of positives).", when=lambda out, exp, case: _matches(out, _fbb_variant(case, per_image=True))),
+        Hint("N counts the positive pixels of the whole batch: an image without objects adds 0 to N, not 1 (clamp "
+             "N to at least 1 once, for the batch, only to avoid 0 / 0).",
+             when=lambda out, exp, case: _matches(out, _fbb_variant(case, clamp_per_image=True))),
+        Hint("lam weighs L_pos, the positive-pixel term: L_glob + lam * L_pos, not lam * L_glob + L_pos.",
+             when=lambda out, exp, case: _matches(out, _fbb_variant(case, lam_on_glob=True))),
         Hint("Did you use lam? The loss is L_glob + lam * L_pos.",
              when=lambda out, exp, case: _matches(out, _fbb_variant(case, no_lam=True))),
         Hint("As the library (and the authors' code): L_glob is the mean |F^t - F| over every element, and L_pos the "

@@ -216,7 +216,11 @@ def test_efpn_metrics_threshold_class_agnostic_and_empty():
     agnostic = efpn_metrics(gt, det, class_agnostic=True)  # d3 now finds B
     assert (agnostic["small"]["tp"], agnostic["small"]["recall"]) == (2, 1.0)
     none = efpn_metrics(gt, [])
-    assert math.isnan(none["small"]["accuracy"]) and none["small"]["recall"] == 0 and math.isnan(none["small"]["f1"])
+    # no detection: accuracy has nothing to count (NaN), but every object is missed: recall 0 and F1 0, not NaN
+    # (the harmonic mean with a zero); NaN only where there is neither a detection nor an object
+    assert math.isnan(none["small"]["accuracy"]) and none["small"]["recall"] == 0 and none["small"]["f1"] == 0
+    assert math.isnan(efpn_metrics([{"image_id": 1, "boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}],
+                                   [])["small"]["f1"])
 
 
 def test_efpn_metrics_ignores_crowd_objects_and_detections_on_them():

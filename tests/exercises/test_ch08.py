@@ -67,3 +67,35 @@ def test_fbb_loss_rejects_a_per_image_positive_mean():
         return diff.mean() + lam * l_pos
     with pytest.raises(ExerciseFailed, match="whole batch"):
         ch08.check_fbb_loss(per_image)
+
+
+def _fbb_clamped_per_image(s, t, m, lam=1.0):
+    """Each image's N clamped to 1, then summed: right on every case where each image has a positive pixel (the
+    checker's cases before a batch with one empty image was added), wrong when one has none (it adds 1 to N)."""
+    diff = (s - t).abs()
+    mask = m.to(diff.dtype)
+    return diff.mean() + lam * (diff.mean(1) * mask).sum() / mask.sum((1, 2)).clamp(min=1).sum()
+
+
+def _fbb_lam_on_glob(s, t, m, lam=1.0):
+    diff = (s - t).abs()
+    mask = m.to(diff.dtype)
+    return lam * diff.mean() + (diff.mean(1) * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _fbb_where_nan(s, t, m, lam=1.0):
+    """N = 0 guarded by torch.where: the value is right (L_glob) but the untaken branch's 0 / 0 makes the gradient NaN."""
+    diff = (s - t).abs()
+    mask = m.to(diff.dtype)
+    n = mask.sum()
+    return diff.mean() + lam * torch.where(n > 0, (diff.mean(1) * mask).sum() / n, torch.zeros(()))
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (_fbb_clamped_per_image, "adds 0 to N, not 1"),
+    (_fbb_lam_on_glob, "not lam \\* L_glob"),
+    (_fbb_where_nan, "N = 0"),
+])
+def test_fbb_loss_rejects_answers_that_are_right_on_most_batches(wrong, hint):
+    with pytest.raises(ExerciseFailed, match=hint):
+        ch08.check_fbb_loss(wrong)
