@@ -42,6 +42,11 @@ def test_notebook_committed_without_outputs(path):
     dirty = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
     assert not dirty, (f"{path.name}: cells {dirty} carry outputs or execution counts; clear them before committing "
                        f"(`jupyter nbconvert --clear-output --inplace {path.relative_to(ROOT)}`)")
+    ids = [c.get("id") for c in cells]
+    assert None not in ids and len(set(ids)) == len(ids), (
+        f"{path.name}: cells {[i for i, x in enumerate(ids) if x is None]} have no id, or ids repeat (nbformat 4.5 "
+        "needs one unique id per cell; a cell added by a script lacks it): `python -c \"import nbformat as n; "
+        f"p='{path.relative_to(ROOT)}'; b=n.read(p, 4); n.validator.normalize(b); n.write(b, p)\"` adds them")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
