@@ -27,7 +27,9 @@ import course_lib
 __all__ = ["requirement", "colab_url", "cell_source", "colab_links", "notebook", "write"]
 
 SETUP_MARK = "# Set-up, the same in every notebook"  # how write() knows a notebook's set-up cell
-DETECTOR_CHAPTERS = ("05", "06", "07", "08")  # ResNet detectors: in cpu and ci from course_lib.pretraining's file
+# the notebooks whose ResNet detectors start, in cpu and ci, from course_lib.pretraining's file (00 measures what it
+# changes; 05-08 fine-tune from it): installed, their set-up cell builds it once (minutes in cpu, seconds in ci)
+PRETRAINED_CHAPTERS = ("00", "05", "06", "07", "08")
 LINKS_BEGIN = "<!-- colab links: written by `python -m course_lib.setup` from course_lib.REPOSITORY -->"
 LINKS_END = "<!-- end of colab links -->"
 
@@ -108,7 +110,7 @@ def _installed(name: str, version: str | None) -> None:
     profile = get_profile()
     print(f"profile {profile.name}: {profile.description}")
     build(profile, skip_existing=True, progress=profile.name != "ci")  # ci: seconds, and no bars in executed copies
-    if name[:2] in DETECTOR_CHAPTERS:  # their ResNets start from the course's pretrained one in cpu and ci
+    if name[:2] in PRETRAINED_CHAPTERS:
         from course_lib.pretraining import build_backbone
 
         build_backbone(profile, progress=profile.name != "ci")

@@ -17,6 +17,7 @@ import pytest
 import course_lib
 import course_lib.data.make_synthetic as make_synthetic
 import course_lib.data.paths as paths
+import course_lib.pretraining as pretraining
 from course_lib import recipes, setup
 from course_lib.profiles import PROFILES
 
@@ -95,7 +96,7 @@ def test_set_up_cell_explains_when_it_cannot_install(tmp_path):
 @pytest.fixture
 def installed(monkeypatch, tmp_path, capsys):
     """course_lib as if installed from a wheel (no checkout), in a fake Colab; returns the calls it made."""
-    calls = types.SimpleNamespace(widget_manager=0, built=[])
+    calls = types.SimpleNamespace(widget_manager=0, built=[], backbones=[])
     output = types.SimpleNamespace(enable_custom_widget_manager=lambda: setattr(calls, "widget_manager",
                                                                                   calls.widget_manager + 1))
     colab = types.ModuleType("google.colab")
@@ -104,6 +105,7 @@ def installed(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "google.colab", colab)
     monkeypatch.setattr(paths, "checkout_root", lambda: None)
     monkeypatch.setattr(make_synthetic, "build", lambda profile, **kw: calls.built.append((profile.name, kw)))
+    monkeypatch.setattr(pretraining, "build_backbone", lambda profile, **kw: calls.backbones.append(profile.name))
     monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != "COURSE_PROFILE"})
     return calls
 
@@ -131,6 +133,10 @@ def test_in_colab_without_a_gpu_it_picks_cpu_and_keeps_a_profile_already_chosen(
     os.environ["COURSE_PROFILE"] = "ci"
     setup.notebook("00_course_map")
     assert installed.built[1][0] == "ci" and "no GPU (Runtime > Change runtime type)" in capsys.readouterr().out
+    # the pretrained backbone: built by the notebooks that use it (00 measures it, 05-08 fine-tune from it) only
+    setup.notebook("03_unet")
+    setup.notebook("07_fpn")
+    assert installed.backbones == ["cpu", "ci", "ci"] and setup.PRETRAINED_CHAPTERS == ("00", "05", "06", "07", "08")
 
 
 def test_an_installed_course_of_another_version_says_how_to_install_the_notebooks(installed):
