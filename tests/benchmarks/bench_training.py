@@ -30,7 +30,11 @@ options too (``--baseline channels_last``: what ``fit`` runs on the CPU), which 
 * ``compile``: ``torch.compile`` of the backbone; its first step (the compilation) is printed apart, against
   the steps a notebook runs;
 * ``threads1``: one intra-op thread in place of ``torch.get_num_threads()``;
-* ``unfused``: the optimiser's for-loop implementation in place of the fused one that ``detector_optimizer`` builds.
+* ``unfused``: the optimiser's for-loop implementation in place of the fused one that ``detector_optimizer`` builds;
+* ``scratch``: the detectors (C4, R-FCN, FPN, EFPN) from random weights with every stage and batch norm trainable,
+  as the ``cpu`` profile trained them before its pretrained start (``course_lib.pretraining``); by default they
+  start as the notebooks build them, from ``backbone_weights(profile)``: batch norms frozen and the stem and
+  conv2_x not trained (``trainable_backbone_layers`` 3, the papers' fine-tuning), so their backward pass is shorter.
 
 ``--clock cpu`` times the process's CPU seconds with OpenMP's idle threads asleep, in place of the wall clock: on a
 machine shared with other jobs a thread that waits for a descheduled one can make a step ten times as long.
@@ -51,7 +55,7 @@ from _process import in_fresh_process  # this folder: a script's own folder is o
 MODELS = ("fcn8s", "unet", "fast_rcnn", "c4", "rfcn", "fpn", "efpn")
 NAMES = {"fcn8s": "FCN-8s", "unet": "U-Net", "fast_rcnn": "Fast R-CNN", "c4": "Faster R-CNN C4", "rfcn": "R-FCN",
          "fpn": "FPN", "efpn": "EFPN stage 2"}
-OPTIONS = ("channels_last", "bf16", "flush_denormal", "compile", "threads1", "unfused")
+OPTIONS = ("channels_last", "bf16", "flush_denormal", "compile", "threads1", "unfused", "scratch")
 SEG_CLASSES, MULTI_CLASSES, SIGN_CLASSES = 6, 6, 16  # the synthetic sets' classes + background
 
 
@@ -79,12 +83,14 @@ def _random_boxes(count: int, height: int, width: int, seed: int) -> torch.Tenso
     return torch.cat([xy, (xy + wh).clamp(max=torch.tensor([width - 1.0, height - 1.0]))], 1)
 
 
-def build(name: str, profile):
-    """``(model, loss_fn, optimizer, lr_scheduler, batch, images per batch)`` as the notebook trains it."""
+def build(name: str, profile, scratch: bool = False):
+    """``(model, loss_fn, optimizer, lr_scheduler, batch, images per batch)`` as the notebook trains it (``scratch``:
+    the detectors from random weights, every layer trainable)."""
     import torch.nn.functional as F
 
     from course_lib.detection import detection_loss
     from course_lib.engine import detector_optimizer
+    from course_lib.pretraining import backbone_weights
     from course_lib.profiles import EFPN_SMALL_ROI_SIZE
 
     p = profile
@@ -127,11 +133,13 @@ def build(name: str, profile):
     images, targets = _detection_batch("signs" if name == "efpn" else "multiscale", p.detector.batch_size,
                                        *(p.data.small_objects_size if name == "efpn" else p.data.multiscale_size))
     batch = (images, targets)
+    start = dict(weights_backbone=None if scratch else backbone_weights(p))  # the notebooks': the pretrained file
     if name == "c4":
         from course_lib.detection import fasterrcnn_resnet50_c4
 
         model = fasterrcnn_resnet50_c4(
-            num_classes=MULTI_CLASSES, width=p.detector.width, min_size=p.resize.faster_rcnn.min_size, max_size=p.resize.faster_rcnn.max_size,
+            num_classes=MULTI_CLASSES, width=p.detector.width, **start, head_batch_norm=p.detector.c4_head_batch_norm,
+            min_size=p.resize.faster_rcnn.min_size, max_size=p.resize.faster_rcnn.max_size,
             rpn_anchor_sizes=p.detector.c4_anchor_sizes, rpn_post_nms_top_n_train=p.proposals.train,
             rpn_post_nms_top_n_test=p.proposals.test, box_batch_size_per_image=p.proposals.rois_per_image)
         return (model, detection_loss, *det(model, p.steps.faster_rcnn), batch, p.detector.batch_size)
@@ -139,7 +147,7 @@ def build(name: str, profile):
         from course_lib.detection.rfcn import rfcn_resnet50, rfcn_resnet101
 
         rfcn = {50: rfcn_resnet50, 101: rfcn_resnet101}[p.detector.rfcn_depth]
-        model = rfcn(num_classes=MULTI_CLASSES, ohem_batch_size_per_image=p.proposals.rfcn_ohem_rois, width=p.detector.width,
+        model = rfcn(num_classes=MULTI_CLASSES, **start, ohem_batch_size_per_image=p.proposals.rfcn_ohem_rois, width=p.detector.width,
                      rpn_anchor_sizes=p.detector.c4_anchor_sizes, min_size=p.resize.rfcn.min_size, max_size=p.resize.rfcn.max_size,
                      rpn_pre_nms_top_n_train=20 * p.proposals.rfcn, rpn_post_nms_top_n_train=p.proposals.rfcn,
                      rpn_pre_nms_top_n_test=20 * p.proposals.rfcn, rpn_post_nms_top_n_test=p.proposals.rfcn)
@@ -149,7 +157,7 @@ def build(name: str, profile):
     sizes = (dict(min_size=p.resize.efpn.min_size, max_size=p.resize.efpn.max_size) if name == "efpn"
              else dict(min_size=p.resize.fpn.min_size, max_size=p.resize.fpn.max_size))
     model = fasterrcnn_resnet50_fpn(
-        num_classes=SIGN_CLASSES if name == "efpn" else MULTI_CLASSES, width=p.detector.width, **sizes,
+        num_classes=SIGN_CLASSES if name == "efpn" else MULTI_CLASSES, width=p.detector.width, **sizes, **start,
         rpn_pre_nms_top_n_train=p.proposals.train, rpn_post_nms_top_n_train=p.proposals.train,
         rpn_pre_nms_top_n_test=p.proposals.test, rpn_post_nms_top_n_test=p.proposals.test,
         box_batch_size_per_image=p.proposals.rois_per_image)
@@ -172,7 +180,7 @@ class _Runner:
 
         self.engine, self.options, self.threads, self.clock = engine, options, threads, clock
         torch.manual_seed(0)
-        model, loss_fn, self.optimizer, self.schedule, self.batch, self.images = build(name, profile)
+        model, loss_fn, self.optimizer, self.schedule, self.batch, self.images = build(name, profile, "scratch" in options)
         self.model = model.train()
         self.amp = "bf16" in options
         if "unfused" in options:  # Adam(W) and SGD read the flags of each group at every step
@@ -213,8 +221,9 @@ def _options(text: str) -> frozenset[str]:
 
 
 def _measure(name: str, profile_name: str, baseline: frozenset[str], option: frozenset[str] | None, steps: int,
-             warmup: int, threads: int, clock: str = "wall") -> dict:
-    """In a child process: the baseline's (and the option's) step times, alternated, after ``warmup`` steps each."""
+             warmup: int, threads: int, clock: str = "wall", replace: bool = False) -> dict:
+    """In a child process: the baseline's (and the option's) step times, alternated, after ``warmup`` steps each.
+    The option's run has the baseline's options too, unless ``replace``."""
     from course_lib.profiles import get_profile
 
     threads = threads or torch.get_num_threads()
@@ -223,7 +232,7 @@ def _measure(name: str, profile_name: str, baseline: frozenset[str], option: fro
     timer = time.perf_counter if clock == "wall" else time.process_time
     runners = {"baseline": _Runner(name, profile, baseline, threads, timer)}
     if option is not None:
-        runners["option"] = _Runner(name, profile, baseline | option, threads, timer)
+        runners["option"] = _Runner(name, profile, option if replace else baseline | option, threads, timer)
     first = {key: r.step() for key, r in runners.items()}  # the first step: allocations, compilation
     for _ in range(warmup - 1):
         for r in runners.values():
@@ -261,6 +270,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (default: torch's choice)")
     parser.add_argument("--compare", type=_options, help="time the baseline plus these options (joined by '+', "
                         f"of {', '.join(OPTIONS)}) against the baseline, interleaved")
+    parser.add_argument("--against", type=_options, help="time these options as they are (not added to the "
+                        "baseline's) against the baseline, interleaved: --baseline scratch+unfused --against "
+                        "channels_last is the cpu profile before issue 23 and the pretrained start against today's")
     parser.add_argument("--baseline", type=_options, default=frozenset(),
                         help="options of the baseline too (default none: contiguous, float32, the optimiser as built)")
     parser.add_argument("--loading", action="store_true",
@@ -271,6 +283,11 @@ def main() -> None:
                              "descheduled thread can stretch a step tenfold, CPU seconds still measure the work")
     parser.add_argument("--smoke", action="store_true", help="ci sizes, one step: checks the script runs")
     args = parser.parse_args()
+    if args.compare is not None and args.against is not None:
+        parser.error("give --compare (options added to the baseline's) or --against (options as they are), not both")
+    replace = args.against is not None
+    if replace:
+        args.compare = args.against
     if args.smoke:
         args.profile, args.steps, args.warmup = "ci", 1, 1
     if args.clock == "cpu":
@@ -281,25 +298,26 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f}; {args.steps} timed steps after {args.warmup} warm-up"
           + ("; CPU seconds (not wall), OMP_WAIT_POLICY=passive" if args.clock == "cpu" else "")
           + (f"; baseline {'+'.join(sorted(args.baseline)) or 'contiguous float32'}" +
-             (f", against it plus {'+'.join(sorted(args.compare))}, interleaved" if args.compare else "")))
+             (f", against it {'' if replace else 'plus '}{'+'.join(sorted(args.compare)) or 'contiguous float32'}, "
+              "interleaved" if args.compare is not None else "")))
     header = f"{'model':18s}{'images':>7s}{'s / step':>10s}{'images/s':>10s}"
-    if args.compare:
+    if args.compare is not None:
         header += f"{'option s/step':>15s}{'ratio':>8s}{'1st step (s)':>20s}"
     print(header)
     ratios = []
     for name in args.models:
         r = in_fresh_process(_measure, name, args.profile, args.baseline, args.compare, args.steps, args.warmup,
-                             args.threads, args.clock)
+                             args.threads, args.clock, replace)
         base = r["median"]["baseline"]
         line = f"{NAMES[name]:18s}{r['images']:7d}{base:10.3f}{r['images'] / base:10.2f}"
-        if args.compare:
+        if args.compare is not None:
             option = r["median"]["option"]
             ratios.append(base / option)
             line += (f"{option:15.3f}{base / option:7.2f}x"
                      f"{r['first']['baseline']:9.1f} /{r['first']['option']:7.1f}")
         print(line, flush=True)
-    if args.compare:
-        print(f"{'+'.join(sorted(args.compare))}: geometric mean of the ratios {statistics.geometric_mean(ratios):.2f}x "
+    if args.compare is not None:
+        print(f"{'+'.join(sorted(args.compare)) or 'contiguous float32'}: geometric mean of the ratios {statistics.geometric_mean(ratios):.2f}x "
               "(> 1: the option trains faster)")
     if args.loading:
         r = in_fresh_process(_loading, args.profile, 10)
