@@ -100,6 +100,9 @@ class DetectorTraining:
     # the ResNet's start: torchvision's ImageNet weights; "pretrained": the course's own "ImageNet in miniature" file
     # for this width (course_lib.pretraining.backbone_weights finds it); None: random
     weights_backbone: str | None = "IMAGENET1K_V1"
+    # the C4 detectors' conv5_x box head (chapters 5-7): "frozen" batch norm (the papers') or "trainable" (ci / cpu:
+    # their pretraining's 64-px crops gave conv5_x 4 x 4 maps, not the 14 x 14 RoIs it pools; fasterrcnn_resnet50_c4)
+    c4_head_batch_norm: str = "frozen"
 
 
 @dataclass(frozen=True)
@@ -142,11 +145,14 @@ class TrainingSteps:
     rfcn_ablation: int | None = None  # chapter 6: each k = 1 / 7 run (k = 7 shared with the comparison if equal to rfcn); "06"
     fpn: int | None = None  # chapter 7: FPN and C4; "07"
     fpn_ablation: int | None = None  # chapter 7: each ablation (no top-down / no lateral / P2-only) and the FPN it
-    # is compared with; "07" (cpu does not run them: its budget holds the three seeds of FPN vs C4)
+    # is compared with; "07"
     efpn_fpn: int | None = None  # chapter 8, stage 1: the FPN baseline; "08.1"
     efpn_distill: int | None = None  # stage 2: the extension by cross-resolution distillation; "08.2"
     efpn_head: int | None = None  # stage 3: the P2' head with OHEM; "08.3"
     efpn_ablation: int | None = None  # stage-2 steps of each ablation (Tables II and IV in miniature); "08.2"
+    # the seeds chapters 7 and 8 run their ablations on (8: the first only, from that seed's stage-1 FPN); () runs
+    # none: cpu's ten minutes per notebook hold the main comparison's three seeds (08's four ablations took 265 s)
+    ablation_seeds: tuple[int, ...] = (0, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -201,13 +207,14 @@ PROFILES: dict[str, Profile] = {
         selective_search=SelectiveSearch(images=4, mode="single", max_proposals=50),
         rcnn=RCNNNetwork(width=0.125, warp_size=64, optimizer="sgd", weights_backbone=None),
         detector=DetectorTraining(width=0.125, rfcn_depth=50, c4_anchor_sizes=(32, 64, 128), optimizer="adamw",
-                                  lr=2e-3, batch_size=2, weights_backbone="pretrained"),
+                                  lr=1e-3, batch_size=2, weights_backbone="pretrained", c4_head_batch_norm="trainable"),
         # chapters 6 and 7 train several detectors each: their images are the smallest
         resize=DetectorResize(fast_rcnn=Resize(256, 320), faster_rcnn=Resize(256, 320), rfcn=Resize(128, 160),
                               fpn=Resize(128, 160), efpn=Resize(256, 256)),
         proposals=ProposalCounts(train=100, test=50, rois_per_image=32, rfcn=50, rfcn_ohem_rois=16, efpn_ohem_rois=4),
         steps=TrainingSteps(rcnn=1, fast_rcnn=2, faster_rcnn=2, rfcn=2, rfcn_ablation=1, fpn=2, fpn_ablation=2,
-                            efpn_fpn=2, efpn_distill=2, efpn_head=2, efpn_ablation=1),
+                            efpn_fpn=2, efpn_distill=2, efpn_head=2, efpn_ablation=1,
+                            ablation_seeds=(0,)),
         timing=Timing(rfcn_rois=(10, 20, 40), efpn_images=1),
         pretraining=BackbonePretraining(steps=2, batch_size=4, crop_size=32, demo_steps=1),
     ),
@@ -222,12 +229,13 @@ PROFILES: dict[str, Profile] = {
         selective_search=SelectiveSearch(images=16, max_proposals=300),
         rcnn=RCNNNetwork(width=0.25, optimizer="sgd", weights_backbone=None),
         detector=DetectorTraining(width=0.25, rfcn_depth=50, c4_anchor_sizes=(64, 128, 256), optimizer="adamw",
-                                  lr=2e-3, batch_size=2, weights_backbone="pretrained"),
+                                  lr=1e-3, batch_size=2, weights_backbone="pretrained", c4_head_batch_norm="trainable"),
         resize=DetectorResize(fast_rcnn=Resize(384, 512), faster_rcnn=Resize(384, 512), rfcn=Resize(384, 512),
                               fpn=Resize(384, 512), efpn=Resize(384, 384)),
         proposals=ProposalCounts(train=600, test=300, rois_per_image=64, rfcn_ohem_rois=32, efpn_ohem_rois=32),
         steps=TrainingSteps(rcnn=20, fast_rcnn=400, faster_rcnn=600, rfcn=150, rfcn_ablation=150, fpn=200,
-                            fpn_ablation=200, efpn_fpn=350, efpn_distill=60, efpn_head=60, efpn_ablation=20),
+                            fpn_ablation=200, efpn_fpn=350, efpn_distill=60, efpn_head=60, efpn_ablation=20,
+                            ablation_seeds=()),
         timing=Timing(rfcn_rois=(300, 1000, 2000), efpn_images=2),
     ),
     # the papers' values: every default above
