@@ -43,6 +43,7 @@ __all__ = [
     "IntermediateLayerGetter",
     "freeze_layers",
     "overwrite_eps",
+    "unfreeze_batch_norm",
     "load_torchvision_resnet",
     "ResNetBody",
     "build_resnet",
@@ -314,6 +315,24 @@ def overwrite_eps(model: nn.Module, eps: float) -> None:
     for module in model.modules():
         if isinstance(module, FrozenBatchNorm2d):
             module.eps = eps
+
+
+def unfreeze_batch_norm(model: nn.Module) -> nn.Module:
+    """Replace every :class:`FrozenBatchNorm2d` in ``model`` by an ``nn.BatchNorm2d`` holding the same statistics and
+    affine parameters: in eval mode it computes the same function (to rounding); in training it normalises by each
+    batch's statistics, re-estimates its running ones and learns its scale and shift (trainable if any parameter of ``model`` is, as a
+    frozen stage's stays frozen). Returns ``model``."""
+    trainable = any(p.requires_grad for p in model.parameters())
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FrozenBatchNorm2d):
+                bn = nn.BatchNorm2d(child.weight.numel(), eps=child.eps).to(child.weight.device)
+                with torch.no_grad():
+                    for key in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(bn, key).copy_(getattr(child, key))
+                bn.requires_grad_(trainable)
+                setattr(parent, name, bn)
+    return model
 
 
 def load_torchvision_resnet(model: nn.Module, weights: "str | os.PathLike | WeightsEnum") -> nn.Module:

@@ -409,3 +409,34 @@ def test_overfits_two_images(backbone_file):
         assert len(d["boxes"]) > 0, "no detection at all"
         iou = box_iou(d["boxes"][:1], t["boxes"]).item()
         assert d["labels"][0] == t["labels"][0] and iou > 0.5, f"top detection {d['boxes'][0]} (IoU {iou:.2f})"
+
+
+def test_trainable_head_batch_norm(backbone_file):
+    """head_batch_norm="trainable" (the ci / cpu profiles): conv5_x's batch norms become nn.BatchNorm2d holding the
+    pretrained statistics -- the same function in eval mode, re-estimated and learnt in training -- and nothing else
+    changes: the trunk's stay frozen, the weights are the file's."""
+    torch.manual_seed(0)
+    frozen = small_c4(backbone_file)
+    torch.manual_seed(0)
+    thawed = small_c4(backbone_file, head_batch_norm="trainable")
+    head_norms = [m for m in thawed.roi_heads.box_head.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+    assert head_norms and all(type(m) is nn.BatchNorm2d for m in head_norms)
+    assert all(p.requires_grad for m in head_norms for p in m.parameters())
+    assert all(isinstance(m, FrozenBatchNorm2d) for m in thawed.backbone.modules() if "Norm" in type(m).__name__)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules()), "the default is the papers' frozen norm"
+    thawed_state, frozen_state = thawed.state_dict(), frozen.state_dict()
+    assert set(thawed_state) - set(frozen_state) == {f"{n}.num_batches_tracked" for n, m in thawed.named_modules()
+                                                     if isinstance(m, nn.BatchNorm2d)}
+    for name, value in frozen_state.items():
+        assert torch.equal(thawed_state[name], value), name
+    x = torch.randn(6, 1024, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(thawed.roi_heads.box_head.eval()(x), frozen.roi_heads.box_head.eval()(x))
+        before = head_norms[0].running_mean.clone()
+        thawed.roi_heads.box_head.train()(x)
+    assert not torch.equal(head_norms[0].running_mean, before), "training re-estimates the statistics"
+    extra = {n for n, p in thawed.named_parameters() if p.requires_grad} - {
+        n for n, p in frozen.named_parameters() if p.requires_grad}
+    assert extra and all(".bn" in n or "downsample.1" in n for n in extra), extra
+    with pytest.raises(ValueError, match="head_batch_norm must be 'frozen'"):
+        small_c4(backbone_file, head_batch_norm="batch")
