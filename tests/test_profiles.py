@@ -82,7 +82,7 @@ BEFORE_THE_GROUPS = [
     ("new", "rcnn.weights_backbone", (None, None, "IMAGENET1K_V1")),
     ("new", "detector.weights_backbone", ("pretrained", "pretrained", "IMAGENET1K_V1")),
     ("new", "detector.c4_head_batch_norm", ("trainable", "trainable", "frozen")),
-    ("new", "steps.ablation_seeds", ((0,), (), (0, 1, 2))),  # 07 wrote these in its notebook before
+    ("new", "ablation_seeds", ((0,), (), (0, 1, 2))),  # 07 wrote these in its notebook before
 ]
 
 
