@@ -295,17 +295,22 @@ def paired(values: Mapping[str, list[float]], *, variable: str, claim: Claim, me
                    f"same in both arms: {same or '--'}")
 
 
-def check_verdict(result: Comparison, expected: str = "holds", profile: Profile | None = None, *,
+def check_verdict(result: Comparison, expected: str | tuple[str, ...] = "holds", profile: Profile | None = None, *,
                   stated_for: str = "cpu") -> str:
     """Assert ``result.verdict == expected`` in the ``stated_for`` profile, report it in the others: the profile
-    logic of ``profiles.check_targets``, to which it hands the verdict as a 1 (as expected) or 0. Returns the line."""
-    if expected not in VERDICTS:
-        raise ValueError(f"expected={expected!r}: one of {VERDICTS}.")
+    logic of ``profiles.check_targets``, to which it hands the verdict as a 1 (as expected) or 0. Returns the line.
+
+    ``expected`` may name several verdicts, e.g. ``("reversed", "within noise")``: "the claim does not hold here",
+    where a control has shown why, and what is left is whether the data can tell the reversal from noise."""
+    accepted = (expected,) if isinstance(expected, str) else tuple(expected)
+    if not accepted or any(verdict not in VERDICTS for verdict in accepted):
+        raise ValueError(f"expected={expected!r}: one of {VERDICTS}, or a tuple of them.")
     if result.verdict is None:
         raise ValueError("This comparison has no verdict: pass claim=Claim({...}) to compare.")
-    name = f"verdict {result.verdict!r} as expected ({expected!r}; 1 = yes)"
+    said = " or ".join(map(repr, accepted))
+    name = f"verdict {result.verdict!r} as expected ({said}; 1 = yes)"
     try:
-        return check_targets(profile or get_profile(), {name: (float(result.verdict == expected), 1.0)},
+        return check_targets(profile or get_profile(), {name: (float(result.verdict in accepted), 1.0)},
                              stated_for=stated_for)
     except AssertionError as error:
         raise AssertionError(f"{error}\n{result.table}") from None

@@ -130,6 +130,10 @@ def test_check_verdict_asserts_in_the_cpu_profile_and_reports_elsewhere():
     with pytest.raises(AssertionError, match=r"verdict 'reversed' as expected \('holds'.*\n(.*\n)*verdict: REVERSED"):
         check_verdict(result, "holds", get_profile("cpu"))
     assert "not checked" in check_verdict(result, "holds", get_profile("ci"))
+    # several verdicts: "the claim does not hold here" (a control has shown why)
+    assert "met" in check_verdict(result, ("reversed", "within noise"), get_profile("cpu"))
+    with pytest.raises(AssertionError, match=r"verdict 'reversed' as expected \('holds' or 'within noise'; 1 = yes\)"):
+        check_verdict(result, ("holds", "within noise"), get_profile("cpu"))
 
 
 def test_clear_errors_for_a_wrong_claim_metric_or_expectation():
@@ -147,6 +151,10 @@ def test_clear_errors_for_a_wrong_claim_metric_or_expectation():
         check_verdict(result, "holds", get_profile("cpu"))
     with pytest.raises(ValueError, match="expected='hold'"):
         check_verdict(result, "hold", get_profile("cpu"))
+    with pytest.raises(ValueError, match=r"expected=\('reversed', 'hold'\)"):
+        check_verdict(result, ("reversed", "hold"), get_profile("cpu"))
+    with pytest.raises(ValueError, match=r"expected=\(\)"):
+        check_verdict(result, (), get_profile("cpu"))
 
 
 RPN_OVER_SS = Claim({"rpn": "faster_rcnn.table2.rpn_zf_shared_300.map", "ss": "faster_rcnn.table2.ss_2000.map"})
