@@ -567,9 +567,10 @@ def detector_optimizer(params, *, kind: str, lr: float, steps: int, weight_decay
     * ``kind="sgd"``: in the papers' manner, for a backbone that starts from ImageNet -- SGD, momentum 0.9, linear
       warm-up over ``warmup`` steps (default ``min(500, steps // 5)``, Detectron's 500 iterations), then the
       papers' step decay: the learning rate divided by 10 for the last quarter of the steps.
-    * ``kind="adamw"``: a detector that trains *from scratch* in a few hundred steps on a laptop (nothing is
-      downloaded in this course, so the ``cpu`` profile has no ImageNet weights): AdamW, the same warm-up, then a
-      cosine decay to 0. SGD at the papers' rate barely moves a random ResNet in that budget.
+    * ``kind="adamw"``: a detector that trains in a few hundred steps on a laptop, from the course's own pretrained
+      ResNet (``course_lib.pretraining``: the ``cpu`` profile downloads no ImageNet weights) or from scratch: AdamW,
+      the same warm-up, then a cosine decay to 0. SGD at the papers' rate barely moves a random ResNet in that
+      budget.
 
     Both are PyTorch's fused implementations (one kernel per parameter tensor, on the CPU too): AdamW's step over
     an R50-FPN's 2.6 M parameters at width 0.25 takes 7 ms instead of the for-loop's 32 ms on 2 cores
@@ -588,7 +589,7 @@ def detector_optimizer(params, *, kind: str, lr: float, steps: int, weight_decay
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
         decay = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))  # noqa: E731
     else:
-        raise ValueError(f"kind={kind!r}: 'sgd' (fine-tuning in the papers' manner) or 'adamw' (from scratch, few "
+        raise ValueError(f"kind={kind!r}: 'sgd' (fine-tuning in the papers' manner) or 'adamw' (a laptop's few "
                          "steps); the papers' own recipes are the optimizer 'recipe' (recipe_optimizer).")
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * decay(step))
     return optimizer, schedule

@@ -163,4 +163,28 @@ def dataset_dir(name: str, profile=None) -> Path:
             f"    python -m course_lib.data.make_synthetic --profile {profile.name} --only {name}\n"
             f"or build everything with `make lab` (profile from COURSE_PROFILE) / `make test` (ci)."
         )
+    _check_marker(path, name, profile)
     return path
+
+
+def _check_marker(path: Path, name: str, profile) -> None:
+    """A synthetic dataset built for other parameters than ``profile``'s (e.g. before a profile grew its
+    validation split) is an error that names the difference, not a silent use of the old files."""
+    import json
+
+    from course_lib.data.synthetic import dataset_params
+
+    try:
+        recorded = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"Dataset {name!r} at {path}: its {MARKER} cannot be read ({error}). Rebuild it with:\n"
+                                f"    python -m course_lib.data.make_synthetic --profile {profile.name} --only {name}")
+    expected = dataset_params(name, profile, seed=recorded.get("seed", 0))  # any seed (make_synthetic --seed)
+    differ = {key: (recorded.get(key), value) for key, value in expected.items() if recorded.get(key) != value}
+    if differ:
+        raise FileNotFoundError(
+            f"Dataset {name!r} at {path} was built for other parameters than profile {profile.name!r} gives now: "
+            + ", ".join(f"{key} {old!r} (the profile: {new!r})" for key, (old, new) in differ.items())
+            + f". Rebuild it (a few seconds for ci, about a minute for cpu) with:\n"
+            f"    python -m course_lib.data.make_synthetic --profile {profile.name} --only {name}\n"
+            f"or `make lab` / `make test`, which rebuild every dataset whose parameters changed.")

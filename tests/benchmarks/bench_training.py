@@ -160,7 +160,7 @@ def build(name: str, profile, scratch: bool = False):
         num_classes=SIGN_CLASSES if name == "efpn" else MULTI_CLASSES, width=p.detector.width, **sizes, **start,
         rpn_pre_nms_top_n_train=p.proposals.train, rpn_post_nms_top_n_train=p.proposals.train,
         rpn_pre_nms_top_n_test=p.proposals.test, rpn_post_nms_top_n_test=p.proposals.test,
-        box_batch_size_per_image=p.proposals.rois_per_image)
+        box_batch_size_per_image=p.proposals.efpn_rois_per_image if name == "efpn" else p.proposals.rois_per_image)
     if name == "fpn":
         return (model, detection_loss, *det(model, p.steps.fpn), batch, p.detector.batch_size)
     from course_lib.detection.efpn import CrossResolutionDistillation, efpn_from_fpn, set_stage

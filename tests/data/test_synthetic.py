@@ -11,10 +11,11 @@ from pycocotools.coco import COCO
 from scipy import ndimage
 
 from course_lib.data import SegmentationDataset, dataset_dir, read_label_png
-from course_lib.data.synthetic import SYNTHETIC_DATASETS, build_dataset
+from course_lib.data.synthetic import SYNTHETIC_DATASETS, build_dataset, dataset_params
+from course_lib.data.synthetic.common import split_ids
 from course_lib.data.synthetic import segmentation_scenes as scenes
 from course_lib.data.synthetic import traffic_signs
-from course_lib.profiles import get_profile
+from course_lib.profiles import get_profile, replace
 
 from .conftest import load_script
 
@@ -149,6 +150,48 @@ def test_dataset_dir_finds_a_complete_dataset(ci_data, tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
     assert dataset_dir("segmentation", "ci") == tmp_path / "ci" / "segmentation"
     assert len(SegmentationDataset(dataset_dir("segmentation", "ci"), "val")) >= 1
+
+
+def test_a_larger_validation_split_keeps_the_training_images(ci_data, tmp_path):
+    """The cpu profile grew its detection sets' validation splits (issue 19) by adding images at the end: image i is
+    the same whatever the split, so the training images and their boxes are byte for byte the old ones."""
+    grown = replace(CI, data=dict(multiscale_images=CI.data.multiscale_images + 3,
+                                  multiscale_val_images=CI.data.multiscale_val_images + 3))
+    dest, _ = build_dataset("multiscale", tmp_path, grown, seed=0, progress=False)
+    old, new = ({split: json.loads((root / "annotations" / f"instances_{split}.json").read_text())
+                 for split in ("train", "val")} for root in (ci_data / "multiscale", dest))
+    assert new["train"] == old["train"]
+    assert len(new["val"]["images"]) == len(old["val"]["images"]) + 3 == grown.data.multiscale_val_images
+    for image in new["train"]["images"]:
+        name = image["file_name"]
+        assert (dest / "images" / name).read_bytes() == (ci_data / "multiscale" / "images" / name).read_bytes()
+    assert split_ids(10, num_val=4) == (list(range(6)), [6, 7, 8, 9]) and split_ids(10) == (list(range(8)), [8, 9])
+    with pytest.raises(ValueError, match="num_val=11 of 10 images"):
+        split_ids(10, num_val=11)
+    for val in (0, CI.data.multiscale_images):  # no validation image, or no training one
+        with pytest.raises(ValueError, match=rf"multiscale has 12 images, {val} of them for validation.*1 to 11"):
+            dataset_params("multiscale", replace(CI, data=dict(multiscale_val_images=val)))
+
+
+def test_dataset_dir_refuses_a_dataset_built_for_other_parameters(ci_data, tmp_path, monkeypatch):
+    (tmp_path / "ci").mkdir()
+    dest, _ = build_dataset("multiscale", tmp_path / "ci", CI, seed=0, progress=False)
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    assert dataset_dir("multiscale", "ci") == dest
+    marker = json.loads((dest / "DONE.json").read_text())
+    del marker["num_val_images"]  # as written before the profiles named their validation splits
+    marker["num_images"] = 10
+    (dest / "DONE.json").write_text(json.dumps(marker))
+    with pytest.raises(FileNotFoundError, match=r"built for other parameters than profile 'ci' gives now: num_images "
+                       r"10 \(the profile: 12\), num_val_images None \(the profile: 2\)\. Rebuild it .*\n"
+                       r"    python -m course_lib.data.make_synthetic --profile ci --only multiscale"):
+        dataset_dir("multiscale", "ci")
+    marker = dataset_params("multiscale", CI, seed=3)  # another seed (make_synthetic --seed 3) is a choice, not stale
+    (dest / "DONE.json").write_text(json.dumps(marker))
+    assert dataset_dir("multiscale", "ci") == dest
+    (dest / "DONE.json").write_text("{not json")
+    with pytest.raises(FileNotFoundError, match="cannot be read"):
+        dataset_dir("multiscale", "ci")
 
 
 # ------------------------------------------------------------------ what the chapters need

@@ -29,15 +29,20 @@ __all__ = ["SYNTHETIC_DATASETS", "build_dataset", "dataset_params"]
 def dataset_params(name: str, profile, seed: int = 0) -> dict:
     """The parameters recorded in ``DONE.json`` for dataset ``name`` of ``profile``."""
     data = profile.data
-    if name == "segmentation":
-        count, size = data.segmentation_images, (data.segmentation_side, data.segmentation_side)
-    elif name == "small_objects":
-        count, size = data.small_objects_images, data.small_objects_size
+    if name == "segmentation":  # its validation split: the last 20 % (split_ids)
+        return marker_params(name, seed, profile.name, data.segmentation_images,
+                             (data.segmentation_side, data.segmentation_side))
+    if name == "small_objects":
+        count, val, size = data.small_objects_images, data.small_objects_val_images, data.small_objects_size
     elif name == "multiscale":
-        count, size = data.multiscale_images, data.multiscale_size
+        count, val, size = data.multiscale_images, data.multiscale_val_images, data.multiscale_size
     else:
         raise ValueError(f"Unknown synthetic dataset {name!r}; choose from {', '.join(SYNTHETIC_DATASETS)}")
-    return marker_params(name, seed, profile.name, count, size)
+    if not 1 <= val < count:
+        raise ValueError(f"profile {profile.name!r}: {name} has {count} images, {val} of them for validation; give it "
+                         f"at least one validation and one training image (data.{name}_val_images from 1 to "
+                         f"{count - 1}).")
+    return marker_params(name, seed, profile.name, count, size, num_val_images=val)
 
 
 # ------------------------------------------------------------------ one image (run in workers)
@@ -100,7 +105,7 @@ def _build_detection(root: Path, params: dict, workers: int, progress: bool) -> 
         "small_objects": "Synthetic traffic signs modelled on Tsinghua-Tencent 100K (course_lib.data.synthetic)",
         "multiscale": "Synthetic multi-scale shapes for the R-CNN family and FPN (course_lib.data.synthetic)",
     }[name]
-    for split, ids in zip(("train", "val"), split_ids(count)):
+    for split, ids in zip(("train", "val"), split_ids(count, num_val=params["num_val_images"])):
         images = [{"id": i + 1, "file_name": f"{i:06d}.jpg", "height": height, "width": width} for i in ids]
         annotations = [a for i in ids for a in per_image[i]]
         write_json(root / "annotations" / f"instances_{split}.json",

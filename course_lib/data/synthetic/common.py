@@ -43,9 +43,14 @@ def log_uniform(rng: np.random.Generator, low: float, high: float, size=None):
     return np.exp(rng.uniform(np.log(low), np.log(high), size))
 
 
-def split_ids(num_images: int, val_fraction: float = 0.2) -> tuple[list[int], list[int]]:
-    """Train / val indices: the last ``max(1, round(val_fraction * n))`` images are validation."""
-    num_val = max(1, int(round(val_fraction * num_images))) if num_images > 1 else 0
+def split_ids(num_images: int, val_fraction: float = 0.2, num_val: int | None = None) -> tuple[list[int], list[int]]:
+    """Train / val indices: the last ``num_val`` images are validation, by default ``max(1, round(val_fraction *
+    n))``. Image ``i`` is the same whatever the split, so a larger ``num_val`` with as many more images keeps the
+    training images and adds validation ones."""
+    if num_val is None:
+        num_val = max(1, int(round(val_fraction * num_images))) if num_images > 1 else 0
+    elif not 0 <= num_val <= num_images:
+        raise ValueError(f"split_ids: num_val={num_val} of {num_images} images; give 0 to {num_images}.")
     return list(range(num_images - num_val)), list(range(num_images - num_val, num_images))
 
 
@@ -61,8 +66,9 @@ def coco_json(images: list[dict], annotations: list[dict], categories: list[dict
     }
 
 
-def marker_params(name: str, seed: int, profile_name: str, num_images: int, image_size) -> dict:
-    return {
+def marker_params(name: str, seed: int, profile_name: str, num_images: int, image_size,
+                  num_val_images: int | None = None) -> dict:
+    params = {
         "dataset": name,
         "seed": int(seed),
         "profile": profile_name,
@@ -70,6 +76,9 @@ def marker_params(name: str, seed: int, profile_name: str, num_images: int, imag
         "image_size": list(image_size) if isinstance(image_size, (tuple, list)) else [int(image_size)] * 2,
         "generator_version": GENERATOR_VERSION,
     }
+    if num_val_images is not None:  # the detection sets: the last num_val_images are the validation split
+        params["num_val_images"] = int(num_val_images)
+    return params
 
 
 def is_complete(path: Path, params: dict) -> bool:
