@@ -170,17 +170,15 @@ def dataset_dir(name: str, profile=None) -> Path:
 def _check_marker(path: Path, name: str, profile) -> None:
     """A synthetic dataset built for other parameters than ``profile``'s (e.g. before a profile grew its
     validation split) is an error that names the difference, not a silent use of the old files."""
-    import json
-
     from course_lib.data.synthetic import dataset_params
+    from course_lib.data.synthetic.common import marker_differences, read_marker
 
-    try:
-        recorded = json.loads((path / MARKER).read_text())
-    except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"Dataset {name!r} at {path}: its {MARKER} cannot be read ({error}). Rebuild it with:\n"
+    recorded = read_marker(path)
+    if recorded is None:
+        raise FileNotFoundError(f"Dataset {name!r} at {path}: its {MARKER} cannot be read. Rebuild it with:\n"
                                 f"    python -m course_lib.data.make_synthetic --profile {profile.name} --only {name}")
     expected = dataset_params(name, profile, seed=recorded.get("seed", 0))  # any seed (make_synthetic --seed)
-    differ = {key: (recorded.get(key), value) for key, value in expected.items() if recorded.get(key) != value}
+    differ = marker_differences(recorded, expected)
     if differ:
         raise FileNotFoundError(
             f"Dataset {name!r} at {path} was built for other parameters than profile {profile.name!r} gives now: "

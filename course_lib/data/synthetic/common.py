@@ -81,13 +81,20 @@ def marker_params(name: str, seed: int, profile_name: str, num_images: int, imag
     return params
 
 
+def read_marker(path: Path) -> dict | None:
+    """The parameters ``path/DONE.json`` records; None when it is missing or unreadable."""
+    try:
+        return json.loads((Path(path) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def marker_differences(recorded: dict, params: dict) -> dict:
+    """``{key: (recorded, wanted)}`` for every parameter of ``params`` that ``recorded`` does not hold."""
+    return {key: (recorded.get(key), value) for key, value in params.items() if recorded.get(key) != value}
+
+
 def is_complete(path: Path, params: dict) -> bool:
     """True when ``path/DONE.json`` exists and records the same parameters."""
-    marker = Path(path) / MARKER
-    if not marker.is_file():
-        return False
-    try:
-        recorded = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    return all(recorded.get(k) == v for k, v in params.items())
+    recorded = read_marker(path)
+    return recorded is not None and not marker_differences(recorded, params)
