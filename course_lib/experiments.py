@@ -99,14 +99,22 @@ class Claim:
     in its Table 2) ranks below every number: Claim({"k=7": "rfcn.table2.k7.map", "k=1": "rfcn.table2.k1.map"})
     claims k=7 > k=1. Where the paper states a direction in words or in a figure, not in two numbers,
     ``Claim.stated(larger, smaller, key)`` names the larger arm and the one entry that says so.
+
+    ``scale``: one of the paper's units in the metric's units (0.01 where the paper gives AP in points and the
+    course measures it in 0..1). With it the verdict is printed beside the paper's own difference in the metric's
+    units, and ``Comparison.resolves_claim`` says whether a difference of that size could read "holds" here at all.
     """
 
     keys: Mapping[str, str]
     within: float | None = None
     larger: str | None = None  # set by Claim.stated: the arm the paper's text or figure says is larger
+    scale: float | None = None
 
     def __post_init__(self):
         values = [_rank(key) for key in self.keys.values()]  # an unknown key fails here, with a suggestion
+        if self.scale is not None and not (isinstance(self.scale, (int, float)) and self.scale > 0):
+            raise ValueError(f"Claim({dict(self.keys)}, scale={self.scale!r}): scale is one of the paper's units in "
+                             "the metric's units, a positive number (0.01: the paper's AP in points, ours in 0..1).")
         if self.larger is not None:
             if len(values) != 2 or self.larger not in self.keys or self.within is not None:
                 raise ValueError(f"Claim({dict(self.keys)}, larger={self.larger!r}): a stated claim names two arms, "
@@ -136,6 +144,15 @@ class Claim:
         if self.larger is not None:
             return (a, b) if self.larger == a else (b, a)
         return (a, b) if self.within is not None or _rank(self.keys[a]) > _rank(self.keys[b]) else (b, a)
+
+    @property
+    def paper_difference(self) -> float | None:
+        """a - b in the paper (``arms``' order), in the metric's units (``scale``); None without a scale, for a
+        stated claim (no two numbers) and where an arm is a "fail"."""
+        if self.scale is None or self.larger is not None:
+            return None
+        a, b = (_rank(self.keys[arm]) for arm in self.arms)
+        return None if math.isinf(a) or math.isinf(b) else (a - b) * self.scale
 
     def __str__(self) -> str:
         a, b = self.arms
@@ -184,9 +201,27 @@ class Comparison:
     claim: Claim | None
     verdict: str | None  # one of VERDICTS, None without a claim
     table: str
+    se_difference: float | None = None  # SE of the mean difference a - b by RULE (None without a claim)
 
     def __repr__(self) -> str:
         return self.table
+
+    @property
+    def resolution(self) -> float | None:
+        """2 SE: the smallest mean difference ``RULE`` can tell from noise here (None without a claim)."""
+        return None if self.se_difference is None else 2 * self.se_difference
+
+    @property
+    def resolves_claim(self) -> bool | None:
+        """Could the claim read "holds" here if it were exactly true? A "comparable within w" claim only if
+        2 SE <= w; an "a > b" claim only if the paper's own difference (``Claim.scale``) exceeds 2 SE. None where
+        that cannot be said (no claim, one seed, a claim without a scale or with a paper "fail")."""
+        if self.claim is None or self.resolution is None or math.isnan(self.resolution):
+            return None
+        if self.claim.within is not None:
+            return self.resolution <= self.claim.within
+        paper = self.claim.paper_difference
+        return None if paper is None else paper > self.resolution
 
 
 def _cell(x: float) -> str:
@@ -204,7 +239,8 @@ def _arm_rows(values: dict[str, list[float]], se: dict[str, list[float]]) -> lis
     return rows
 
 
-def _judge(values: dict[str, list[float]], se: dict[str, list[float]], claim: Claim) -> tuple[str, list[str]]:
+def _judge(values: dict[str, list[float]], se: dict[str, list[float]],
+           claim: Claim) -> tuple[str, float, list[str]]:
     """The verdict on ``claim`` by ``RULE``, and the lines that show how it was reached."""
     a, b = claim.arms
     d = np.array(values[a]) - np.array(values[b])
@@ -212,9 +248,26 @@ def _judge(values: dict[str, list[float]], se: dict[str, list[float]], claim: Cl
     eval_var = sum(np.nan_to_num(np.mean(np.square(se[arm]))) for arm in (a, b))  # no SE returned: 0
     total = math.sqrt(seed_var + eval_var)
     verdict = _verdict(d, total, claim.within)
-    return verdict, [f"{a} - {b} per seed: {'  '.join(f'{x:+.3f}' for x in d)}; mean {d.mean():+.3f}, "
-                     f"SE {_cell(total)} (seeds {_cell(math.sqrt(seed_var))}, images {math.sqrt(eval_var):.3f})",
-                     str(claim), f"verdict: {verdict.upper()}", f"rule: {RULE}"]
+    return verdict, total, [
+        f"{a} - {b} per seed: {'  '.join(f'{x:+.3f}' for x in d)}; mean {d.mean():+.3f}, SE {_cell(total)} (seeds "
+        f"{_cell(math.sqrt(seed_var))}, images {math.sqrt(eval_var):.3f})", str(claim), *_resolution_line(claim, total),
+        f"verdict: {verdict.upper()}", f"rule: {RULE}"]
+
+
+def _resolution_line(claim: Claim, se: float) -> list[str]:
+    """What the comparison can resolve, beside what the claim needs: [] where it cannot be said."""
+    if math.isnan(se):
+        return []
+    if claim.within is not None:
+        can = "can" if 2 * se <= claim.within else "cannot"
+        return [f"resolution: 2 SE = {2 * se:.3f} against the band {claim.within:g}: 'comparable' {can} hold here"]
+    paper = claim.paper_difference
+    if paper is None:
+        return []
+    a, b = claim.arms
+    can = "could" if paper > 2 * se else "could not"
+    return [f"resolution: 2 SE = {2 * se:.3f}; the paper's {a} - {b} = {paper:+.3f} in these units: a difference of "
+            f"the paper's size {can} read 'holds' here"]
 
 
 def remembered(run: Callable[[dict, int], Mapping[str, float]]) -> Callable[[dict, int], dict]:
@@ -264,11 +317,11 @@ def _report(variable, metric, seeds, values, se, claim, settings) -> Comparison:
     """The table, the verdict by ``RULE`` (with a claim), printed and returned: ``compare``'s and ``paired``'s end."""
     lines = [f"{variable}: {' vs '.join(values)} -- {metric} on seeds {', '.join(map(str, seeds))} (+- its bootstrap "
              "SE over images) | mean +- std over seeds | min..max", *_arm_rows(values, se), settings]
-    verdict = None
+    verdict = se_difference = None
     if claim is not None:
-        verdict, judged = _judge(values, se, claim)
+        verdict, se_difference, judged = _judge(values, se, claim)
         lines += judged
-    result = Comparison(variable, metric, seeds, values, se, claim, verdict, "\n".join(lines))
+    result = Comparison(variable, metric, seeds, values, se, claim, verdict, "\n".join(lines), se_difference)
     print(result.table)
     return result
 
@@ -296,18 +349,32 @@ def paired(values: Mapping[str, list[float]], *, variable: str, claim: Claim, me
 
 
 def check_verdict(result: Comparison, expected: str | tuple[str, ...] = "holds", profile: Profile | None = None, *,
-                  stated_for: str = "cpu") -> str:
+                  stated_for: str = "cpu", unresolved: str | None = None) -> str:
     """Assert ``result.verdict == expected`` in the ``stated_for`` profile, report it in the others: the profile
     logic of ``profiles.check_targets``, to which it hands the verdict as a 1 (as expected) or 0. Returns the line.
 
     ``expected`` may name several verdicts, e.g. ``("reversed", "within noise")``: "the claim does not hold here",
-    where a control has shown why, and what is left is whether the data can tell the reversal from noise."""
+    where a control has shown why, and what is left is whether the data can tell the reversal from noise.
+
+    ``unresolved``: a verdict accepted as well where the comparison cannot resolve the claim
+    (``Comparison.resolves_claim`` False: the paper's own difference, or its band, is under 2 SE here), e.g.
+    ``unresolved="within noise"`` -- the measured resolution, printed with the verdict, is then the reason, and a
+    verdict against the claim ("reversed") still fails. Where resolution cannot be said (a claim without a ``scale``)
+    it is an error, not a pass."""
     accepted = (expected,) if isinstance(expected, str) else tuple(expected)
-    if not accepted or any(verdict not in VERDICTS for verdict in accepted):
-        raise ValueError(f"expected={expected!r}: one of {VERDICTS}, or a tuple of them.")
+    if not accepted or any(verdict not in VERDICTS for verdict in accepted + ((unresolved,) if unresolved else ())):
+        raise ValueError(f"expected={expected!r}, unresolved={unresolved!r}: each one of {VERDICTS} (expected may be "
+                         "a tuple of them).")
     if result.verdict is None:
         raise ValueError("This comparison has no verdict: pass claim=Claim({...}) to compare.")
     said = " or ".join(map(repr, accepted))
+    if unresolved is not None:
+        if result.resolves_claim is None:
+            raise ValueError("unresolved=: whether this comparison resolves its claim cannot be said (give the Claim a "
+                             "scale=, the paper's unit in the metric's units, and run more than one seed).")
+        if not result.resolves_claim:
+            accepted += (unresolved,)
+            said += f", or {unresolved!r}: the claim is under this comparison's resolution (2 SE {result.resolution:.3f})"
     name = f"verdict {result.verdict!r} as expected ({said}; 1 = yes)"
     try:
         return check_targets(profile or get_profile(), {name: (float(result.verdict in accepted), 1.0)},

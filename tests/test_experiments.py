@@ -234,3 +234,66 @@ def test_remembered_trains_each_arm_and_seed_once_for_two_metrics():
     assert calls[-1] == ("fpn", 0) and len(calls) == 7
     run_once(ARMS["fpn"], 0)["AP50"] = -1.0  # the caller's copy: the remembered metrics stay
     assert run_once(ARMS["fpn"], 0)["AP50"] == pytest.approx(0.6)
+
+
+FPN_OVER_C4_SCALED = Claim({"fpn": "fpn.table3.c.ap50", "c4": "fpn.table3.a.ap50"}, scale=0.01)  # +3.8 points
+
+
+def test_a_scaled_claim_knows_the_papers_difference_in_the_metrics_units():
+    assert FPN_OVER_C4_SCALED.paper_difference == pytest.approx(0.038)
+    assert Claim({"c4": "fpn.table3.a.ap50", "fpn": "fpn.table3.c.ap50"}, scale=0.01).paper_difference == \
+        pytest.approx(0.038)  # always the claimed-larger arm minus the other, whatever the order given
+    assert FPN_OVER_C4.paper_difference is None  # no scale: the units are unknown
+    assert Claim({"k=7": "rfcn.table2.k7.map", "k=1": "rfcn.table2.k1.map"}, scale=0.01).paper_difference is None
+    for scale in (0, -0.01, "0.01"):
+        with pytest.raises(ValueError, match="scale"):
+            Claim({"fpn": "fpn.table3.c.ap50", "c4": "fpn.table3.a.ap50"}, scale=scale)
+
+
+@pytest.mark.parametrize("se, resolves", [(0.005, True), (0.015, False)])
+def test_resolution_is_two_standard_errors_against_the_papers_difference(se, resolves, capsys):
+    # +0.03 on every seed, no spread: SE(mean d) = sqrt(2) se -> 2 SE = 0.014 (resolves 0.038) or 0.042 (does not)
+    result = compare(ARMS, variable="head", run=synthetic({"fpn": 0.48, "c4": 0.45}, {}, se=se),
+                     claim=FPN_OVER_C4_SCALED, progress=False)
+    assert result.resolution == pytest.approx(2 * 2 ** 0.5 * se)
+    assert result.resolves_claim is resolves
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("resolution:"))
+    assert f"2 SE = {2 * 2 ** 0.5 * se:.3f}" in line and "fpn - c4 = +0.038" in line
+    assert ("could read 'holds'" if resolves else "could not read 'holds'") in line
+
+
+def test_a_band_is_resolved_only_if_two_standard_errors_fit_in_it():
+    run = synthetic({"fpn": 0.45, "c4": 0.45}, {"fpn": [0.003, -0.002, 0.001]})
+    assert compare(ARMS, variable="head", run=run, claim=RFCN_LIKE_C4, progress=False).resolves_claim is True
+    run = synthetic({"fpn": 0.45, "c4": 0.45}, {"fpn": [0.003, -0.002, 0.001]}, se=0.02)
+    result = compare(ARMS, variable="head", run=run, claim=RFCN_LIKE_C4, progress=False)
+    assert result.resolves_claim is False and "'comparable' cannot hold here" in result.table
+
+
+def test_check_verdict_accepts_noise_only_where_the_claim_is_under_the_resolution():
+    unresolved = compare(ARMS, variable="head", run=synthetic({"fpn": 0.46, "c4": 0.45}, {}, se=0.02),
+                         claim=FPN_OVER_C4_SCALED, progress=False)  # +0.01, 2 SE 0.057 > the paper's 0.038
+    assert unresolved.verdict == "within noise" and unresolved.resolves_claim is False
+    with pytest.raises(AssertionError):
+        check_verdict(unresolved, "holds", get_profile("cpu"))
+    assert "under this comparison's resolution (2 SE 0.057)" in check_verdict(
+        unresolved, "holds", get_profile("cpu"), unresolved="within noise")
+    # a resolvable claim gets no such pass: noise is then a failure to show it
+    resolved = compare(ARMS, variable="head", run=synthetic({"fpn": 0.45, "c4": 0.45}, {"fpn": [0.05, -0.001, 0.03]},
+                                                            se=0.001), claim=FPN_OVER_C4_SCALED, progress=False)
+    assert resolved.verdict == "within noise" and resolved.resolves_claim is True
+    with pytest.raises(AssertionError, match="within noise"):
+        check_verdict(resolved, "holds", get_profile("cpu"), unresolved="within noise")
+    # and a clear reversal fails however coarse the comparison
+    reversed_ = compare(ARMS, variable="head", run=synthetic({"fpn": 0.30, "c4": 0.45}, {}, se=0.02),
+                        claim=FPN_OVER_C4_SCALED, progress=False)
+    assert reversed_.verdict == "reversed" and reversed_.resolves_claim is False
+    with pytest.raises(AssertionError, match="verdict 'reversed'"):
+        check_verdict(reversed_, "holds", get_profile("cpu"), unresolved="within noise")
+    # where resolution cannot be said, no pass either
+    unscaled = compare(ARMS, variable="head", run=synthetic({"fpn": 0.46, "c4": 0.45}, {}, se=0.02),
+                       claim=FPN_OVER_C4, progress=False)
+    with pytest.raises(ValueError, match="scale="):
+        check_verdict(unscaled, "holds", get_profile("cpu"), unresolved="within noise")
+    with pytest.raises(ValueError, match="each one of"):
+        check_verdict(unresolved, "holds", get_profile("cpu"), unresolved="noise")
