@@ -9,6 +9,10 @@ validation images -- so no difference between two detectors could be told from n
 2. runs every arm over several seeds, and reports the spread over seeds beside each AP's bootstrap standard error
    over images (``course_lib.evaluation.bootstrap_ap``): two sources of noise, training and validation set;
 3. says whether the paper's claim *holds*, is *reversed*, or the difference is *within noise*, by a stated rule.
+4. says whether it could have seen the paper's effect at all: its *resolution* (2 standard errors of the mean
+   difference, the least that rule tells from noise) beside the paper's own difference (``Claim(scale=)`` puts
+   that in the metric's units). Below the resolution, "within noise" is the expected verdict for a true claim,
+   and ``check_verdict(unresolved="within noise")`` accepts it -- printing why; a reversal still fails.
 
 ::
 
