@@ -12,7 +12,9 @@ validation images -- so no difference between two detectors could be told from n
 4. says whether it could have seen the paper's effect at all: its *resolution* (2 standard errors of the mean
    difference, the least that rule tells from noise) beside the paper's own difference (``Claim(scale=)`` puts
    that in the metric's units). Below the resolution, "within noise" is the expected verdict for a true claim,
-   and ``check_verdict(unresolved="within noise")`` accepts it -- printing why; a reversal still fails.
+   and ``check_verdict(unresolved="within noise")`` accepts it where the data still leave the paper's effect
+   possible -- printing why; a result that rules it out still fails. A larger resolution is a weaker test: it says
+   how little the experiment can show, and is never a result in the claim's favour.
 
 ::
 
@@ -107,6 +109,7 @@ class Claim:
     ``scale``: one of the paper's units in the metric's units (0.01 where the paper gives AP in points and the
     course measures it in 0..1). With it the verdict is printed beside the paper's own difference in the metric's
     units, and ``Comparison.resolves_claim`` says whether a difference of that size could read "holds" here at all.
+    A stated claim has no two numbers to scale: it takes none.
     """
 
     keys: Mapping[str, str]
@@ -116,13 +119,15 @@ class Claim:
 
     def __post_init__(self):
         values = [_rank(key) for key in self.keys.values()]  # an unknown key fails here, with a suggestion
-        if self.scale is not None and not (isinstance(self.scale, (int, float)) and self.scale > 0):
+        if self.scale is not None and not (isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool)
+                                           and math.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"Claim({dict(self.keys)}, scale={self.scale!r}): scale is one of the paper's units in "
                              "the metric's units, a positive number (0.01: the paper's AP in points, ours in 0..1).")
         if self.larger is not None:
-            if len(values) != 2 or self.larger not in self.keys or self.within is not None:
+            if len(values) != 2 or self.larger not in self.keys or self.within is not None or self.scale is not None:
                 raise ValueError(f"Claim({dict(self.keys)}, larger={self.larger!r}): a stated claim names two arms, "
-                                 "the larger one among them, and no within=; use Claim.stated(larger, smaller, key).")
+                                 "the larger one among them, and no within= or scale= (it has no two numbers); use "
+                                 "Claim.stated(larger, smaller, key).")
             return
         if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values):
             raise ValueError(f"Claim({dict(self.keys)}): give two arms, each with a numeric (or 'fail') papers.NUMBERS "
@@ -151,8 +156,9 @@ class Claim:
 
     @property
     def paper_difference(self) -> float | None:
-        """a - b in the paper (``arms``' order), in the metric's units (``scale``); None without a scale, for a
-        stated claim (no two numbers) and where an arm is a "fail"."""
+        """a - b in the paper (``arms``' order: the claimed-larger arm first; for a ``within`` claim the order the
+        keys were given), in the metric's units (``scale``); None without a scale, for a stated claim (no two
+        numbers) and where an arm is a "fail"."""
         if self.scale is None or self.larger is not None:
             return None
         a, b = (_rank(self.keys[arm]) for arm in self.arms)
@@ -218,14 +224,30 @@ class Comparison:
     @property
     def resolves_claim(self) -> bool | None:
         """Could the claim read "holds" here if it were exactly true? A "comparable within w" claim only if
-        2 SE <= w; an "a > b" claim only if the paper's own difference (``Claim.scale``) exceeds 2 SE. None where
-        that cannot be said (no claim, one seed, a claim without a scale or with a paper "fail")."""
+        |the paper's difference| + 2 SE <= w (without a ``scale``: 2 SE <= w); an "a > b" claim only if the paper's
+        own difference (``Claim.scale``) exceeds 2 SE. None where that cannot be said (no claim, one seed or a NaN
+        value, a directional claim without a scale or with a paper "fail")."""
         if self.claim is None or self.resolution is None or math.isnan(self.resolution):
             return None
-        if self.claim.within is not None:
-            return self.resolution <= self.claim.within
         paper = self.claim.paper_difference
+        if self.claim.within is not None:
+            return abs(paper or 0.0) + self.resolution <= self.claim.within
         return None if paper is None else paper > self.resolution
+
+    @property
+    def consistent_with_claim(self) -> bool | None:
+        """Do the data leave the claim possible? "a > b": the paper's difference is not above mean d + 2 SE (the
+        measured difference does not rule out a gain of the paper's size); "within w": |mean d| - 2 SE <= w. A
+        result can be unresolved and still against the claim (four seeds far worse and one level: not "reversed",
+        which needs every seed, yet clearly worse): ``check_verdict``'s ``unresolved`` pass asks both. None where
+        ``resolves_claim`` is."""
+        if self.resolves_claim is None:
+            return None
+        a, b = self.claim.arms
+        mean = float(np.mean(np.array(self.values[a]) - np.array(self.values[b])))
+        if self.claim.within is not None:
+            return abs(mean) - self.resolution <= self.claim.within
+        return mean + self.resolution >= self.claim.paper_difference
 
 
 def _cell(x: float) -> str:
@@ -262,10 +284,13 @@ def _resolution_line(claim: Claim, se: float) -> list[str]:
     """What the comparison can resolve, beside what the claim needs: [] where it cannot be said."""
     if math.isnan(se):
         return []
-    if claim.within is not None:
-        can = "can" if 2 * se <= claim.within else "cannot"
-        return [f"resolution: 2 SE = {2 * se:.3f} against the band {claim.within:g}: 'comparable' {can} hold here"]
     paper = claim.paper_difference
+    if claim.within is not None:
+        needs = abs(paper or 0.0) + 2 * se
+        can = "can" if needs <= claim.within else "cannot"
+        own = "" if paper is None else f" plus the paper's own |difference| {abs(paper):.3f}"
+        return [f"resolution: 2 SE = {2 * se:.3f}{own} against the band {claim.within:g}: 'comparable' {can} hold "
+                "here"]
     if paper is None:
         return []
     a, b = claim.arms
@@ -361,10 +386,12 @@ def check_verdict(result: Comparison, expected: str | tuple[str, ...] = "holds",
     where a control has shown why, and what is left is whether the data can tell the reversal from noise.
 
     ``unresolved``: a verdict accepted as well where the comparison cannot resolve the claim
-    (``Comparison.resolves_claim`` False: the paper's own difference, or its band, is under 2 SE here), e.g.
-    ``unresolved="within noise"`` -- the measured resolution, printed with the verdict, is then the reason, and a
-    verdict against the claim ("reversed") still fails. Where resolution cannot be said (a claim without a ``scale``)
-    it is an error, not a pass."""
+    (``Comparison.resolves_claim`` False: the paper's own difference, or its band, is under 2 SE here) *and* the
+    data still leave the claim possible (``Comparison.consistent_with_claim``), e.g. ``unresolved="within noise"``
+    -- the measured resolution, printed with the verdict, is then the reason; a result against the claim fails.
+    A directional claim without a ``scale`` (or with a paper "fail") cannot be judged so: an error in every
+    profile. Where the data leave resolution unknown (one seed, a NaN value) there is no pass: the verdict is
+    checked as ``expected`` alone (asserted in ``stated_for``, printed elsewhere)."""
     accepted = (expected,) if isinstance(expected, str) else tuple(expected)
     if not accepted or any(verdict not in VERDICTS for verdict in accepted + ((unresolved,) if unresolved else ())):
         raise ValueError(f"expected={expected!r}, unresolved={unresolved!r}: each one of {VERDICTS} (expected may be "
@@ -373,12 +400,15 @@ def check_verdict(result: Comparison, expected: str | tuple[str, ...] = "holds",
         raise ValueError("This comparison has no verdict: pass claim=Claim({...}) to compare.")
     said = " or ".join(map(repr, accepted))
     if unresolved is not None:
-        if result.resolves_claim is None:
-            raise ValueError("unresolved=: whether this comparison resolves its claim cannot be said (give the Claim a "
-                             "scale=, the paper's unit in the metric's units, and run more than one seed).")
-        if not result.resolves_claim:
+        claim = result.claim
+        if claim.within is None and claim.paper_difference is None:
+            raise ValueError("unresolved=: this claim has no paper difference to set against the resolution (give the "
+                             "Claim a scale=, the paper's unit in the metric's units; a stated claim or a paper 'fail' "
+                             "has none).")
+        if result.resolves_claim is False and result.consistent_with_claim:
             accepted += (unresolved,)
-            said += f", or {unresolved!r}: the claim is under this comparison's resolution (2 SE {result.resolution:.3f})"
+            said += (f", or {unresolved!r}: the claim is under this comparison's resolution (2 SE "
+                     f"{result.resolution:.3f}) and the data leave it possible")
     name = f"verdict {result.verdict!r} as expected ({said}; 1 = yes)"
     try:
         return check_targets(profile or get_profile(), {name: (float(result.verdict in accepted), 1.0)},
