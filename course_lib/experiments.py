@@ -227,12 +227,9 @@ class Comparison:
         |the paper's difference| + 2 SE <= w (without a ``scale``: 2 SE <= w); an "a > b" claim only if the paper's
         own difference (``Claim.scale``) exceeds 2 SE. None where that cannot be said (no claim, one seed or a NaN
         value, a directional claim without a scale or with a paper "fail")."""
-        if self.claim is None or self.resolution is None or math.isnan(self.resolution):
+        if self.claim is None or self.resolution is None:
             return None
-        paper = self.claim.paper_difference
-        if self.claim.within is not None:
-            return abs(paper or 0.0) + self.resolution <= self.claim.within
-        return None if paper is None else paper > self.resolution
+        return _resolves(self.claim, self.resolution)
 
     @property
     def consistent_with_claim(self) -> bool | None:
@@ -280,23 +277,30 @@ def _judge(values: dict[str, list[float]], se: dict[str, list[float]],
         f"verdict: {verdict.upper()}", f"rule: {RULE}"]
 
 
+def _resolves(claim: Claim, resolution: float) -> bool | None:
+    """Could ``claim`` read "holds" at this ``resolution`` (2 SE) if it were exactly true (``Comparison.resolves_claim``)?
+    None where that cannot be said."""
+    paper = claim.paper_difference
+    if math.isnan(resolution) or (claim.within is None and paper is None):
+        return None
+    if claim.within is not None:
+        return abs(paper or 0.0) + resolution <= claim.within
+    return paper > resolution
+
+
 def _resolution_line(claim: Claim, se: float) -> list[str]:
     """What the comparison can resolve, beside what the claim needs: [] where it cannot be said."""
-    if math.isnan(se):
+    resolves = _resolves(claim, 2 * se)
+    if resolves is None:
         return []
     paper = claim.paper_difference
     if claim.within is not None:
-        needs = abs(paper or 0.0) + 2 * se
-        can = "can" if needs <= claim.within else "cannot"
         own = "" if paper is None else f" plus the paper's own |difference| {abs(paper):.3f}"
-        return [f"resolution: 2 SE = {2 * se:.3f}{own} against the band {claim.within:g}: 'comparable' {can} hold "
-                "here"]
-    if paper is None:
-        return []
+        return [f"resolution: 2 SE = {2 * se:.3f}{own} against the band {claim.within:g}: 'comparable' "
+                f"{'can' if resolves else 'cannot'} hold here"]
     a, b = claim.arms
-    can = "could" if paper > 2 * se else "could not"
     return [f"resolution: 2 SE = {2 * se:.3f}; the paper's {a} - {b} = {paper:+.3f} in these units: a difference of "
-            f"the paper's size {can} read 'holds' here"]
+            f"the paper's size {'could' if resolves else 'could not'} read 'holds' here"]
 
 
 def remembered(run: Callable[[dict, int], Mapping[str, float]]) -> Callable[[dict, int], dict]:
