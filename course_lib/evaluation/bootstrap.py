@@ -17,13 +17,14 @@ matching ``resamples`` times and costs ~100x more.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from pycocotools.cocoeval import COCOeval
 
 from .detection import _as_coco, _quiet, _results_array
 
-__all__ = ["BOOTSTRAP_METRICS", "resample_counts", "bootstrap_ap_samples", "bootstrap_ap"]
+__all__ = ["BOOTSTRAP_METRICS", "resample_counts", "bootstrap_ap_samples", "bootstrap_ap", "bootstrap_ratio", "bootstrap_miou"]
 
 # metric -> (index of COCO's area range: 0 all, 1 small; IoU thresholds used: all ten or 0.5 only)
 BOOTSTRAP_METRICS = {"AP": (0, slice(None)), "AP50": (0, slice(0, 1)), "APs": (1, slice(None))}
@@ -134,3 +135,48 @@ def bootstrap_ap(coco_gt, detections, *, resamples: int = 200, seed: int = 0, la
         out[name] = point
         out[f"{name}_se"] = math.nan if math.isnan(point) else float(np.std(resampled[~np.isnan(resampled)], ddof=1))
     return out
+
+
+def bootstrap_ratio(numerators, denominators, *, resamples: int = 200, seed: int = 0) -> tuple[float, float]:
+    """A share pooled over images -- ``sum(numerators) / sum(denominators)``, e.g. touching cells separated / touching
+    cells, one pair of counts per validation image -- and its bootstrap standard error over images: the same images
+    drawn with replacement as for an AP (``resample_counts``), the share recomputed on each resample. A resample with
+    nothing to count (its denominators sum to 0) is left out; with nothing to count at all both are NaN."""
+    num, den = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (numerators, denominators))
+    if len(num) != len(den) or len(num) == 0:
+        raise ValueError(f"bootstrap_ratio: {len(num)} numerators and {len(den)} denominators; give one of each per "
+                         "image, for one image or more.")
+    if not (np.all(np.isfinite(num)) and np.all(np.isfinite(den)) and np.all(den >= 0)):
+        raise ValueError(f"bootstrap_ratio: counts must be finite and the denominators >= 0; got numerators {num} and "
+                         f"denominators {den}.")
+    if den.sum() == 0:
+        return math.nan, math.nan
+    counts = resample_counts(len(num), resamples, seed)
+    totals = counts @ den
+    shares = (counts @ num)[totals > 0] / totals[totals > 0]
+    return float(num.sum() / den.sum()), float(np.std(shares, ddof=1)) if len(shares) > 1 else math.nan
+
+
+def bootstrap_miou(confusions, *, resamples: int = 200, seed: int = 0) -> tuple[float, float]:
+    """Mean IoU pooled over images -- ``confusions`` [images, C, C], one confusion matrix of pixel counts per image
+    (row: true class, column: predicted) -- and its bootstrap standard error over images: the images drawn with
+    replacement (``resample_counts``), their matrices summed, the mean IoU recomputed as ``ConfusionMatrix.compute``
+    does (a class neither present nor predicted is left out). NaN SE for a single image."""
+    mats = np.asarray(confusions, dtype=np.float64)
+    if mats.ndim != 3 or mats.shape[1] != mats.shape[2] or len(mats) == 0:
+        raise ValueError(f"bootstrap_miou: confusions has shape {mats.shape}; give [images, C, C] pixel counts, one "
+                         "confusion matrix per image, for one image or more.")
+    if len(mats) == 1:
+        return _miou(mats.sum(0)[None])[0], math.nan
+    counts = np.vstack([np.ones(len(mats), dtype=np.int64), resample_counts(len(mats), resamples, seed)])
+    values = _miou(np.einsum("bi,ijk->bjk", counts, mats))
+    resampled = values[1:][~np.isnan(values[1:])]
+    return float(values[0]), float(np.std(resampled, ddof=1)) if len(resampled) > 1 else math.nan
+
+
+def _miou(mats: np.ndarray) -> np.ndarray:
+    """Mean IoU of each matrix of [B, C, C] (the NaN-mean over classes of ``ConfusionMatrix.compute``)."""
+    n_ii = np.diagonal(mats, axis1=1, axis2=2)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a matrix without a pixel: NaN, as compute gives
+        return np.nanmean(n_ii / (mats.sum(2) + mats.sum(1) - n_ii), axis=1)

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .bootstrap import bootstrap_miou
+
 __all__ = ["ConfusionMatrix", "boundary_mask", "small_region_mask", "evaluate_segmentation"]
 
 
@@ -126,6 +128,16 @@ def small_region_mask(instances: torch.Tensor, max_area: int, background: int = 
     return ((area[flat] < max_area) & (ids != background)).reshape(instances.shape)
 
 
+def _confusion_per_image(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                         ignore_index: int) -> torch.Tensor:
+    """[N, C, C] pixel counts, one ``ConfusionMatrix.mat`` per image of a batch of labels [N, H, W] (one bincount)."""
+    c, n = num_classes, pred.shape[0]
+    image = torch.arange(n, device=pred.device).view(n, 1, 1).expand_as(pred)
+    valid = target != ignore_index
+    index = (image[valid] * c + target[valid].long()) * c + pred[valid].long()
+    return torch.bincount(index, minlength=n * c * c).view(n, c, c).cpu()
+
+
 def _logits(output):
     return output["out"] if isinstance(output, dict) else output  # torchvision models return {"out": ...}
 
@@ -143,20 +155,22 @@ def evaluate_segmentation(model, dataset, num_classes: int, *, device=None, batc
     restricted to a band of ``boundary_width`` pixels around label changes
     (``"boundary_accuracy"``, ``"boundary_miou"``) and, when instances are given, to
     instances smaller than ``small_region_area`` pixels (``"small_region_accuracy"``,
-    ``"small_region_miou"``).
+    ``"small_region_miou"``). ``"miou_se"``: the mean IoU's bootstrap standard error over the images
+    (``bootstrap_miou``; NaN for a single image).
     """
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     was_training = model.training
     model.eval().to(device)
     overall, boundary, small = (ConfusionMatrix(num_classes, ignore_index) for _ in range(3))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    seen_instances = False
+    seen_instances, per_image = False, []
     try:
         for sample in tqdm(loader, desc="evaluating", disable=not progress):
             images, target = sample[0], sample[1].to(device)
             images = (images.float() / 255 if images.dtype == torch.uint8 else images.float()).to(device)
             pred = _logits(model(images)).argmax(dim=1)
             overall.update(pred, target)
+            per_image.append(_confusion_per_image(pred, target, num_classes, ignore_index))
             if boundary_width is not None:
                 boundary.update(pred, target.masked_fill(~boundary_mask(target, boundary_width), ignore_index))
             if small_region_area is not None and len(sample) > 2:
@@ -166,6 +180,8 @@ def evaluate_segmentation(model, dataset, num_classes: int, *, device=None, batc
     finally:
         model.train(was_training)
     metrics = {**overall.compute(), "confusion_matrix": overall}
+    if per_image:  # the mean IoU's standard error over images: how much another validation set would move it
+        metrics["miou_se"] = bootstrap_miou(torch.cat(per_image))[1]
     if boundary_width is not None:
         b = boundary.compute()
         metrics.update(boundary_accuracy=b["pixel_accuracy"], boundary_miou=b["miou"])

@@ -104,3 +104,84 @@ def test_no_detections_give_zero_and_bad_arguments_say_what_to_pass():
     coco, dets = one_box_per_image(4, found=2)
     with pytest.raises(ValueError, match=r"shape \(3, 5\).*\[resamples, 4\]"):
         bootstrap_ap_samples(coco, dets, np.ones((3, 5), dtype=int))
+
+
+def test_bootstrap_ratio_is_the_pooled_share_and_the_std_of_resampled_shares():
+    from course_lib.evaluation import bootstrap_ratio
+
+    separated, cells = np.array([3, 0, 5, 2, 7]), np.array([4, 2, 5, 6, 7])
+    share, se = bootstrap_ratio(separated, cells, resamples=300, seed=1)
+    assert share == 17 / 24
+    counts = resample_counts(5, 300, seed=1)  # brute force: each resample's images, counted as often as drawn
+    brute = [sum(k * s for k, s in zip(row, separated)) / sum(k * c for k, c in zip(row, cells)) for row in counts]
+    assert se == pytest.approx(np.std(brute, ddof=1), rel=1e-12)
+    assert se > 0.05  # five images of unequal shares: far from certain
+
+
+def test_bootstrap_ratio_edge_cases():
+    from course_lib.evaluation import bootstrap_ratio
+
+    assert bootstrap_ratio([2, 4], [2, 4]) == (1.0, 0.0)  # every image all separated: no spread
+    share, se = bootstrap_ratio([0, 0], [0, 0])  # nothing to count
+    assert math.isnan(share) and math.isnan(se)
+    share, se = bootstrap_ratio([1, 0], [1, 0], resamples=50)  # resamples of image 1 alone count nothing: left out
+    assert share == 1.0 and se == 0.0
+    for numerators, denominators in (([1, 2], [3]), ([], []), ([1], [-1]), ([math.nan], [1])):
+        with pytest.raises(ValueError, match="bootstrap_ratio"):
+            bootstrap_ratio(numerators, denominators)
+
+
+def test_bootstrap_miou_pools_the_images_as_confusion_matrix_does():
+    from course_lib.evaluation import ConfusionMatrix, bootstrap_miou
+
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 4, (6, 20, 20), generator=g)
+    preds = torch.where(torch.rand(6, 20, 20, generator=g) < 0.7, targets, torch.randint(0, 4, (6, 20, 20), generator=g))
+    targets[2] = 255  # an image without a label counts for nothing
+    per_image = []
+    for p, t in zip(preds, targets):
+        m = ConfusionMatrix(4)
+        m.update(p, t)
+        per_image.append(m.mat.clone())
+    whole = ConfusionMatrix(4)
+    whole.update(preds, targets)
+    miou, se = bootstrap_miou(torch.stack(per_image), resamples=100, seed=3)
+    assert miou == pytest.approx(whole.compute()["miou"], abs=1e-12)
+    brute = []  # each resample's images, counted as often as drawn, into one ConfusionMatrix
+    for row in resample_counts(6, 100, seed=3):
+        m = ConfusionMatrix(4)
+        for k, p, t in zip(row, preds, targets):
+            for _ in range(k):
+                m.update(p, t)
+        brute.append(m.compute()["miou"])
+    assert se == pytest.approx(np.std(brute, ddof=1), abs=1e-12) and se > 0
+
+
+def test_bootstrap_miou_edge_cases_and_errors():
+    from course_lib.evaluation import bootstrap_miou
+
+    one = np.array([[[5, 1], [0, 4]]])
+    miou, se = bootstrap_miou(one)
+    assert miou == pytest.approx((5 / 6 + 4 / 5) / 2) and math.isnan(se)
+    same = np.repeat(one, 3, axis=0)  # identical images: every resample gives the same mean IoU
+    assert bootstrap_miou(same)[1] == pytest.approx(0.0, abs=1e-15)
+    absent = np.array([[[3, 0, 0], [0, 2, 0], [0, 0, 0]]] * 2)  # class 2 neither present nor predicted: left out
+    assert bootstrap_miou(absent)[0] == 1.0
+    for bad in (np.zeros((2, 3)), np.zeros((0, 2, 2)), np.zeros((1, 2, 3))):
+        with pytest.raises(ValueError, match="bootstrap_miou"):
+            bootstrap_miou(bad)
+
+
+def test_evaluate_segmentation_reports_the_miou_standard_error():
+    from course_lib.evaluation import bootstrap_miou, evaluate_segmentation
+
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(5, 3, 16, 16, generator=g)
+    masks = torch.randint(0, 3, (5, 16, 16), generator=g)
+    model = torch.nn.Conv2d(3, 3, 1)
+    metrics = evaluate_segmentation(model, list(zip(images, masks)), 3, device="cpu", batch_size=2, progress=False)
+    with torch.no_grad():
+        preds = model(images).argmax(1)
+    per_image = torch.stack([torch.bincount(t.flatten() * 3 + p.flatten(), minlength=9).view(3, 3)
+                             for p, t in zip(preds, masks)])
+    assert (metrics["miou"], metrics["miou_se"]) == pytest.approx(bootstrap_miou(per_image), abs=1e-12)
