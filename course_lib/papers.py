@@ -114,6 +114,10 @@ NUMBERS: dict[str, PaperNumber] = {
         note="SGD (Caffe), the batch reduced to a single image to favour large input tiles"),
     "unet.sec3.optimizer.batch": PaperNumber(
         1, "unet", "Sec. 3", "Training: \"reduce the batch to a single image\"", "batch (tiles)", "--"),
+    "unet.sec3.weight_map.separation": PaperNumber(
+        "border term separates touching cells", "unet", "Sec. 3", "the weight map of eq. 2: \"to force the network to "
+        "learn the small separation borders that we introduce between touching cells\" (Fig. 3c, d)",
+        "separation of touching cells", "--", note="stated in words and shown in Fig. 3d, not measured in a table"),
     "unet.table1.unet.warping_error": PaperNumber(
         0.0003529, "unet", "Sec. 4 (Table 1)", "u-net", "warping error", "ISBI 2012 EM segmentation challenge, test",
         note="averaged over 7 rotated versions of the input; Table 1 prints it rounded"),
