@@ -14,7 +14,8 @@ from course_lib.profiles import PROFILES, flatten, get_profile, replace
 BEFORE_THE_GROUPS = [
     ("device", "device", ("cpu", "cpu", "cuda")),
     ("amp", "amp", (False, False, True)),
-    ("num_workers", "num_workers", (0, 2, 8)),
+    ("fcn_stage_steps", "segmentation.fcn_stage_steps", (2, 100, None)),  # new: was segmentation.steps (4, 300)
+    ("num_workers", "num_workers", (0, 0, 8)),  # cpu 2 before: on 2 cores the loader processes slowed training
     ("seg_num_images", "data.segmentation_images", (12, 120, 1500)),
     ("seg_image_size", "data.segmentation_side", (128, 192, 384)),
     ("small_num_images", "data.small_objects_images", (8, 72, 1000)),
@@ -43,6 +44,7 @@ BEFORE_THE_GROUPS = [
     ("lineage_num_images", "selective_search.images", (4, 16, 200)),
     ("lineage_ss_mode", "selective_search.mode", ("single", "fast", "fast")),
     ("lineage_max_proposals", "selective_search.max_proposals", (50, 300, 2000)),
+    ("num_workers (selective search)", "selective_search.processes", (0, 2, 8)),  # was num_workers
     ("lineage_width", "rcnn.width", (0.125, 0.25, 1.0)),
     ("lineage_warp_size", "rcnn.warp_size", (64, 224, 224)),
     ("lineage_min_size", "resize.fast_rcnn.min_size", (256, 384, 600)),

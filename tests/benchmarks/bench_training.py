@@ -6,6 +6,7 @@ Run by hand; pytest does not collect it (no ``test_`` prefix)::
     .venv/bin/python tests/benchmarks/bench_training.py --models c4 fpn --steps 5
     .venv/bin/python tests/benchmarks/bench_training.py --compare channels_last  # the option against the baseline
     .venv/bin/python tests/benchmarks/bench_training.py --baseline channels_last --compare bf16 --clock cpu
+    .venv/bin/python tests/benchmarks/bench_training.py --workers 2 0 --steps 25  # fit with its data loading: 2 vs 0
     .venv/bin/python tests/benchmarks/bench_training.py --smoke                  # ci sizes, one step: the script runs
 
 Each model is built as its notebook builds it, at the profile's sizes, widths, batch and proposal counts
@@ -15,7 +16,8 @@ Faster R-CNN R50-C4 (05), R-FCN R50 with OHEM (06), Faster R-CNN R50-FPN (07) an
 extension trained by cross-resolution distillation, the FPN frozen). One batch of synthetic images of the profile's
 size (the course's own generators), the notebooks' loss functions, the optimiser the notebook uses, gradient clipping
 at 10 -- through ``course_lib.engine``'s own step (``engine._step``), so what is timed is what ``fit`` runs, minus
-data loading (timed on its own: ``--loading``).
+data loading (timed on its own: ``--loading``; ``--workers A B`` times ``fit`` itself over the generated data with A
+against B DataLoader processes, interleaved: on 2 cores the processes take CPU time from the training threads).
 
 ``--compare OPTION`` builds the model twice from the same seed, once in the default (contiguous) layout in float32
 -- ``fit(..., channels_last=False)`` -- and once with the option, and alternates their steps in one process (A, B,
@@ -261,6 +263,46 @@ def _loading(profile_name: str, batches: int) -> dict:
     return {"seconds": (time.perf_counter() - start) / batches, "root": str(root)}
 
 
+LOADED = ("fcn8s", "c4", "rfcn", "fpn")  # the models --workers times: each trains on a generated data set by fit
+
+
+def _fit_workers(name: str, profile_name: str, workers: tuple[int, int], steps: int, rounds: int) -> dict:
+    """Seconds per step of ``fit`` itself -- loading from the generated data set included -- with ``workers[0]`` and
+    ``workers[1]`` DataLoader processes, alternating runs of ``steps`` steps (A, B, B, A, ...) of one model each; the
+    median step interval after a run's first step (which waits for the loader to start)."""
+    import torch.nn.functional as F
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    from course_lib.data import CocoDetection, SegmentationDataset, dataset_dir, detection_collate
+    from course_lib.engine import fit
+    from course_lib.profiles import get_profile
+
+    profile = get_profile(profile_name)
+    if name == "fcn8s":
+        crop = profile.segmentation.crop_size
+        dataset = SegmentationDataset(dataset_dir("segmentation"), "train", transforms=v2.Compose([
+            v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 255}),
+            v2.RandomHorizontalFlip()]))
+        collate, batch = None, profile.segmentation.batch_size
+        loss = lambda m, b: F.cross_entropy(m(b[0]), b[1], ignore_index=255)  # noqa: E731 (02's loss)
+    else:
+        root = dataset_dir("multiscale")
+        dataset = CocoDetection(root / "images", root / "annotations" / "instances_train.json")
+        collate, batch, loss = detection_collate, profile.detector.batch_size, None
+    runs = {count: build(name, profile)[:4] for count in workers}  # model, loss, optimizer, schedule
+    times: dict[int, list[float]] = {count: [] for count in workers}
+    for i in range(rounds):
+        for count in workers if i % 2 == 0 else workers[::-1]:
+            model, model_loss, optimizer, _ = runs[count]
+            stamps = []
+            fit(model, dataset, loss or model_loss, optimizer, steps=steps, batch_size=batch, collate_fn=collate,
+                device="cpu", grad_clip=10.0, num_workers=count, progress=False, seed=i,
+                callback=lambda step, record: stamps.append(time.perf_counter()))
+            times[count] += [b - a for a, b in zip(stamps, stamps[1:])]
+    return {"median": {count: statistics.median(t) for count, t in times.items()}, "images": batch}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
@@ -275,6 +317,10 @@ def main() -> None:
                         "channels_last is the cpu profile before issue 23 and the pretrained start against today's")
     parser.add_argument("--baseline", type=_options, default=frozenset(),
                         help="options of the baseline too (default none: contiguous, float32, the optimiser as built)")
+    parser.add_argument("--workers", type=int, nargs=2, metavar=("A", "B"),
+                        help="time fit itself, loading from the generated data included, with A against B DataLoader "
+                             f"processes, interleaved (models {', '.join(LOADED)}; e.g. --workers 2 0)")
+    parser.add_argument("--rounds", type=int, default=4, help="--workers: runs of --steps steps per worker count")
     parser.add_argument("--loading", action="store_true",
                         help="also time loading one detection batch from the generated data (data/<COURSE_PROFILE>, or $COURSE_DATA_DIR)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -300,6 +346,16 @@ def main() -> None:
           + (f"; baseline {'+'.join(sorted(args.baseline)) or 'contiguous float32'}" +
              (f", against it {'' if replace else 'plus '}{'+'.join(sorted(args.compare)) or 'contiguous float32'}, "
               "interleaved" if args.compare is not None else "")))
+    if args.workers is not None:
+        a, b = args.workers
+        if a == b or min(a, b) < 0:
+            parser.error(f"--workers {a} {b}: two different numbers of DataLoader processes, each >= 0")
+        print(f"{'model':18s}{f'{a} workers s/step':>20s}{f'{b} workers s/step':>20s}{'ratio':>8s}")
+        for name in (m for m in args.models if m in LOADED):
+            r = in_fresh_process(_fit_workers, name, args.profile, (a, b), max(args.steps, 3), args.rounds)
+            ta, tb = r["median"][a], r["median"][b]
+            print(f"{NAMES[name]:18s}{ta:20.3f}{tb:20.3f}{ta / tb:7.2f}x  (> 1: {b} workers train faster)", flush=True)
+        return
     header = f"{'model':18s}{'images':>7s}{'s / step':>10s}{'images/s':>10s}"
     if args.compare is not None:
         header += f"{'option s/step':>15s}{'ratio':>8s}{'1st step (s)':>20s}"
