@@ -232,9 +232,11 @@ PROFILES: dict[str, Profile] = {
     ),
     "cpu": Profile(
         "cpu", "a laptop: meaningful results in minutes on a CPU",
-        # no DataLoader processes: on 2 cores they take CPU time from the training threads instead of hiding the loading
-        # (25 steps each, interleaved, 0 vs 2 workers: FPN 0.131 vs 0.152 s, C4 0.167 vs 0.200 s, FCN-32s 0.262 vs 0.320
-        # s); the batches are the same, so the detectors' results are too (random crops come from another generator)
+        # no DataLoader processes: fit starts a new loader every epoch (96 images: every 24-48 steps), and starting and
+        # stopping two worker processes costs seconds each time, which the steps between do not win back on 2 cores
+        # (bench_training --workers 2 0 --steps 100: a whole fit call, s/step with 2 vs 0 workers, FCN-8s 0.361 vs
+        # 0.241, FPN 0.212 vs 0.117, C4 0.261 vs 0.169; the steps within an epoch cost the same). The detectors' batches
+        # are the same either way, so are their results; FCN's random crops come from another generator
         device="cpu", amp=False, num_workers=0,
         # validation: a third of each detection set (24 and 48 images, the training images as before), so that a
         # bootstrap standard error over images is small enough for a verdict (at 24 multi-scale images, 0.046 on an

@@ -269,7 +269,8 @@ LOADED = ("fcn8s", "c4", "rfcn", "fpn")  # the models --workers times: each trai
 def _fit_workers(name: str, profile_name: str, workers: tuple[int, int], steps: int, rounds: int) -> dict:
     """Seconds per step of ``fit`` itself -- loading from the generated data set included -- with ``workers[0]`` and
     ``workers[1]`` DataLoader processes, alternating runs of ``steps`` steps (A, B, B, A, ...) of one model each; the
-    median step interval after a run's first step (which waits for the loader to start)."""
+    median step interval after a run's first step (which waits for the loader to start), and the median of each
+    whole call's seconds per step, the loader's start included (what a notebook's training run pays)."""
     import torch.nn.functional as F
     from torchvision import tv_tensors
     from torchvision.transforms import v2
@@ -292,15 +293,18 @@ def _fit_workers(name: str, profile_name: str, workers: tuple[int, int], steps: 
         collate, batch, loss = detection_collate, profile.detector.batch_size, None
     runs = {count: build(name, profile)[:4] for count in workers}  # model, loss, optimizer, schedule
     times: dict[int, list[float]] = {count: [] for count in workers}
+    whole: dict[int, list[float]] = {count: [] for count in workers}  # a fit call's seconds / its steps
     for i in range(rounds):
         for count in workers if i % 2 == 0 else workers[::-1]:
             model, model_loss, optimizer, _ = runs[count]
-            stamps = []
+            stamps, start = [], time.perf_counter()
             fit(model, dataset, loss or model_loss, optimizer, steps=steps, batch_size=batch, collate_fn=collate,
                 device="cpu", grad_clip=10.0, num_workers=count, progress=False, seed=i,
                 callback=lambda step, record: stamps.append(time.perf_counter()))
             times[count] += [b - a for a, b in zip(stamps, stamps[1:])]
-    return {"median": {count: statistics.median(t) for count, t in times.items()}, "images": batch}
+            whole[count].append((time.perf_counter() - start) / steps)
+    return {"median": {count: statistics.median(t) for count, t in times.items()}, "images": batch,
+            "whole": {count: statistics.median(t) for count, t in whole.items()}}
 
 
 def main() -> None:
@@ -350,11 +354,15 @@ def main() -> None:
         a, b = args.workers
         if a == b or min(a, b) < 0:
             parser.error(f"--workers {a} {b}: two different numbers of DataLoader processes, each >= 0")
-        print(f"{'model':18s}{f'{a} workers s/step':>20s}{f'{b} workers s/step':>20s}{'ratio':>8s}")
+        print(f"fit over the generated data, {args.steps} steps a call, {args.rounds} calls each: s/step of the steps "
+              "after a call's first, and of whole calls (the loader's start included); ratio > 1: "
+              f"{b} workers train faster")
+        print(f"{'model':18s}{f'{a} workers':>12s}{f'{b} workers':>12s}{'ratio':>8s}{f'whole {a}':>12s}"
+              f"{f'whole {b}':>12s}{'ratio':>8s}")
         for name in (m for m in args.models if m in LOADED):
             r = in_fresh_process(_fit_workers, name, args.profile, (a, b), max(args.steps, 3), args.rounds)
-            ta, tb = r["median"][a], r["median"][b]
-            print(f"{NAMES[name]:18s}{ta:20.3f}{tb:20.3f}{ta / tb:7.2f}x  (> 1: {b} workers train faster)", flush=True)
+            (ta, tb), (wa, wb) = ((r[key][a], r[key][b]) for key in ("median", "whole"))
+            print(f"{NAMES[name]:18s}{ta:12.3f}{tb:12.3f}{ta / tb:7.2f}x{wa:12.3f}{wb:12.3f}{wa / wb:7.2f}x", flush=True)
         return
     header = f"{'model':18s}{'images':>7s}{'s / step':>10s}{'images/s':>10s}"
     if args.compare is not None:
