@@ -73,6 +73,12 @@ class SegmentationTraining:
     optimizer: str = "recipe"  # FCN: "recipe" (its paper's SGD, course_lib.recipes "02") or "adam" (3e-4, from scratch)
     weights_backbone: str | None = "IMAGENET1K_V1"  # FCN's VGG16 (U-Net trains from scratch, as its paper)
 
+    def __post_init__(self):
+        if self.optimizer != "recipe" and not (isinstance(self.fcn_stage_steps, int) and self.fcn_stage_steps > 0):
+            raise ValueError(f"SegmentationTraining(optimizer={self.optimizer!r}, fcn_stage_steps="
+                             f"{self.fcn_stage_steps!r}): outside the paper's recipe each FCN stage needs its own "
+                             "number of steps, a positive int (e.g. fcn_stage_steps=100).")
+
 
 @dataclass(frozen=True)
 class SelectiveSearch:
@@ -282,6 +288,7 @@ PROFILES: dict[str, Profile] = {
                            multiscale_images=500, multiscale_val_images=100),
         patches=PatchTraining(steps=1000),
         segmentation=SegmentationTraining(steps=5000, fcn_stage_steps=1000, optimizer="adam"),  # 15 FCN stages
+        selective_search=SelectiveSearch(processes=2),  # Colab's 2 cores
         rcnn=RCNNNetwork(optimizer="sgd"),
         detector=DetectorTraining(optimizer="sgd", lr=0.02 * 2 / 16, batch_size=2),
         resize=DetectorResize(efpn=Resize(800, 800)),

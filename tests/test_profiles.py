@@ -14,7 +14,6 @@ from course_lib.profiles import PROFILES, flatten, get_profile, replace
 BEFORE_THE_GROUPS = [
     ("device", "device", ("cpu", "cpu", "cuda")),
     ("amp", "amp", (False, False, True)),
-    ("fcn_stage_steps", "segmentation.fcn_stage_steps", (2, 100, None)),  # new: was segmentation.steps (4, 300)
     ("num_workers", "num_workers", (0, 0, 8)),  # cpu 2 before: on 2 cores the loader processes slowed training
     ("seg_num_images", "data.segmentation_images", (12, 120, 1500)),
     ("seg_image_size", "data.segmentation_side", (128, 192, 384)),
@@ -44,7 +43,6 @@ BEFORE_THE_GROUPS = [
     ("lineage_num_images", "selective_search.images", (4, 16, 200)),
     ("lineage_ss_mode", "selective_search.mode", ("single", "fast", "fast")),
     ("lineage_max_proposals", "selective_search.max_proposals", (50, 300, 2000)),
-    ("num_workers (selective search)", "selective_search.processes", (0, 2, 8)),  # was num_workers
     ("lineage_width", "rcnn.width", (0.125, 0.25, 1.0)),
     ("lineage_warp_size", "rcnn.warp_size", (64, 224, 224)),
     ("lineage_min_size", "resize.fast_rcnn.min_size", (256, 384, 600)),
@@ -91,6 +89,8 @@ BEFORE_THE_GROUPS = [
     ("new", "data.small_objects_val_images", (2, 24, 200)),  # before: 20 % of the images (2, 12, 200)
     ("new", "data.multiscale_val_images", (2, 48, 400)),  # before: 20 % (2, 24, 400)
     ("new", "proposals.efpn_rois_per_image", (32, 64, 512)),  # before: proposals.rois_per_image  # 07 wrote these in its notebook before
+    ("new", "segmentation.fcn_stage_steps", (2, 100, None)),  # before: segmentation.steps (4, 300, the recipe's)
+    ("new", "selective_search.processes", (0, 2, 8)),  # before: num_workers (0, 2, 8)
 ]
 
 
@@ -195,3 +195,13 @@ def test_the_gpu_profile_starts_every_imagenet_backbone_as_its_recipe():
         for group in set(WEIGHTS_FIELD.values()):
             assert getattr(PROFILES[name], group).weights_backbone == ("pretrained" if group == "detector" else None), \
                 (name, group)
+
+
+def test_fcn_stages_need_steps_outside_the_recipe():
+    from course_lib.profiles import SegmentationTraining
+
+    assert SegmentationTraining().fcn_stage_steps is None  # the recipe's own
+    for bad in (None, 0, 2.5):
+        with pytest.raises(ValueError, match="fcn_stage_steps"):
+            SegmentationTraining(optimizer="adam", fcn_stage_steps=bad)
+    assert PROFILES["colab"].selective_search.processes == 2  # Colab's two cores

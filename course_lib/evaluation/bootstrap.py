@@ -141,16 +141,19 @@ def bootstrap_ratio(numerators, denominators, *, resamples: int = 200, seed: int
     """A share pooled over images -- ``sum(numerators) / sum(denominators)``, e.g. touching cells separated / touching
     cells, one pair of counts per validation image -- and its bootstrap standard error over images: the same images
     drawn with replacement as for an AP (``resample_counts``), the share recomputed on each resample. A resample with
-    nothing to count (its denominators sum to 0) is left out; with nothing to count at all both are NaN."""
+    nothing to count (its denominators sum to 0) is left out; with nothing to count at all both are NaN, and the SE
+    is NaN where fewer than two images count anything."""
     num, den = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (numerators, denominators))
     if len(num) != len(den) or len(num) == 0:
         raise ValueError(f"bootstrap_ratio: {len(num)} numerators and {len(den)} denominators; give one of each per "
                          "image, for one image or more.")
-    if not (np.all(np.isfinite(num)) and np.all(np.isfinite(den)) and np.all(den >= 0)):
-        raise ValueError(f"bootstrap_ratio: counts must be finite and the denominators >= 0; got numerators {num} and "
-                         f"denominators {den}.")
+    if not (np.all(np.isfinite(num)) and np.all(np.isfinite(den)) and np.all((0 <= num) & (num <= den))):
+        raise ValueError(f"bootstrap_ratio: counts must be finite, with 0 <= numerator <= denominator per image (a share "
+                         f"of what the image counts); got numerators {num} and denominators {den}.")
     if den.sum() == 0:
         return math.nan, math.nan
+    if np.count_nonzero(den) < 2:  # one image counts anything: no spread over images can be estimated
+        return float(num.sum() / den.sum()), math.nan
     counts = resample_counts(len(num), resamples, seed)
     totals = counts @ den
     shares = (counts @ num)[totals > 0] / totals[totals > 0]
@@ -167,7 +170,7 @@ def bootstrap_miou(confusions, *, resamples: int = 200, seed: int = 0) -> tuple[
         raise ValueError(f"bootstrap_miou: confusions has shape {mats.shape}; give [images, C, C] pixel counts, one "
                          "confusion matrix per image, for one image or more.")
     if len(mats) == 1:
-        return _miou(mats.sum(0)[None])[0], math.nan
+        return float(_miou(mats)[0]), math.nan
     counts = np.vstack([np.ones(len(mats), dtype=np.int64), resample_counts(len(mats), resamples, seed)])
     values = _miou(np.einsum("bi,ijk->bjk", counts, mats))
     resampled = values[1:][~np.isnan(values[1:])]

@@ -269,8 +269,9 @@ LOADED = ("fcn8s", "c4", "rfcn", "fpn")  # the models --workers times: each trai
 def _fit_workers(name: str, profile_name: str, workers: tuple[int, int], steps: int, rounds: int) -> dict:
     """Seconds per step of ``fit`` itself -- loading from the generated data set included -- with ``workers[0]`` and
     ``workers[1]`` DataLoader processes, alternating runs of ``steps`` steps (A, B, B, A, ...) of one model each; the
-    median step interval after a run's first step (which waits for the loader to start), and the median of each
-    whole call's seconds per step, the loader's start included (what a notebook's training run pays)."""
+    median step interval after a run's first step (which waits for the loader to start), and -- the figure that
+    decides -- the median of each whole call's seconds per step, the loader's starts and stops included (fit starts a
+    loader every epoch): what a notebook's training run pays. One untimed call per arm comes first."""
     import torch.nn.functional as F
     from torchvision import tv_tensors
     from torchvision.transforms import v2
@@ -292,6 +293,10 @@ def _fit_workers(name: str, profile_name: str, workers: tuple[int, int], steps: 
         dataset = CocoDetection(root / "images", root / "annotations" / "instances_train.json")
         collate, batch, loss = detection_collate, profile.detector.batch_size, None
     runs = {count: build(name, profile)[:4] for count in workers}  # model, loss, optimizer, schedule
+    for count in workers:  # one untimed call each: the process's one-off warm-up falls on neither
+        model, model_loss, optimizer, _ = runs[count]
+        fit(model, dataset, loss or model_loss, optimizer, steps=2, batch_size=batch, collate_fn=collate, device="cpu",
+            grad_clip=10.0, num_workers=count, progress=False)
     times: dict[int, list[float]] = {count: [] for count in workers}
     whole: dict[int, list[float]] = {count: [] for count in workers}  # a fit call's seconds / its steps
     for i in range(rounds):

@@ -124,9 +124,11 @@ def test_bootstrap_ratio_edge_cases():
     assert bootstrap_ratio([2, 4], [2, 4]) == (1.0, 0.0)  # every image all separated: no spread
     share, se = bootstrap_ratio([0, 0], [0, 0])  # nothing to count
     assert math.isnan(share) and math.isnan(se)
-    share, se = bootstrap_ratio([1, 0], [1, 0], resamples=50)  # resamples of image 1 alone count nothing: left out
+    share, se = bootstrap_ratio([1, 0], [1, 0], resamples=50)  # one image counts anything: no spread to estimate
+    assert share == 1.0 and math.isnan(se)
+    share, se = bootstrap_ratio([1, 0, 2], [1, 0, 2], resamples=50)  # resamples of image 1 alone: left out
     assert share == 1.0 and se == 0.0
-    for numerators, denominators in (([1, 2], [3]), ([], []), ([1], [-1]), ([math.nan], [1])):
+    for numerators, denominators in (([1, 2], [3]), ([], []), ([1], [-1]), ([math.nan], [1]), ([3], [2]), ([-1], [2])):
         with pytest.raises(ValueError, match="bootstrap_ratio"):
             bootstrap_ratio(numerators, denominators)
 
@@ -162,7 +164,7 @@ def test_bootstrap_miou_edge_cases_and_errors():
 
     one = np.array([[[5, 1], [0, 4]]])
     miou, se = bootstrap_miou(one)
-    assert miou == pytest.approx((5 / 6 + 4 / 5) / 2) and math.isnan(se)
+    assert miou == pytest.approx((5 / 6 + 4 / 5) / 2) and math.isnan(se) and type(miou) is float
     same = np.repeat(one, 3, axis=0)  # identical images: every resample gives the same mean IoU
     assert bootstrap_miou(same)[1] == pytest.approx(0.0, abs=1e-15)
     absent = np.array([[[3, 0, 0], [0, 2, 0], [0, 0, 0]]] * 2)  # class 2 neither present nor predicted: left out
@@ -178,10 +180,11 @@ def test_evaluate_segmentation_reports_the_miou_standard_error():
     g = torch.Generator().manual_seed(1)
     images = torch.rand(5, 3, 16, 16, generator=g)
     masks = torch.randint(0, 3, (5, 16, 16), generator=g)
+    masks[:, :4] = 255  # unlabelled pixels count in no matrix
     model = torch.nn.Conv2d(3, 3, 1)
     metrics = evaluate_segmentation(model, list(zip(images, masks)), 3, device="cpu", batch_size=2, progress=False)
     with torch.no_grad():
         preds = model(images).argmax(1)
-    per_image = torch.stack([torch.bincount(t.flatten() * 3 + p.flatten(), minlength=9).view(3, 3)
+    per_image = torch.stack([torch.bincount(t[t != 255] * 3 + p[t != 255], minlength=9).view(3, 3)
                              for p, t in zip(preds, masks)])
     assert (metrics["miou"], metrics["miou_se"]) == pytest.approx(bootstrap_miou(per_image), abs=1e-12)
