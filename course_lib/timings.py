@@ -15,7 +15,8 @@ TIMINGS_FILE = Path(__file__).with_name("timings.json")
 
 
 def load_timings(path: str | Path = TIMINGS_FILE) -> dict:
-    """``{"profiles": {profile: {"machine": str, "measured": date, "notebooks": {name: seconds}}}}``."""
+    """``{"profiles": {profile: {"machine": str, "measured": date, "notebooks": {name: seconds},
+    "dates": {name: the day it was measured}}}}`` (a partial `make timings` re-dates only what it ran)."""
     path = Path(path)
     if not path.is_file():
         return {"profiles": {}}

@@ -67,6 +67,17 @@ def test_timings_script_runs_a_notebook_and_writes_the_table(tmp_path):
     assert json.loads(timings.read_text()) == json.loads(before)
 
 
+def test_a_partial_run_dates_only_the_notebooks_it_ran():
+    script = load_script()
+    timings = {"profiles": {"cpu": {"machine": "2 CPU cores", "measured": "2026-12-07",
+                                    "notebooks": {"02_fcn": 480.0, "05_faster_rcnn": 400.0},
+                                    "dates": {"02_fcn": "2026-12-07", "05_faster_rcnn": "2026-12-02"}}}}
+    table = script.readme_table(timings, ["02_fcn", "05_faster_rcnn"])
+    assert "`cpu`: measured 2026-12-02: `05_faster_rcnn`; 2026-12-07: `02_fcn` on 2 CPU cores" in table
+    del timings["profiles"]["cpu"]["dates"]  # a file from before the dates: one day for all
+    assert "`cpu`: measured 2026-12-07 on 2 CPU cores" in script.readme_table(timings, ["02_fcn"])
+
+
 def test_committed_cpu_timings_cover_every_notebook_within_budget():
     """The issue's promise, as measured by `make timings PROFILE=cpu` and committed in course_lib/timings.json:
     every notebook in the laptop profile under 10 minutes on 2 cores, the whole course under an hour."""

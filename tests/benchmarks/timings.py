@@ -92,7 +92,11 @@ def readme_table(timings: dict, notebooks: list[str]) -> str:
         entry = timings["profiles"][p] if p in timings["profiles"] else {}
         if entry:
             total = sum(entry["notebooks"].values())
-            lines.append(f"\n`{p}`: measured {entry['measured']} on {entry['machine']}; all measured notebooks together "
+            dates = {name: entry.get("dates", {}).get(name, entry["measured"]) for name in entry["notebooks"]}
+            when = sorted(set(dates.values()))
+            measured = when[0] if len(when) == 1 else "; ".join(
+                f"{day}: {', '.join(f'`{n}`' for n in sorted(dates) if dates[n] == day)}" for day in when)
+            lines.append(f"\n`{p}`: measured {measured} on {entry['machine']}; all measured notebooks together "
                          f"{format_seconds(total)}.")
     missing = [p for p in profile_names() if p not in timings["profiles"]]
     if missing:
@@ -161,8 +165,15 @@ def main(argv=None) -> int:
             over.append(path.stem)
         slowest = ", ".join(f"{c} {format_seconds(s)}" for s, c in cells[:3])
         print(f"{format_seconds(seconds)}{flag}   slowest: {slowest}", flush=True)
+    today = datetime.date.today().isoformat()
+    dates = entry.setdefault("dates", {})  # per notebook: a partial run (--notebooks) re-dates only what it ran
+    for name in entry["notebooks"]:
+        dates.setdefault(name, entry.get("measured", today))
+    for path in paths:
+        if path.stem in entry["notebooks"] and path.stem not in failed:
+            dates[path.stem] = today
     entry["machine"] = machine()
-    entry["measured"] = datetime.date.today().isoformat()
+    entry["measured"] = today
     timings["profiles"] = {p: timings["profiles"][p] for p in profile_names() if p in timings["profiles"]}
     table = readme_table(timings, [p.stem for p in all_notebooks])
     print("\n" + table)
