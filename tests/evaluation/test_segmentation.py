@@ -157,3 +157,38 @@ def test_evaluate_segmentation_perfect_and_constant_models():
     small = ds.masks[:, 12:]
     assert r["small_region_accuracy"] == pytest.approx((small == 0).float().mean().item())
     assert isinstance(r["confusion_matrix"].plot(["a", "b", "c"]), matplotlib.figure.Figure)
+
+
+def _two_touching_cells():
+    """Two 6 x 5 cells (class 1) side by side, a 1-px background gap between them, in a 12 x 16 image."""
+    labels = torch.zeros(12, 16, dtype=torch.long)
+    instances = torch.zeros(12, 16, dtype=torch.long)
+    labels[3:9, 2:7] = 1; instances[3:9, 2:7] = 1
+    labels[3:9, 8:13] = 1; instances[3:9, 8:13] = 2
+    return labels, instances
+
+
+def test_separation_counts_sees_one_bridge_pixel():
+    from course_lib.evaluation import separation_counts
+
+    labels, instances = _two_touching_cells()
+    membrane_total = separation_counts(labels, labels, instances, cell_class=1)[1]
+    assert membrane_total >= 6  # at least the gap column between the cells
+    assert separation_counts(labels, labels, instances, cell_class=1) == (membrane_total, membrane_total, 2, 2)
+    bridged = labels.clone()
+    bridged[5, 7] = 1  # one gap pixel predicted as cell joins the two components
+    assert separation_counts(bridged, labels, instances, cell_class=1) == (membrane_total - 1, membrane_total, 0, 2)
+    half = labels.clone()
+    half[3:9, 2:4] = 0  # cell 1 partly missed: still its own component, still separated
+    assert separation_counts(half, labels, instances, cell_class=1)[2:] == (2, 2)
+    missed = labels.clone()
+    missed[3:9, 2:7] = 0  # cell 1 not predicted at all: not separated
+    assert separation_counts(missed, labels, instances, cell_class=1)[2:] == (1, 2)
+    unlabelled = labels.clone()
+    unlabelled[0] = 255  # unlabelled pixels are no membrane
+    assert separation_counts(labels, unlabelled, instances, cell_class=1)[1] <= membrane_total
+    alone = instances.clone()
+    alone[alone == 2] = 0  # one cell, no gap: no membrane; the cell is separated
+    assert separation_counts(labels * (alone > 0), labels * (alone > 0), alone, cell_class=1) == (0, 0, 1, 1)
+    with pytest.raises(ValueError, match="separation_counts"):
+        separation_counts(labels[None], labels, instances, cell_class=1)
