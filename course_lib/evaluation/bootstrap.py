@@ -133,7 +133,7 @@ def bootstrap_ap(coco_gt, detections, *, resamples: int = 200, seed: int = 0, la
     for name, values in samples.items():
         point, resampled = float(values[0]), values[1:]
         out[name] = point
-        out[f"{name}_se"] = math.nan if math.isnan(point) else float(np.std(resampled[~np.isnan(resampled)], ddof=1))
+        out[f"{name}_se"] = math.nan if math.isnan(point) else _spread(resampled)
     return out
 
 
@@ -156,8 +156,7 @@ def bootstrap_ratio(numerators, denominators, *, resamples: int = 200, seed: int
         return float(num.sum() / den.sum()), math.nan
     counts = resample_counts(len(num), resamples, seed)
     totals = counts @ den
-    shares = (counts @ num)[totals > 0] / totals[totals > 0]
-    return float(num.sum() / den.sum()), float(np.std(shares, ddof=1)) if len(shares) > 1 else math.nan
+    return float(num.sum() / den.sum()), _spread((counts @ num)[totals > 0] / totals[totals > 0])
 
 
 def bootstrap_miou(confusions, *, resamples: int = 200, seed: int = 0) -> tuple[float, float]:
@@ -173,8 +172,15 @@ def bootstrap_miou(confusions, *, resamples: int = 200, seed: int = 0) -> tuple[
         return float(_miou(mats)[0]), math.nan
     counts = np.vstack([np.ones(len(mats), dtype=np.int64), resample_counts(len(mats), resamples, seed)])
     values = _miou(np.einsum("bi,ijk->bjk", counts, mats))
-    resampled = values[1:][~np.isnan(values[1:])]
-    return float(values[0]), float(np.std(resampled, ddof=1)) if len(resampled) > 1 else math.nan
+    return float(values[0]), _spread(values[1:])
+
+
+def _spread(resampled: np.ndarray) -> float:
+    """The bootstrap standard error: the standard deviation of the resampled values that are defined (NaN: a
+    resample without what the metric counts), NaN where fewer than two are."""
+    defined = np.asarray(resampled, dtype=np.float64)
+    defined = defined[~np.isnan(defined)]
+    return float(np.std(defined, ddof=1)) if len(defined) > 1 else math.nan
 
 
 def _miou(mats: np.ndarray) -> np.ndarray:

@@ -28,7 +28,8 @@ from course_lib.segmentation.weight_map import unet_weight_map
 
 from .bootstrap import bootstrap_miou
 
-__all__ = ["ConfusionMatrix", "boundary_mask", "small_region_mask", "evaluate_segmentation", "separation_counts"]
+__all__ = ["ConfusionMatrix", "boundary_mask", "small_region_mask", "evaluate_segmentation", "membrane_mask",
+           "separation_counts"]
 
 
 class ConfusionMatrix:
@@ -195,13 +196,23 @@ def evaluate_segmentation(model, dataset, num_classes: int, *, device=None, batc
     return metrics
 
 
+def membrane_mask(labels: torch.Tensor, instances: torch.Tensor, *, w0: float = 10.0, sigma: float = 5.0) -> torch.Tensor:
+    """The membrane pixels of one image (H x W, bool): background pixels (label 0) where eq. 2's border term,
+    ``w0 exp(-(d1 + d2)^2 / 2 sigma^2)`` (``unet_weight_map`` without w_c), exceeds w0 / 2 -- the narrow gaps
+    between objects."""
+    labels, instances = labels.cpu().long(), instances.cpu().long()
+    labelled = labels[labels != 255]
+    num_classes = int(labelled.max()) + 1 if labelled.numel() else 1
+    border = unet_weight_map(instances, labels, w0=w0, sigma=sigma, class_weights=torch.zeros(num_classes))
+    return (labels == 0) & (border > w0 / 2)
+
+
 def separation_counts(pred: torch.Tensor, labels: torch.Tensor, instances: torch.Tensor, *, cell_class: int,
                       w0: float = 10.0, sigma: float = 5.0) -> tuple[int, int, int, int]:
     """How well one image's predicted labels separate touching instances of ``cell_class`` (U-Net, chapter 3):
     ``(membrane pixels predicted background, membrane pixels, instances separated, instances)``.
 
-    Membrane pixels are the background pixels (label 0) where eq. 2's border term, ``w0 exp(-(d1 + d2)^2 / 2
-    sigma^2)`` (``unet_weight_map`` without w_c), exceeds w0 / 2: the narrow gaps between objects. An instance is
+    Membrane pixels: ``membrane_mask``, the narrow gaps between objects. An instance is
     separated if the predicted connected component of ``cell_class`` (4-connected) that covers most of its pixels
     covers no other instance; one wrong pixel across a gap joins two. ``pred``, ``labels``, ``instances``: H x W.
     Both ratios are pooled over images, with a bootstrap SE, by ``bootstrap_ratio``."""
@@ -209,10 +220,7 @@ def separation_counts(pred: torch.Tensor, labels: torch.Tensor, instances: torch
         raise ValueError(f"separation_counts: pred {tuple(pred.shape)}, labels {tuple(labels.shape)} and instances "
                          f"{tuple(instances.shape)} must be one H x W image each.")
     pred, labels, instances = pred.cpu().long(), labels.cpu().long(), instances.cpu().long()
-    labelled = labels[labels != 255]
-    num_classes = int(labelled.max()) + 1 if labelled.numel() else 1
-    border = unet_weight_map(instances, labels, w0=w0, sigma=sigma, class_weights=torch.zeros(num_classes))
-    membrane = (labels == 0) & (border > w0 / 2)
+    membrane = membrane_mask(labels, instances, w0=w0, sigma=sigma)
     components, n = ndimage.label((pred == cell_class).numpy())
     is_cell = labels == cell_class
     cell_ids, component = instances[is_cell], torch.from_numpy(components.astype(np.int64))[is_cell]

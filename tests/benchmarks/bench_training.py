@@ -272,7 +272,6 @@ def _fit_workers(name: str, profile_name: str, workers: tuple[int, int], steps: 
     median step interval after a run's first step (which waits for the loader to start), and -- the figure that
     decides -- the median of each whole call's seconds per step, the loader's starts and stops included (fit starts a
     loader every epoch): what a notebook's training run pays. One untimed call per arm comes first."""
-    import torch.nn.functional as F
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
@@ -281,29 +280,29 @@ def _fit_workers(name: str, profile_name: str, workers: tuple[int, int], steps: 
     from course_lib.profiles import get_profile
 
     profile = get_profile(profile_name)
-    if name == "fcn8s":
+    if name == "fcn8s":  # 02's training crops
         crop = profile.segmentation.crop_size
         dataset = SegmentationDataset(dataset_dir("segmentation"), "train", transforms=v2.Compose([
             v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 255}),
             v2.RandomHorizontalFlip()]))
-        collate, batch = None, profile.segmentation.batch_size
-        loss = lambda m, b: F.cross_entropy(m(b[0]), b[1], ignore_index=255)  # noqa: E731 (02's loss)
+        collate = None
     else:
         root = dataset_dir("multiscale")
         dataset = CocoDetection(root / "images", root / "annotations" / "instances_train.json")
-        collate, batch, loss = detection_collate, profile.detector.batch_size, None
-    runs = {count: build(name, profile)[:4] for count in workers}  # model, loss, optimizer, schedule
+        collate = detection_collate
+    runs = {count: build(name, profile) for count in workers}  # model, loss, optimizer, schedule, batch, images
+    batch = runs[workers[0]][5]
     for count in workers:  # one untimed call each: the process's one-off warm-up falls on neither
-        model, model_loss, optimizer, _ = runs[count]
-        fit(model, dataset, loss or model_loss, optimizer, steps=2, batch_size=batch, collate_fn=collate, device="cpu",
+        model, loss, optimizer = runs[count][:3]
+        fit(model, dataset, loss, optimizer, steps=2, batch_size=batch, collate_fn=collate, device="cpu",
             grad_clip=10.0, num_workers=count, progress=False)
     times: dict[int, list[float]] = {count: [] for count in workers}
     whole: dict[int, list[float]] = {count: [] for count in workers}  # a fit call's seconds / its steps
     for i in range(rounds):
         for count in workers if i % 2 == 0 else workers[::-1]:
-            model, model_loss, optimizer, _ = runs[count]
+            model, loss, optimizer = runs[count][:3]
             stamps, start = [], time.perf_counter()
-            fit(model, dataset, loss or model_loss, optimizer, steps=steps, batch_size=batch, collate_fn=collate,
+            fit(model, dataset, loss, optimizer, steps=steps, batch_size=batch, collate_fn=collate,
                 device="cpu", grad_clip=10.0, num_workers=count, progress=False, seed=i,
                 callback=lambda step, record: stamps.append(time.perf_counter()))
             times[count] += [b - a for a, b in zip(stamps, stamps[1:])]
