@@ -3,8 +3,11 @@
 ``fit`` runs ``steps`` optimiser steps of ``loss_fn(model, batch)`` with
 
 * a deterministic data order: epoch ``e`` visits the samples in the order
-  ``torch.randperm(len(dataset), generator=Generator().manual_seed(seed + e))``, cut into
-  ``len(dataset) // batch_size`` batches (the last incomplete one is dropped);
+  ``torch.randperm(len(dataset), generator=Generator().manual_seed(epoch_seed(seed, e)))``, cut into
+  ``len(dataset) // batch_size`` batches (the last incomplete one is dropped). ``epoch_seed`` mixes the two
+  numbers (NumPy's ``SeedSequence``), so that the runs of seeds 0, 1, 2 -- a comparison's repeats -- see
+  unrelated orders: with ``seed + e`` seed 1 would replay seed 0's epochs shifted by one, and the spread over
+  seeds would understate the noise;
 * mixed precision (``torch.autocast`` + ``GradScaler``) on CUDA (float16); on the CPU only when asked with
   ``amp=True`` (bfloat16, so that the mixed-precision path is tested without a GPU);
 * channels-last memory for the model's 4-d weights (and so its convolutions' activations): on CUDA, and on the
@@ -53,7 +56,7 @@ from course_lib.data.atomic import check_writable, remove_stale_temporaries
 from course_lib.evaluation import evaluate_detector
 from course_lib.state_dict import check_state_dict, read_file
 
-__all__ = ["seed_everything", "fit", "History", "save_checkpoint", "save_weights", "load_weights",
+__all__ = ["seed_everything", "epoch_seed", "fit", "History", "save_checkpoint", "save_weights", "load_weights",
            "remove_checkpoint_temporaries", "train_detector", "train_and_evaluate", "overfit",
            "loss_fall", "check_overfit", "overfit_detector", "detector_optimizer", "recipe_schedule", "training_steps",
            "recipe_optimizer"]
@@ -64,6 +67,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds all CUDA devices
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s data order in a run seeded ``seed``: a 32-bit number drawn from NumPy's
+    ``SeedSequence([seed, epoch])``, which hashes its entropy so that nearby (seed, epoch) pairs give unrelated
+    streams. Both must be integers >= 0."""
+    for name, value in (("seed", seed), ("epoch", epoch)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name}={value!r}: a run's seed and epoch must be integers >= 0.")
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
 
 
 class History:
@@ -225,12 +238,12 @@ def _batches(dataset, batch_size, start, steps, seed, collate_fn, num_workers, p
                          "lower batch_size or add data.")
     step, epoch = start, start // per_epoch
     while step < steps:
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + epoch))
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
         batches = order[: per_epoch * batch_size * world].view(per_epoch, world, batch_size)[:, rank]
         batches = batches[step - epoch * per_epoch: steps - epoch * per_epoch].tolist()
         # An explicit generator keeps the DataLoader from drawing from the global RNG.
         loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers,
-                            pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed + epoch))
+                            pin_memory=pin_memory, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
         for batch in loader:
             step += 1
             yield step, batch
@@ -443,9 +456,9 @@ def _step(step, batch, forward, model, optimizer, lr_scheduler, scaler, *, amp, 
 # ---------------------------------------------------------------------------- fit
 
 
-def _check_arguments(steps, batch_size, checkpoint_every) -> None:
+def _check_arguments(steps, batch_size, checkpoint_every, seed) -> None:
     for name, value, low in (("steps", steps, 0), ("batch_size", batch_size, 1),
-                             ("checkpoint_every", checkpoint_every, 1)):
+                             ("checkpoint_every", checkpoint_every, 1), ("seed", seed, 0)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name}={value!r}: must be an integer >= {low}.")
 
@@ -508,7 +521,7 @@ def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *,
     ``find_unused_parameters`` is passed to ``DistributedDataParallel`` (needed when some trainable
     parameters get no gradient in a step).
     """
-    _check_arguments(steps, batch_size, checkpoint_every)
+    _check_arguments(steps, batch_size, checkpoint_every, seed)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     if path is not None:
         check_writable(path)
