@@ -28,7 +28,7 @@ BEFORE_THE_GROUPS = [
     ("window_train_steps", "patches.steps", (40, 1500, 4000)),
     ("window_batch_size", "patches.batch_size", (64, 128, 256)),
     ("overfit_steps", "OVERFIT_STEPS", (300, 300, 300)),
-    ("overfit_steps_c4_fpn", "OVERFIT_STEPS_C4_FPN", (500, 500, 500)),  # chapters 5 and 7: at 300 their checks sat at the threshold
+    ("overfit_steps_long", "OVERFIT_STEPS_LONG", (500, 500, 500)),  # chapters 5 and 7: at 300 their checks sat at the threshold
     ("det_width", "detector.width", (0.125, 0.25, 1.0)),
     ("det_optimizer", "detector.optimizer", ("adamw", "adamw", "recipe")),  # gpu before: "sgd"
     ("det_lr", "detector.lr", (0.001, 0.001, None)),  # gpu before: 0.005; ci, cpu before 0.002 (issue 19: the pretrained
