@@ -23,9 +23,10 @@ converged -- are where the faster start should show.
 
 Measured (``cpu`` profile, one shared 2-core machine, one thread; ``tests/benchmarks/bench_pretraining.py``): the
 pretraining (2000 steps of 64 crops, 64 px) took 12.6 minutes and reached 98.8 % top-1 on 2000 ``val`` crops.
-Chapter 7's FPN, 400 steps on ``multiscale`` (24 validation images), AP50 from scratch / pretrained: seed 0
-0.073 / 0.541, seed 1 0.241 / 0.552 (AP 0.019 / 0.290 and 0.090 / 0.272); the paired bootstrap standard error of
-the AP50 difference 0.034 and 0.037 -- a gain of 9 to 14 standard errors on both seeds.
+Chapter 7's FPN, 400 steps on ``multiscale`` (48 validation images; seeded data orders from ``engine.epoch_seed``;
+the backbone file built before that change), AP50 from scratch / pretrained: seed 0 0.179 / 0.515, seed 1
+0.191 / 0.521 (AP 0.064 / 0.238 and 0.072 / 0.243); the paired bootstrap standard error of the AP50 difference
+0.028 and 0.026 -- a gain of 12 to 13 standard errors on both seeds.
 """
 from __future__ import annotations
 
