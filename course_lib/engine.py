@@ -238,12 +238,13 @@ def _batches(dataset, batch_size, start, steps, seed, collate_fn, num_workers, p
                          "lower batch_size or add data.")
     step, epoch = start, start // per_epoch
     while step < steps:
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+        this_epoch = epoch_seed(seed, epoch)
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(this_epoch))
         batches = order[: per_epoch * batch_size * world].view(per_epoch, world, batch_size)[:, rank]
         batches = batches[step - epoch * per_epoch: steps - epoch * per_epoch].tolist()
         # An explicit generator keeps the DataLoader from drawing from the global RNG.
         loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers,
-                            pin_memory=pin_memory, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+                            pin_memory=pin_memory, generator=torch.Generator().manual_seed(this_epoch))
         for batch in loader:
             step += 1
             yield step, batch
