@@ -14,14 +14,14 @@ from .detection import (
     proposal_recall,
     tt100k_metrics,
 )
-from .bootstrap import bootstrap_ap, bootstrap_miou, bootstrap_ratio
+from .bootstrap import bootstrap_ap, bootstrap_ap_difference, bootstrap_miou, bootstrap_ratio
 from .segmentation import (ConfusionMatrix, boundary_mask, evaluate_segmentation, membrane_mask, separation_counts,
                            small_region_mask)
 
 __all__ = [
     "coco_evaluate", "proposal_recall", "efpn_metrics", "tt100k_metrics", "greedy_match", "iou_greedy_match",
     "evaluate_detector", "all_objects_findable", "SIZE_RANGES", "TT100K_SIZE_RANGES",
-    "bootstrap_ap", "bootstrap_miou", "bootstrap_ratio", "ConfusionMatrix", "boundary_mask", "small_region_mask",
+    "bootstrap_ap", "bootstrap_ap_difference", "bootstrap_miou", "bootstrap_ratio", "ConfusionMatrix", "boundary_mask", "small_region_mask",
     "evaluate_segmentation", "membrane_mask", "separation_counts",
     "evaluate_reference", "reference_model",
 ]

@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -29,7 +28,7 @@ from course_lib import engine  # noqa: E402
 from course_lib.data import CocoDetection, data_root, dataset_dir  # noqa: E402
 from course_lib.detection.faster_rcnn_fpn import fasterrcnn_resnet50_fpn  # noqa: E402
 from course_lib.evaluation import evaluate_detector  # noqa: E402
-from course_lib.evaluation.bootstrap import bootstrap_ap, bootstrap_ap_samples, resample_counts  # noqa: E402
+from course_lib.evaluation.bootstrap import bootstrap_ap, bootstrap_ap_difference  # noqa: E402
 from course_lib.profiles import get_profile, profile_names  # noqa: E402
 from course_lib.pretraining import backbone_weights  # noqa: E402
 
@@ -61,12 +60,10 @@ def run(profile, start: str, weights: Path, steps: int, seed: int = 0) -> dict:
 
 def paired_difference(val_set, a, b, resamples: int = 200) -> dict:
     """AP50 and AP of ``b`` minus ``a`` and the standard error of that difference: both scored on the same bootstrap
-    resamples of the validation images (a paired bootstrap)."""
-    n = len(set(int(i) for i in val_set.coco.getImgIds()))
-    counts = np.vstack([np.ones(n, dtype=np.int64), resample_counts(n, resamples, seed=0)])
-    sa, sb = (bootstrap_ap_samples(val_set.coco, d, counts, label_to_cat_id=val_set.label_to_cat_id) for d in (a, b))
-    return {f"d{name}": round(float(sb[name][0] - sa[name][0]), 4) for name in ("AP50", "AP")} | \
-        {f"d{name}_se": round(float(np.std(sb[name][1:] - sa[name][1:], ddof=1)), 4) for name in ("AP50", "AP")}
+    resamples of the validation images (a paired bootstrap, ``bootstrap_ap_difference``)."""
+    out = bootstrap_ap_difference(val_set.coco, b, a, resamples=resamples, label_to_cat_id=val_set.label_to_cat_id)
+    return {f"d{name}": round(out[name], 4) for name in ("AP50", "AP")} | \
+        {f"d{name}_se": round(out[f"{name}_se"], 4) for name in ("AP50", "AP")}
 
 
 def main(argv=None) -> int:

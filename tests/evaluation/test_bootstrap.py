@@ -6,7 +6,7 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from course_lib.evaluation import bootstrap_ap, coco_evaluate
+from course_lib.evaluation import bootstrap_ap, bootstrap_ap_difference, coco_evaluate
 from course_lib.evaluation.bootstrap import bootstrap_ap_samples, resample_counts
 
 
@@ -94,6 +94,37 @@ def test_seeded_and_the_point_estimate_is_coco_evaluate():
     assert a["AP"] == pytest.approx(coco_evaluate(coco, detections)["AP"], abs=1e-12) and a["AP_se"] > 0
     some = bootstrap_ap(coco, detections, img_ids=[3, 1, 5, 1], resamples=30)  # as evaluate_detector passes them
     assert some["AP50"] == pytest.approx(coco_evaluate(coco, detections, img_ids=[1, 3, 5])["AP50"], abs=1e-12)
+
+
+def test_paired_difference_is_the_spread_of_the_per_resample_differences():
+    gt, dets, scores = random_set(np.random.default_rng(4), n_images=12)
+    coco = toy_coco(gt)
+    a = as_detections(dets, scores)
+    b = as_detections([d[1:] for d in dets], [s[1:] for s in scores])  # b misses each image's first detection
+    out = bootstrap_ap_difference(coco, a, b, resamples=40, seed=2)
+    counts = np.vstack([np.ones(len(gt), dtype=int), resample_counts(len(gt), 40, seed=2)])
+    sa, sb = bootstrap_ap_samples(coco, a, counts), bootstrap_ap_samples(coco, b, counts)
+    alone_a, alone_b = bootstrap_ap(coco, a, resamples=40, seed=2), bootstrap_ap(coco, b, resamples=40, seed=2)
+    for name in ("AP", "AP50", "APs"):
+        assert out[name] == pytest.approx(alone_a[name] - alone_b[name], abs=1e-12)  # the point: COCO's difference
+        d = sa[name][1:] - sb[name][1:]
+        assert out[f"{name}_se"] == pytest.approx(np.std(d[~np.isnan(d)], ddof=1), abs=1e-12)
+    assert out["AP"] > 0 and out["AP_se"] > 0
+    # paired: what the two share cancels, so the difference is far surer than two independent SEs say
+    assert out["AP50_se"] < 0.8 * math.hypot(alone_a["AP50_se"], alone_b["AP50_se"])
+
+
+def test_paired_difference_edge_cases():
+    gt, dets, scores = random_set(np.random.default_rng(5), n_images=10)
+    coco, a = toy_coco(gt), as_detections(dets, scores)
+    same = bootstrap_ap_difference(coco, a, a, resamples=30)
+    assert all(same[k] == 0.0 for k in ("AP", "AP_se", "AP50", "AP50_se"))
+    nothing = as_detections([d[:0] for d in dets], [s[:0] for s in scores])
+    alone = bootstrap_ap(coco, a, resamples=30)
+    vs_nothing = bootstrap_ap_difference(coco, a, nothing, resamples=30)  # a detector that finds nothing scores 0
+    assert vs_nothing["AP50"] == alone["AP50"] and vs_nothing["AP50_se"] == pytest.approx(alone["AP50_se"], abs=1e-12)
+    reverse = bootstrap_ap_difference(coco, nothing, a, resamples=30)
+    assert reverse["AP"] == -alone["AP"] and reverse["AP_se"] == pytest.approx(alone["AP_se"], abs=1e-12)
 
 
 def test_no_detections_give_zero_and_bad_arguments_say_what_to_pass():
