@@ -510,7 +510,8 @@ def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *,
     runs the same path in bfloat16 (slow: for tests). ``channels_last`` puts the model's 4-d weights in
     channels-last memory, in place, before the first step; default: on CUDA, and on the CPU unless
     ``model.channels_last_on_cpu`` is False (see the module docstring). ``callback(step, record)`` is called
-    after each step (and after its checkpoint).
+    after each step (and after its checkpoint); if it returns True the run stops there (early stopping: the history
+    ends at that step, and a checkpoint, if any, holds the steps done up to the last one due).
 
     With ``checkpoint_path``, state is saved every ``checkpoint_every`` steps and at the
     end; calling ``fit`` again with the same path resumes where it stopped, and returns at
@@ -558,8 +559,8 @@ def fit(model: nn.Module, dataset, loss_fn, optimizer: torch.optim.Optimizer, *,
             bar.update(1)
             if path is not None and (step % checkpoint_every == 0 or step == steps):
                 _save(path, step, history, *parts, **run)
-            if callback is not None:
-                callback(step, record)
+            if callback is not None and callback(step, record) is True:
+                break
     except BaseException as e:
         if world > 1:
             _say_where_it_stopped(e, path, done, steps, rank, world)
@@ -708,7 +709,7 @@ def train_and_evaluate(model: nn.Module, train_set, val_set, *, steps: int | Non
 
 
 def overfit(model: nn.Module, samples, loss_fn, *, steps: int, lr: float = 3e-3, collate_fn=None, device=None,
-            warmup: int = 10, progress: bool = True) -> History:
+            warmup: int = 10, progress: bool = True, until=None, check_every: int = 50) -> History:
     """Train ``model`` on a handful of ``samples`` (a dataset of two images, say) until it knows them by heart.
 
     The first check of a new model and training loop (Karpathy, "A Recipe for Training Neural Networks", 2019:
@@ -717,17 +718,33 @@ def overfit(model: nn.Module, samples, loss_fn, *, steps: int, lr: float = 3e-3,
     Every step sees all ``samples`` as one batch; Adam (``lr``), ``warmup`` steps of linear warm-up, then a
     cosine decay to 0; gradients clipped at norm 10. The same ``fit`` as the real training, so the code path
     is the one the chapter then runs at scale. Check the result with :func:`check_overfit`.
+
+    ``until(history) -> bool``, if given, is asked every ``check_every`` steps: True stops the run there, the samples
+    learnt (``steps`` is then the most it may take). The random number generators are restored after each call (a
+    DataLoader it builds draws its seed from them), and a model it evaluates must come back in training mode with
+    its weights unchanged: then a run that stops at step k is the first k steps of the run without it.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r}: must be an integer >= 1.")
+    if not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"check_every={check_every!r}: must be an integer >= 1 (steps between two calls of until).")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("overfit: the model has no trainable parameters (requires_grad is False everywhere).")
     optimizer = torch.optim.Adam(params, lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    done = History()
+
+    def stop(step: int, record: dict) -> bool:
+        done.records.append(record)
+        if until is None or step % check_every or step >= steps:
+            return False
+        with torch.random.fork_rng():  # CPU and CUDA generators back as they were: the training draws the same
+            return bool(until(done))
+
     return fit(model, samples, loss_fn, optimizer, steps=steps, batch_size=len(samples), collate_fn=collate_fn,
-               lr_scheduler=schedule, device=device, grad_clip=10.0, progress=progress)
+               lr_scheduler=schedule, device=device, grad_clip=10.0, progress=progress, callback=stop)
 
 
 def loss_fall(history: History, last: int = 10) -> float:
@@ -741,8 +758,11 @@ def loss_fall(history: History, last: int = 10) -> float:
     return 1.0 - (sum(tail) / len(tail)) / first
 
 
-def check_overfit(history: History, score: float, *, what: str, min_fall: float = 0.9,
-                  min_score: float = 0.9) -> str:
+OVERFIT_MIN_FALL, OVERFIT_MIN_SCORE = 0.9, 0.9  # check_overfit's defaults: the loss down 90 %, the score 0.9
+
+
+def check_overfit(history: History, score: float, *, what: str, min_fall: float = OVERFIT_MIN_FALL,
+                  min_score: float = OVERFIT_MIN_SCORE) -> str:
     """Assert that :func:`overfit` worked: the loss fell by at least ``min_fall`` and ``score`` (``what``: "AP50",
     "mIoU", "accuracy" on the same samples) is at least ``min_score``. Returns the one-line verdict; raises
     ``AssertionError`` saying which part failed and where to look otherwise."""
@@ -764,21 +784,34 @@ def check_overfit(history: History, score: float, *, what: str, min_fall: float 
 
 def overfit_detector(model: nn.Module, samples, loss_fn, *, steps: int, collate_fn, device=None, eval_set=None,
                      predict=None, eval_batch_size: int = 2, lr: float = 3e-3, show: bool = True,
-                     title: str = "two images learnt by heart", progress: bool = True):
+                     title: str = "two images learnt by heart", progress: bool = True, check_every: int | None = 50):
     """The detector chapters' (4-8) first check in one call: :func:`overfit` ``model`` on ``samples``, score it with
     ``course_lib.evaluation.evaluate_detector`` on the same images (``eval_set``, a ``CocoDetection`` subset of
     them, where ``samples`` are not one themselves -- Fast R-CNN trains on ``(image, proposals, target)`` items),
     and :func:`check_overfit` its AP50 (which raises if either number is short). With ``show``, prints the verdict
     and plots the losses under ``title``.
 
+    ``steps`` is the most it trains: every ``check_every`` steps, once the loss has fallen far enough, the AP50 on the
+    images is measured (in eval mode; the random state restored after it), and the run stops as soon as both pass. A run
+    that no check passes trains all ``steps`` exactly as without the checks, so a probe that passed at ``steps`` still
+    passes, sooner or as late; one that learnt the images and then fell back below a threshold now passes where it
+    stood (``check_every=None``: no checks, all ``steps``).
+
     Returns ``(history, metrics, verdict)``: the :class:`History`, the COCO metrics on those images and the one-line
     verdict to print.
     """
-    history = overfit(model, samples, loss_fn, steps=steps, lr=lr, collate_fn=collate_fn, device=device,
-                      progress=progress)
     eval_set = samples if eval_set is None else eval_set
-    metrics, _ = evaluate_detector(model, eval_set, device=device, batch_size=eval_batch_size, predict=predict,
-                                   progress=False)
+
+    def score():
+        return evaluate_detector(model, eval_set, device=device, batch_size=eval_batch_size, predict=predict,
+                                 progress=False)[0]
+
+    def learnt(history: History) -> bool:
+        return loss_fall(history) >= OVERFIT_MIN_FALL and score()["AP50"] >= OVERFIT_MIN_SCORE
+
+    history = overfit(model, samples, loss_fn, steps=steps, lr=lr, collate_fn=collate_fn, device=device,
+                      progress=progress, until=learnt if check_every else None, check_every=check_every or 1)
+    metrics = score()
     verdict = check_overfit(history, metrics["AP50"], what="AP50")
     if show:
         import matplotlib.pyplot as plt

@@ -35,6 +35,7 @@ __all__ = ["Profile", "PROFILES", "get_profile", "profile_names", "check_targets
            "OVERFIT_STEPS", "OVERFIT_STEPS_LONG", "EFPN_SMALL_ROI_SIZE"]
 
 # every training chapter overfits two images first (engine.overfit / overfit_detector): Adam steps, in every profile
+# (the detectors' overfit_detector at most: it stops at the first multiple of 50 steps where both checks pass)
 OVERFIT_STEPS = 300
 # chapters 4, 5 and 7's probes (Fast R-CNN from R-CNN's VGG16; C4 and FPN from the pretrained trunk, 32 sampled RoIs
 # per image in cpu) learn two images more slowly than the others': at 300 steps, in cpu, Fast R-CNN's and FPN's AP50 on

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.engine import History, check_overfit, loss_fall, overfit
+from course_lib.engine import History, check_overfit, fit, loss_fall, overfit
 
 
 def _history(losses):
@@ -49,6 +49,63 @@ def test_overfit_learns_two_samples_and_a_frozen_model_fails():
         check_overfit(overfit(frozen, samples, _mse, steps=100, lr=1e-2, progress=False), 1.0, what="fit")
     with pytest.raises(ValueError, match="no trainable parameters"):
         overfit(nn.Linear(2, 2).requires_grad_(False), samples, _mse, steps=5)
+
+
+def _dropout_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 3))
+
+
+def test_overfit_until_stops_early_on_the_same_path():
+    """until is asked every check_every steps; the run that stops at step k is the first k steps of the run without
+    it, to the bit, even when until evaluates the model and draws random numbers (dropout needs the same draws)."""
+    g = torch.Generator().manual_seed(3)
+    samples = [(torch.randn(8, generator=g), torch.randn(3, generator=g)) for _ in range(2)]
+    full_model = _dropout_net()
+    torch.manual_seed(1)
+    full = overfit(full_model, samples, _mse, steps=120, lr=1e-2, progress=False)
+    asked = []
+
+    def noisy_until(model):
+        def until(history):
+            asked.append(len(history))
+            model.eval()
+            model(torch.randn(4, 8))  # a random draw and an eval-mode forward, as an evaluation makes
+            torch.rand(10)
+            model.train()
+            return False
+        return until
+
+    never_model = _dropout_net()
+    torch.manual_seed(1)
+    never = overfit(never_model, samples, _mse, steps=120, lr=1e-2, progress=False, until=noisy_until(never_model),
+                    check_every=25)
+    assert asked == [25, 50, 75, 100]  # not at the last step: the run ends there anyway
+    assert [r["loss"] for r in never.records] == [r["loss"] for r in full.records]
+    assert all(torch.equal(a, b) for a, b in zip(never_model.parameters(), full_model.parameters()))
+
+    early_model = _dropout_net()
+    torch.manual_seed(1)
+    early = overfit(early_model, samples, _mse, steps=120, lr=1e-2, progress=False, check_every=20,
+                    until=lambda history: loss_fall(history) >= 0.95)
+    k = len(early)
+    assert k % 20 == 0 and 20 < k < 120 and loss_fall(early) >= 0.95
+    assert loss_fall(History(full.records[:k - 20])) < 0.95  # it stopped at the first check that passed
+    assert [r["loss"] for r in early.records] == [r["loss"] for r in full.records[:k]]
+    with pytest.raises(ValueError, match="check_every=0"):
+        overfit(_dropout_net(), samples, _mse, steps=5, until=lambda h: True, check_every=0)
+
+
+def test_fit_stops_when_its_callback_returns_true_only():
+    samples = [(torch.randn(8), torch.randn(3)) for _ in range(4)]
+    model = nn.Linear(8, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    history = fit(model, samples, _mse, opt, steps=10, batch_size=2, progress=False,
+                  callback=lambda step, record: step == 4)
+    assert len(history) == 4
+    history = fit(model, samples, _mse, opt, steps=10, batch_size=2, progress=False,
+                  callback=lambda step, record: record)  # a callback's other return values do not stop it
+    assert len(history) == 10
 
 
 def test_detector_optimizer_schedules():
