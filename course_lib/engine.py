@@ -784,7 +784,7 @@ def check_overfit(history: History, score: float, *, what: str, min_fall: float 
 
 def overfit_detector(model: nn.Module, samples, loss_fn, *, steps: int, collate_fn, device=None, eval_set=None,
                      predict=None, eval_batch_size: int = 2, lr: float = 3e-3, show: bool = True,
-                     title: str = "two images learnt by heart", progress: bool = True, check_every: int | None = 50):
+                     title: str = "two images learnt by heart", progress: bool = True, check_every: int = 50):
     """The detector chapters' (4-8) first check in one call: :func:`overfit` ``model`` on ``samples``, score it with
     ``course_lib.evaluation.evaluate_detector`` on the same images (``eval_set``, a ``CocoDetection`` subset of
     them, where ``samples`` are not one themselves -- Fast R-CNN trains on ``(image, proposals, target)`` items),
@@ -795,7 +795,7 @@ def overfit_detector(model: nn.Module, samples, loss_fn, *, steps: int, collate_
     images is measured (in eval mode; the random state restored after it), and the run stops as soon as both pass. A run
     that no check passes trains all ``steps`` exactly as without the checks, so a probe that passed at ``steps`` still
     passes, sooner or as late; one that learnt the images and then fell back below a threshold now passes where it
-    stood (``check_every=None``: no checks, all ``steps``).
+    stood.
 
     Returns ``(history, metrics, verdict)``: the :class:`History`, the COCO metrics on those images and the one-line
     verdict to print.
@@ -810,7 +810,7 @@ def overfit_detector(model: nn.Module, samples, loss_fn, *, steps: int, collate_
         return loss_fall(history) >= OVERFIT_MIN_FALL and score()["AP50"] >= OVERFIT_MIN_SCORE
 
     history = overfit(model, samples, loss_fn, steps=steps, lr=lr, collate_fn=collate_fn, device=device,
-                      progress=progress, until=learnt if check_every else None, check_every=check_every or 1)
+                      progress=progress, until=learnt, check_every=check_every)
     metrics = score()
     verdict = check_overfit(history, metrics["AP50"], what="AP50")
     if show:

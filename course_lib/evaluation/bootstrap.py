@@ -124,18 +124,30 @@ def bootstrap_ap(coco_gt, detections, *, resamples: int = 200, seed: int = 0, la
     annotated image; ``evaluate_detector`` evaluates the images it saw). The SE is the standard deviation over
     ``resamples`` seeded resamples of the images (NaN for APs when the set has no small objects).
     """
-    evaluator_ids = img_ids if img_ids is not None else _as_coco(coco_gt).getImgIds()
-    num_images = len(set(int(i) for i in evaluator_ids))
     if sum(len(d["boxes"]) for d in detections) == 0:  # COCO gives 0 without detections; so does every resample
         return {key: v for name in BOOTSTRAP_METRICS for key, v in ((name, 0.0), (f"{name}_se", 0.0))}
-    counts = np.vstack([np.ones(num_images, dtype=np.int64), resample_counts(num_images, resamples, seed)])
-    samples = bootstrap_ap_samples(coco_gt, detections, counts, label_to_cat_id=label_to_cat_id, img_ids=img_ids)
+    return _summary(_resampled(coco_gt, detections, resamples, seed, label_to_cat_id, img_ids))
+
+
+def _summary(samples: dict[str, np.ndarray]) -> dict[str, float]:
+    """Row 0 (the images themselves) as the value, the spread of the resampled rows as its SE (NaN with the value)."""
     out = {}
     for name, values in samples.items():
-        point, resampled = float(values[0]), values[1:]
+        point = float(values[0])
         out[name] = point
-        out[f"{name}_se"] = math.nan if math.isnan(point) else _spread(resampled)
+        out[f"{name}_se"] = math.nan if math.isnan(point) else _spread(values[1:])
     return out
+
+
+def _resampled(coco_gt, detections, resamples, seed, label_to_cat_id, img_ids) -> dict[str, np.ndarray]:
+    """``bootstrap_ap_samples`` on the images themselves (row 0) and ``resamples`` seeded resamples of them; a
+    detector without detections scores 0 on every row, as ``coco_evaluate`` scores it."""
+    ids = img_ids if img_ids is not None else _as_coco(coco_gt).getImgIds()
+    num_images = len(set(int(i) for i in ids))
+    counts = np.vstack([np.ones(num_images, dtype=np.int64), resample_counts(num_images, resamples, seed)])
+    if sum(len(d["boxes"]) for d in detections) == 0:  # nothing to match: 0 on every row
+        return {name: np.zeros(len(counts)) for name in BOOTSTRAP_METRICS}
+    return bootstrap_ap_samples(coco_gt, detections, counts, label_to_cat_id=label_to_cat_id, img_ids=img_ids)
 
 
 def bootstrap_ap_difference(coco_gt, a, b, *, resamples: int = 200, seed: int = 0, label_to_cat_id=None,
@@ -149,23 +161,8 @@ def bootstrap_ap_difference(coco_gt, a, b, *, resamples: int = 200, seed: int = 
     ``img_ids`` as for ``bootstrap_ap`` (default every annotated image); a detector without a detection counts as AP 0
     on every resample, as ``coco_evaluate`` scores it.
     """
-    ids = img_ids if img_ids is not None else _as_coco(coco_gt).getImgIds()
-    num_images = len(set(int(i) for i in ids))
-    counts = np.vstack([np.ones(num_images, dtype=np.int64), resample_counts(num_images, resamples, seed)])
-
-    def samples(detections):
-        if sum(len(d["boxes"]) for d in detections) == 0:  # nothing to match: 0 on every resample, as COCO says
-            return {name: np.zeros(len(counts)) for name in BOOTSTRAP_METRICS}
-        return bootstrap_ap_samples(coco_gt, detections, counts, label_to_cat_id=label_to_cat_id, img_ids=img_ids)
-
-    sa, sb = samples(a), samples(b)
-    out = {}
-    for name in BOOTSTRAP_METRICS:
-        difference = sa[name] - sb[name]
-        point = float(difference[0])
-        out[name] = point
-        out[f"{name}_se"] = math.nan if math.isnan(point) else _spread(difference[1:])
-    return out
+    sa, sb = (_resampled(coco_gt, d, resamples, seed, label_to_cat_id, img_ids) for d in (a, b))
+    return _summary({name: sa[name] - sb[name] for name in BOOTSTRAP_METRICS})
 
 
 def bootstrap_ratio(numerators, denominators, *, resamples: int = 200, seed: int = 0) -> tuple[float, float]:
