@@ -6,7 +6,9 @@ detectors start from random weights. This module gives them a start of the same 
 :class:`ObjectCrops` -- one object per image, 20 classes (the 15 traffic-sign classes of ``small_objects`` and the
 5 shapes of ``multiscale``), on the generators' own street and clutter backgrounds -- whose ResNet, minus its
 classifier, a detector loads with ``weights_backbone=<file>`` (and then, as with ImageNet weights, freezes batch
-norm and the first two stages: :func:`course_lib.backbones.resnet.backbone_training_setup`).
+norm and the first two stages: :func:`course_lib.backbones.resnet.backbone_training_setup`). Chapter 4's VGG16 is
+pretrained the same way (:class:`VGG16Classifier`: its convolutions, which R-CNN loads; the crops are too small for
+the paper's fc6).
 
 Crop ``i`` depends only on ``(seed, split, i)`` (its own random stream, named ``pretraining-<split>``, never one of
 the detection datasets' streams), so the same seed gives the same crops, and no pretraining crop is a detection
@@ -40,13 +42,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib.backbones.resnet import resnet50
+from course_lib.backbones.vgg import VGG16
 from course_lib.data.synthetic import multiscale, traffic_signs
 from course_lib.data.synthetic.common import image_rng, to_uint8
 from course_lib.engine import fit, save_checkpoint
 from course_lib.segmentation.common import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["PRETRAINED", "backbone_path", "backbone_weights", "build_backbone", "CLASSES", "ObjectCrops", "Classifier", "resnet_classifier", "classification_loss", "accuracy",
-           "backbone_state_dict", "pretrain"]
+__all__ = ["PRETRAINED", "NETWORKS", "backbone_path", "backbone_weights", "build_backbone", "CLASSES", "ObjectCrops",
+           "Classifier", "VGG16Classifier", "resnet_classifier", "vgg_classifier", "classifier", "classification_loss",
+           "accuracy", "backbone_state_dict", "pretrain"]
 
 #: the classes, in label order: the traffic signs of ``small_objects``, then the shapes of ``multiscale``
 CLASSES: tuple[str, ...] = (tuple(f"sign:{c[0]}" for c in traffic_signs.SIGN_CLASSES)
@@ -54,50 +58,73 @@ CLASSES: tuple[str, ...] = (tuple(f"sign:{c[0]}" for c in traffic_signs.SIGN_CLA
 _SIGNS = len(traffic_signs.SIGN_CLASSES)
 _SPLITS = ("train", "val")
 
-#: a profile's ``detector.weights_backbone`` naming this module's file: :func:`backbone_weights` resolves it
+#: a profile's ``detector.weights_backbone`` / ``rcnn.weights_backbone`` naming this module's file:
+#: :func:`backbone_weights` resolves it
 PRETRAINED = "pretrained"
 
+#: the networks pretrained here: the detectors' ResNet-50 (chapters 5-8, ``profile.detector``) and chapter 4's VGG16
+#: (R-CNN's, which Fast R-CNN starts from; ``profile.rcnn``)
+NETWORKS = ("resnet50", "vgg16")
+_NAMES = {"resnet50": "ResNet-50", "vgg16": "VGG16"}
 
-def backbone_path(root: str | os.PathLike, width: float) -> Path:
-    """The pretrained ResNet-50 at ``width`` under a profile's data folder ``root`` (``data/<profile>``)."""
-    return Path(root) / "pretrained" / f"resnet50_w{width:g}.pth"
+
+def _check_network(network: str) -> None:
+    if network not in NETWORKS:
+        raise ValueError(f"network={network!r}: the course pretrains {', '.join(map(repr, NETWORKS))}.")
 
 
-def backbone_weights(profile) -> str | Path | None:
-    """What a detector of ``profile`` passes as ``weights_backbone``: its ``detector.weights_backbone`` (torchvision's
-    ImageNet weights by name in ``gpu``, None for random), or, where that is :data:`PRETRAINED` (``cpu``, ``ci``),
-    the file this module's :func:`pretrain` wrote for the profile's width -- which must exist."""
+def _settings(profile, network: str):
+    """(weights_backbone, width) of ``profile``'s ``network``."""
+    _check_network(network)
+    part = profile.detector if network == "resnet50" else profile.rcnn
+    return part.weights_backbone, part.width
+
+
+def backbone_path(root: str | os.PathLike, width: float, network: str = "resnet50") -> Path:
+    """The pretrained ``network`` (ResNet-50 or VGG16) at ``width`` under a profile's data folder ``root``
+    (``data/<profile>``)."""
+    _check_network(network)
+    return Path(root) / "pretrained" / f"{network}_w{width:g}.pth"
+
+
+def backbone_weights(profile, network: str = "resnet50") -> str | Path | None:
+    """What a model of ``profile`` passes as ``weights_backbone``: the profile's setting for ``network`` (the
+    detectors' ResNet-50: ``detector.weights_backbone``; chapter 4's VGG16: ``rcnn.weights_backbone``) --
+    torchvision's ImageNet weights by name in ``gpu``, None for random -- or, where that is :data:`PRETRAINED`
+    (``cpu``, ``ci``), the file this module's :func:`pretrain` wrote for the profile's width, which must exist."""
     from course_lib.data.paths import data_root
 
-    weights = profile.detector.weights_backbone
+    weights, width = _settings(profile, network)
     if weights != PRETRAINED:
         return weights
-    path = backbone_path(data_root() / profile.name, profile.detector.width)
+    path = backbone_path(data_root() / profile.name, width, network)
     if not path.is_file():
         raise FileNotFoundError(
-            f"The {profile.name!r} profile's detectors start from the course's pretrained ResNet-50 at width "
-            f"{profile.detector.width:g}, and {path} does not exist. Build it once (about 10 minutes in cpu, seconds "
-            f"in ci; resumable): `make lab`, or `python data_scripts/pretrain_backbones.py --profile {profile.name}`.")
+            f"The {profile.name!r} profile's models start from the course's pretrained {_NAMES[network]} at width "
+            f"{width:g}, and {path} does not exist. Build it once (about 10 minutes in cpu, seconds in ci; "
+            f"resumable): `make lab`, or `python data_scripts/pretrain_backbones.py --profile {profile.name}`.")
     return path
 
 
-def build_backbone(profile, *, root: str | os.PathLike | None = None, seed: int = 0, num_workers: int = 0,
-                   val_crops: int = 0, progress: bool = True) -> Path | None:
-    """Pretrain ``profile``'s backbone file if it uses one (:data:`PRETRAINED`) and it is missing, under ``root``
-    (default ``data_root() / profile.name``); resumable (:func:`pretrain`). Returns its path, None if the profile
-    uses none. What ``make lab``, ``make test`` and an installed detector chapter's set-up cell run."""
+def build_backbone(profile, network: str = "resnet50", *, root: str | os.PathLike | None = None, seed: int = 0,
+                   num_workers: int = 0, val_crops: int = 0, progress: bool = True) -> Path | None:
+    """Pretrain ``profile``'s ``network`` file if the profile uses one (:data:`PRETRAINED`) and it is missing, under
+    ``root`` (default ``data_root() / profile.name``); resumable (:func:`pretrain`). Returns its path, None if the
+    profile uses none. What ``make lab``, ``make test`` and an installed chapter's set-up cell run, for each of
+    :data:`NETWORKS`."""
     from course_lib.data.paths import data_root
 
-    if profile.detector.weights_backbone != PRETRAINED:
+    weights, width = _settings(profile, network)
+    if weights != PRETRAINED:
         return None
-    path = backbone_path(root if root is not None else data_root() / profile.name, profile.detector.width)
+    path = backbone_path(root if root is not None else data_root() / profile.name, width, network)
     if not path.is_file():
         settings = profile.pretraining
         if progress:
-            print(f"Pretraining the {profile.name!r} profile's ResNet-50 (width {profile.detector.width:g}) on "
+            print(f"Pretraining the {profile.name!r} profile's {_NAMES[network]} (width {width:g}) on "
                   f"{settings.steps * settings.batch_size:,} synthetic crops, once: {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        summary = pretrain(path, width=profile.detector.width, steps=settings.steps, batch_size=settings.batch_size,
+        summary = pretrain(path, network=network, width=width, steps=settings.steps, batch_size=settings.batch_size,
                            size=settings.crop_size, seed=seed, num_workers=num_workers, device=profile.device,
                            val_crops=val_crops, progress=progress)
         if progress and val_crops:
@@ -181,6 +208,32 @@ def resnet_classifier(width: float, num_classes: int = len(CLASSES)) -> Classifi
     return Classifier(resnet50(width=width, num_classes=num_classes))
 
 
+class VGG16Classifier(VGG16):
+    """VGG16's thirteen convolutions (:class:`course_lib.backbones.vgg.VGG16`, torchvision's ``features.*`` names)
+    with a classifier that fits any crop: pool5 averaged over its positions, then one linear layer (``fc``). The
+    paper's fc6 reads a 7 x 7 pool5, i.e. a 224-px input; the pretraining's 64-px crops give a 2 x 2 one. So the
+    convolutions are pretrained and fc6 / fc7 start at random in the detector, where R-CNN's fine-tuning trains them."""
+
+    def __init__(self, width: float, num_classes: int = len(CLASSES)):
+        super().__init__(width=width, fully_connected=False)
+        self.fc = nn.Linear(self.out_channels["pool5"], num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(super().forward(x)["pool5"].mean((2, 3)))
+
+
+def vgg_classifier(width: float, num_classes: int = len(CLASSES)) -> Classifier:
+    """The course's VGG16 at ``width`` (the profile's ``rcnn.width``) as a ``num_classes``-way classifier
+    (:class:`VGG16Classifier`)."""
+    return Classifier(VGG16Classifier(width, num_classes))
+
+
+def classifier(network: str, width: float, num_classes: int = len(CLASSES)) -> Classifier:
+    """:func:`resnet_classifier` or :func:`vgg_classifier`, by ``network`` (one of :data:`NETWORKS`)."""
+    _check_network(network)
+    return (resnet_classifier if network == "resnet50" else vgg_classifier)(width, num_classes)
+
+
 def classification_loss(model: Classifier, batch) -> dict[str, Tensor]:
     """``fit``'s ``loss_fn``: cross-entropy of the batch's logits."""
     images, labels = batch
@@ -202,16 +255,16 @@ def accuracy(model: Classifier, dataset, *, batch_size: int = 64) -> float:
 
 
 def backbone_state_dict(model: Classifier) -> dict[str, Tensor]:
-    """The ResNet's state dict without its classifier (``fc.*``): what ``weights_backbone=<file>`` loads."""
+    """The network's state dict without its classifier (``fc.*``): what ``weights_backbone=<file>`` loads."""
     return {k: v.detach().clone().contiguous() for k, v in model.network.state_dict().items()
             if not k.startswith("fc.")}
 
 
-def pretrain(out: str | os.PathLike, *, width: float, steps: int, batch_size: int = 64, size: int = 64,
-             lr: float = 2e-3, seed: int = 0, checkpoint_path: str | os.PathLike | None = None,
+def pretrain(out: str | os.PathLike, *, width: float, steps: int, network: str = "resnet50", batch_size: int = 64,
+             size: int = 64, lr: float = 2e-3, seed: int = 0, checkpoint_path: str | os.PathLike | None = None,
              checkpoint_every: int = 100, num_workers: int = 0, val_crops: int = 0, device=None,
              progress: bool = True, callback=None) -> dict:
-    """Pretrain a ResNet-50 classifier at ``width`` on ``steps * batch_size`` fresh :class:`ObjectCrops` (each seen
+    """Pretrain a ``network`` classifier (ResNet-50 or VGG16, :func:`classifier`) at ``width`` on ``steps * batch_size`` fresh :class:`ObjectCrops` (each seen
     once) with AdamW at ``lr`` (warm-up over the first 5 %, then cosine to 0), and save its backbone's state dict to
     ``out`` atomically. ``checkpoint_path`` (default ``out`` + ``.ckpt``): :func:`course_lib.engine.fit`'s checkpoint
     -- run again with the same arguments after an interruption to resume; it is deleted once ``out`` is written.
@@ -220,7 +273,7 @@ def pretrain(out: str | os.PathLike, *, width: float, steps: int, batch_size: in
     out = Path(out)
     checkpoint = Path(checkpoint_path) if checkpoint_path is not None else out.with_name(out.name + ".ckpt")
     torch.manual_seed(seed)
-    model = resnet_classifier(width)
+    model = classifier(network, width)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     warmup = max(1, steps // 20)
     cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))  # noqa: E731
@@ -231,7 +284,7 @@ def pretrain(out: str | os.PathLike, *, width: float, steps: int, batch_size: in
                   checkpoint_every=checkpoint_every, num_workers=num_workers, progress=progress, callback=callback)
     save_checkpoint(out, backbone_state_dict(model))
     checkpoint.unlink(missing_ok=True)
-    summary = {"file": str(out), "width": width, "steps": steps, "batch_size": batch_size, "size": size,
+    summary = {"file": str(out), "network": network, "width": width, "steps": steps, "batch_size": batch_size, "size": size,
                "seed": seed, "classes": len(CLASSES), "last_loss": history.last["loss"] if history.last else None,
                "seconds": history.last["time"] if history.last else None}
     if val_crops:

@@ -102,7 +102,9 @@ class RCNNNetwork:
     width: float = 1.0  # VGG16 channel width multiplier (1.0 = paper)
     warp_size: int = 224  # R-CNN's warped region side (paper: 224 for VGG16; context 16 * size / 224)
     optimizer: str = "recipe"  # "recipe" (the papers', course_lib.recipes "04.rcnn" / "04") or "sgd" (0.005, scratch)
-    weights_backbone: str | None = "IMAGENET1K_V1"  # the VGG16's start (None: random)
+    # the VGG16's start: torchvision's ImageNet weights; "pretrained": the course's own "ImageNet in miniature" file for
+    # this width, its convolutions (course_lib.pretraining.backbone_weights(profile, "vgg16")); None: random
+    weights_backbone: str | None = "IMAGENET1K_V1"
 
 
 @dataclass(frozen=True)
@@ -182,9 +184,10 @@ class Timing:
 @dataclass(frozen=True)
 class BackbonePretraining:
     """The laptop's stand-in for ImageNet pre-training (course_lib.pretraining, data_scripts/pretrain_backbones.py):
-    a ResNet-50 at ``detector.width`` classifies ``steps * batch_size`` synthetic object crops of ``crop_size``
-    pixels. The defaults are the ``cpu`` profile's (about 10 minutes on 2 cores); at ``detector.width`` 1.0 (``gpu``)
-    nothing is pretrained: the detectors fine-tune torchvision's ImageNet weights (``make weights``)."""
+    a ResNet-50 at ``detector.width`` and a VGG16 at ``rcnn.width`` (where the profile starts from them) each classify
+    ``steps * batch_size`` synthetic object crops of ``crop_size`` pixels. The defaults are the ``cpu`` profile's
+    (about 10 minutes a network on 2 cores); at width 1.0 (``gpu``) nothing is pretrained: the models fine-tune
+    torchvision's ImageNet weights (``make weights``)."""
     steps: int = 2000
     batch_size: int = 64
     crop_size: int = 64  # square crops, one object covering 35-90 % of the side
@@ -229,7 +232,7 @@ PROFILES: dict[str, Profile] = {
         segmentation=SegmentationTraining(steps=4, fcn_stage_steps=2, batch_size=2, crop_size=96, width=0.125,
                                           optimizer="adam", weights_backbone=None),
         selective_search=SelectiveSearch(images=4, mode="single", max_proposals=50, processes=0),
-        rcnn=RCNNNetwork(width=0.125, warp_size=64, optimizer="sgd", weights_backbone=None),
+        rcnn=RCNNNetwork(width=0.125, warp_size=64, optimizer="sgd", weights_backbone="pretrained"),
         detector=DetectorTraining(width=0.125, rfcn_depth=50, c4_anchor_sizes=(32, 64, 128), optimizer="adamw",
                                   lr=1e-3, batch_size=2, weights_backbone="pretrained", c4_head_batch_norm="trainable"),
         # chapters 6 and 7 train several detectors each: their images are the smallest
@@ -262,7 +265,7 @@ PROFILES: dict[str, Profile] = {
         segmentation=SegmentationTraining(steps=300, fcn_stage_steps=100, batch_size=4, crop_size=160, width=0.25,
                                           optimizer="adam", weights_backbone=None),
         selective_search=SelectiveSearch(images=16, max_proposals=300, processes=2),
-        rcnn=RCNNNetwork(width=0.25, optimizer="sgd", weights_backbone=None),
+        rcnn=RCNNNetwork(width=0.25, optimizer="sgd", weights_backbone="pretrained"),
         detector=DetectorTraining(width=0.25, rfcn_depth=50, c4_anchor_sizes=(64, 128, 256), optimizer="adamw",
                                   lr=1e-3, batch_size=2, weights_backbone="pretrained", c4_head_batch_norm="trainable"),
         resize=DetectorResize(fast_rcnn=Resize(384, 512), faster_rcnn=Resize(384, 512), rfcn=Resize(384, 512),

@@ -27,9 +27,11 @@ import course_lib
 __all__ = ["requirement", "colab_url", "cell_source", "colab_links", "notebook", "write"]
 
 SETUP_MARK = "# Set-up, the same in every notebook"  # how write() knows a notebook's set-up cell
-# the notebooks whose ResNet detectors start, in cpu and ci, from course_lib.pretraining's file (00 measures what it
-# changes; 05-08 fine-tune from it): installed, their set-up cell builds it once (minutes in cpu, seconds in ci)
-PRETRAINED_CHAPTERS = ("00", "05", "06", "07", "08")
+# the notebooks whose networks start, in cpu and ci, from course_lib.pretraining's files, and which: the ResNet-50 of
+# the detectors (00 measures what it changes; 05-08 fine-tune from it) and chapter 4's VGG16 (R-CNN fine-tunes it,
+# Fast R-CNN starts from R-CNN's). Installed, their set-up cell builds the file once (minutes in cpu, seconds in ci)
+PRETRAINED_CHAPTERS = {"00": ("resnet50",), "04": ("vgg16",), "05": ("resnet50",), "06": ("resnet50",),
+                       "07": ("resnet50",), "08": ("resnet50",)}
 LINKS_BEGIN = "<!-- colab links: written by `python -m course_lib.setup` from course_lib.REPOSITORY -->"
 LINKS_END = "<!-- end of colab links -->"
 
@@ -113,7 +115,8 @@ def _installed(name: str, version: str | None) -> None:
     if name[:2] in PRETRAINED_CHAPTERS:
         from course_lib.pretraining import build_backbone
 
-        build_backbone(profile, progress=profile.name != "ci")
+        for network in PRETRAINED_CHAPTERS[name[:2]]:
+            build_backbone(profile, network, progress=profile.name != "ci")
 
 
 def colab_links(names: list[str]) -> str:

@@ -84,3 +84,50 @@ def test_a_profile_names_its_backbone_and_builds_it_once_where_missing(tmp_path,
     first = expected.stat().st_mtime_ns
     assert build_backbone(ci, progress=False) == expected and expected.stat().st_mtime_ns == first  # kept
     fasterrcnn_resnet50_fpn(num_classes=3, width=ci.detector.width, weights_backbone=backbone_weights(ci))
+
+
+def test_pretrained_vgg16_loads_its_convolutions_into_rcnn(tmp_path):
+    """Chapter 4's VGG16: the file holds the thirteen convolutions under torchvision's names (the classifier, which
+    read pool5 averaged, is not saved); R-CNN loads them at the same width and keeps its own fc6 / fc7, which the
+    64-px crops could not pretrain (fc6 reads a 7 x 7 pool5)."""
+    from course_lib.detection import rcnn_vgg16
+
+    out = tmp_path / "vgg16.pth"
+    summary = pretrain(out, network="vgg16", **TINY, val_crops=8)
+    assert summary["network"] == "vgg16" and 0 <= summary["val_accuracy"] <= 1
+    saved = read_state_dict(out)
+    assert sorted(saved) == sorted(f"features.{i}.{kind}" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+                                   for kind in ("weight", "bias"))
+    torch.manual_seed(0)
+    fresh = rcnn_vgg16(3, width=0.125)
+    torch.manual_seed(0)
+    loaded = rcnn_vgg16(3, width=0.125, weights_backbone=out)
+    vgg, before = loaded.features.vgg.state_dict(), fresh.features.vgg.state_dict()
+    assert all(torch.equal(vgg[k], saved[k]) for k in saved)
+    assert not torch.equal(vgg["features.0.weight"], before["features.0.weight"])
+    assert all(torch.equal(vgg[k], before[k]) for k in vgg if k.startswith(("fc6.", "fc7.")))
+    with pytest.raises(ValueError, match=r"features.0.weight: the file has shape \(8, 3, 3, 3\), this network "
+                                         r"\(width 0.25\) \(16, 3, 3, 3\)"):
+        rcnn_vgg16(3, width=0.25, weights_backbone=out)
+    without_one = {k: v for k, v in saved.items() if k != "features.28.bias"}
+    with pytest.raises(ValueError, match=r"lacks \['features.28.bias'\]"):
+        loaded.features.vgg.load_torchvision_state_dict(without_one)
+    with pytest.raises(ValueError, match=r"network='vgg19'.*'resnet50', 'vgg16'"):
+        pretrain(tmp_path / "vgg19.pth", network="vgg19", **TINY)
+    assert not (tmp_path / "vgg19.pth").exists() and not (tmp_path / "vgg19.pth.ckpt").exists()
+
+
+def test_chapter_4s_vgg16_is_named_and_built_per_profile_like_the_resnet(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    gpu, ci = PROFILES["gpu"], PROFILES["ci"]
+    assert backbone_weights(gpu, "vgg16") == "IMAGENET1K_V1" and build_backbone(gpu, "vgg16") is None
+    assert ci.rcnn.weights_backbone == PROFILES["cpu"].rcnn.weights_backbone == PRETRAINED
+    expected = tmp_path / "ci" / "pretrained" / f"vgg16_w{ci.rcnn.width:g}.pth"
+    assert backbone_path(tmp_path / "ci", ci.rcnn.width, "vgg16") == expected
+    with pytest.raises(FileNotFoundError, match=r"(?s)pretrained VGG16 at width 0.125.*vgg16_w0.125.pth does not "
+                                                r"exist.*pretrain_backbones.py --profile ci"):
+        backbone_weights(ci, "vgg16")
+    assert build_backbone(ci, "vgg16", progress=False) == expected and backbone_weights(ci, "vgg16") == expected
+    assert not (tmp_path / "ci" / "pretrained" / f"resnet50_w{ci.detector.width:g}.pth").exists()  # only the one asked
+    with pytest.raises(ValueError, match="network='alexnet'"):
+        backbone_weights(ci, "alexnet")

@@ -83,7 +83,7 @@ BEFORE_THE_GROUPS = [
     ("new", "segmentation.optimizer", ("adam", "adam", "recipe")),
     ("new", "segmentation.weights_backbone", (None, None, "IMAGENET1K_V1")),
     ("new", "rcnn.optimizer", ("sgd", "sgd", "recipe")),
-    ("new", "rcnn.weights_backbone", (None, None, "IMAGENET1K_V1")),
+    ("new", "rcnn.weights_backbone", ("pretrained", "pretrained", "IMAGENET1K_V1")),  # before: None in ci and cpu
     ("new", "detector.weights_backbone", ("pretrained", "pretrained", "IMAGENET1K_V1")),
     ("new", "detector.c4_head_batch_norm", ("trainable", "trainable", "frozen")),
     ("new", "ablation_seeds", ((0,), (), (0, 1, 2))),
@@ -180,8 +180,8 @@ WEIGHTS_FIELD = {"02": "segmentation", "04": "rcnn", "04.rcnn": "rcnn", "05": "d
 def test_the_gpu_profile_starts_every_imagenet_backbone_as_its_recipe():
     """gpu: torchvision's ImageNet weights wherever the paper fine-tunes an ImageNet classifier (the recipe's
     weights_backbone); U-Net ("03") from scratch, as its paper -- its notebook passes no weights. ci/cpu: nothing is
-    downloaded there; their ResNet detectors start from the course's own pretraining ("pretrained"), the VGG16s from
-    random weights."""
+    downloaded there; their ResNet detectors and chapter 4's VGG16 start from the course's own pretraining
+    ("pretrained"), FCN's VGG16 from random weights."""
     from course_lib import recipes
 
     gpu = PROFILES["gpu"]
@@ -194,7 +194,7 @@ def test_the_gpu_profile_starts_every_imagenet_backbone_as_its_recipe():
     assert "weights_backbone" not in unet and "load_imagenet" not in unet
     for name in ("ci", "cpu"):
         for group in set(WEIGHTS_FIELD.values()):
-            assert getattr(PROFILES[name], group).weights_backbone == ("pretrained" if group == "detector" else None), \
+            assert getattr(PROFILES[name], group).weights_backbone == ("pretrained" if group != "segmentation" else None), \
                 (name, group)
 
 

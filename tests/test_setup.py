@@ -105,7 +105,8 @@ def installed(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "google.colab", colab)
     monkeypatch.setattr(paths, "checkout_root", lambda: None)
     monkeypatch.setattr(make_synthetic, "build", lambda profile, **kw: calls.built.append((profile.name, kw)))
-    monkeypatch.setattr(pretraining, "build_backbone", lambda profile, **kw: calls.backbones.append(profile.name))
+    monkeypatch.setattr(pretraining, "build_backbone",
+                        lambda profile, network="resnet50", **kw: calls.backbones.append((profile.name, network)))
     monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != "COURSE_PROFILE"})
     return calls
 
@@ -133,10 +134,14 @@ def test_in_colab_without_a_gpu_it_picks_cpu_and_keeps_a_profile_already_chosen(
     os.environ["COURSE_PROFILE"] = "ci"
     setup.notebook("00_course_map")
     assert installed.built[1][0] == "ci" and "no GPU (Runtime > Change runtime type)" in capsys.readouterr().out
-    # the pretrained backbone: built by the notebooks that use it (00 measures it, 05-08 fine-tune from it) only
+    # the pretrained backbones: built by the notebooks that use them only (the ResNet-50: 00 measures it, 05-08
+    # fine-tune from it; the VGG16: chapter 4)
     setup.notebook("03_unet")
     setup.notebook("07_fpn")
-    assert installed.backbones == ["cpu", "ci", "ci"] and setup.PRETRAINED_CHAPTERS == ("00", "05", "06", "07", "08")
+    setup.notebook("04_rcnn_fast_rcnn")
+    assert installed.backbones == [("cpu", "resnet50"), ("ci", "resnet50"), ("ci", "resnet50"), ("ci", "vgg16")]
+    assert setup.PRETRAINED_CHAPTERS == {"00": ("resnet50",), "04": ("vgg16",), "05": ("resnet50",),
+                                         "06": ("resnet50",), "07": ("resnet50",), "08": ("resnet50",)}
 
 
 def test_an_installed_course_of_another_version_says_how_to_install_the_notebooks(installed):

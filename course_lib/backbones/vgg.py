@@ -185,14 +185,14 @@ class VGG16(nn.Module):
         ``features.*`` load as they are; ``classifier.0`` (fc6), ``classifier.3`` (fc7) and, if this
         network has fc8 with 1000 classes, ``classifier.6`` are reshaped into convolutions. Returns
         the torchvision keys that were dropped (e.g. fc8 when this network has none), as the FCN
-        reference code's ``surgery.transplant`` does.
+        reference code's ``surgery.transplant`` does. A state dict of ``features.*`` alone -- a backbone without its
+        classifier, as :mod:`course_lib.pretraining` writes for the laptop's narrow VGG16 -- loads the thirteen
+        convolutions and leaves fc6 / fc7 as they are.
         """
-        if self.width != 1.0:
-            raise ValueError(
-                f"torchvision's VGG16 weights have the paper's channels; this VGG16 has width={self.width}. "
-                "Build it with width=1.0 to load them."
-            )
         if not isinstance(state_dict, Mapping):
+            if self.width != 1.0 and not isinstance(resolve_weights(state_dict, "vgg16"), Path):
+                raise ValueError(f"torchvision's VGG16 weights have the paper's channels; this VGG16 has "
+                                 f"width={self.width}. Build it with width=1.0 to load them.")
             state_dict = _load(state_dict)
         converted = convolutionalize_vgg16_state_dict(state_dict)
         own = self.state_dict()
@@ -201,13 +201,17 @@ class VGG16(nn.Module):
             converted.pop(k)
         for k, v in converted.items():
             if v.shape != own[k].shape:
-                raise ValueError(
-                    f"{k}: the file has shape {tuple(v.shape)}, this network {tuple(own[k].shape)}; "
-                    "is it a vgg16 (not vgg16_bn / vgg19) state dict?"
-                )
+                hint = ("torchvision's VGG16 weights have the paper's channels: build the network with width=1.0"
+                        if self.width != 1.0 and k == "features.0.weight" and v.shape[0] == 64 else
+                        "is it a vgg16 (not vgg16_bn / vgg19) state dict, of this network's width?")
+                raise ValueError(f"{k}: the file has shape {tuple(v.shape)}, this network (width {self.width:g}) "
+                                 f"{tuple(own[k].shape)}; {hint}")
         missing = [k for k in own if k not in converted]
-        if any(not k.startswith("fc8.") for k in missing):
-            raise ValueError(f"the state dict lacks {missing}: is it a torchvision vgg16 state dict?")
+        features_only = not any(k.startswith(("fc6.", "fc7.", "fc8.")) for k in converted)
+        allowed = ("fc6.", "fc7.", "fc8.") if features_only else ("fc8.",)
+        lacking = [k for k in missing if not k.startswith(allowed)]
+        if lacking:
+            raise ValueError(f"the state dict lacks {lacking}: is it a torchvision vgg16 state dict?")
         self.load_state_dict(converted, strict=False)
         return [k.replace("fc6", "classifier.0").replace("fc7", "classifier.3").replace("fc8", "classifier.6")
                 for k in dropped]
