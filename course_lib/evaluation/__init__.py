@@ -5,6 +5,7 @@ COCO detector scored by this pipeline (``reference``), and the bootstrap standar
 from .detection import (
     SIZE_RANGES,
     all_objects_findable,
+    ap50_by_size,
     TT100K_SIZE_RANGES,
     coco_evaluate,
     efpn_metrics,
@@ -19,7 +20,7 @@ from .segmentation import (ConfusionMatrix, boundary_mask, evaluate_segmentation
                            small_region_mask)
 
 __all__ = [
-    "coco_evaluate", "proposal_recall", "efpn_metrics", "tt100k_metrics", "greedy_match", "iou_greedy_match",
+    "coco_evaluate", "ap50_by_size", "proposal_recall", "efpn_metrics", "tt100k_metrics", "greedy_match", "iou_greedy_match",
     "evaluate_detector", "all_objects_findable", "SIZE_RANGES", "TT100K_SIZE_RANGES",
     "bootstrap_ap", "bootstrap_ap_difference", "bootstrap_miou", "bootstrap_ratio", "ConfusionMatrix", "boundary_mask", "small_region_mask",
     "evaluate_segmentation", "membrane_mask", "separation_counts",

@@ -7,7 +7,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from course_lib.evaluation import coco_evaluate, efpn_metrics, evaluate_detector, greedy_match, proposal_recall
+from course_lib.evaluation import ap50_by_size, coco_evaluate, efpn_metrics, evaluate_detector, greedy_match, proposal_recall
 from course_lib.ops import box_iou
 
 # Category ids 3 and 7 (not contiguous): the model's labels 0 and 1 map to them.
@@ -59,6 +59,23 @@ def test_shifted_then_dropped_boxes_score_less(coco_file):
     assert perfect == 1.0 > shifted["AP"] > dropped["AP"] > 0
     assert shifted["AP50"] == pytest.approx(1.0)  # a 3-pixel shift still overlaps > 0.5
     assert dropped["AR100"] < shifted["AR100"]
+
+
+def test_ap50_by_size_is_cocos_ap50_over_each_size_range(coco_file):
+    """The small objects are (1, 0), (2, 0), (3, 1); the medium ones (1, 1), (2, 1); the large ones (1, 2), (3, 0)."""
+    coco = COCO(str(coco_file))
+    small, medium = {(1, 0), (2, 0), (3, 1)}, {(1, 1), (2, 1)}
+    for drop, expected in ((small, (0.0, 1.0, 1.0)), (medium, (1.0, 0.0, 1.0)), ((), (1.0, 1.0, 1.0))):
+        dets = gt_as_detections(drop=drop)
+        m = ap50_by_size(coco, dets, label_to_cat_id=LABEL_TO_CAT)
+        assert (m["AP50s"], m["AP50m"], m["AP50l"]) == pytest.approx(expected), drop
+        assert m["AP50"] == coco_evaluate(coco, dets, label_to_cat_id=LABEL_TO_CAT)["AP50"]
+    # 7 px off: the 20-px boxes drop below IoU 0.5, the others stay above it (AP, not AP50, would fall for all)
+    loose = ap50_by_size(coco, gt_as_detections(shift=7.0), label_to_cat_id=LABEL_TO_CAT)
+    assert loose["AP50s"] == 0.0 and (loose["AP50m"], loose["AP50l"]) == pytest.approx((1.0, 1.0))
+    only_2 = ap50_by_size(coco, gt_as_detections(), label_to_cat_id=LABEL_TO_CAT, img_ids=[2])
+    assert math.isnan(only_2["AP50l"]) and only_2["AP50s"] == pytest.approx(1.0)  # image 2 has no large object
+    assert ap50_by_size(coco, []) == {"AP50": 0.0, "AP50s": 0.0, "AP50m": 0.0, "AP50l": 0.0}
 
 
 def test_zero_detections_give_zeros(coco_file):
