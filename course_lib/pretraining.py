@@ -264,9 +264,9 @@ def pretrain(out: str | os.PathLike, *, width: float, steps: int, network: str =
              size: int = 64, lr: float = 2e-3, seed: int = 0, checkpoint_path: str | os.PathLike | None = None,
              checkpoint_every: int = 100, num_workers: int = 0, val_crops: int = 0, device=None,
              progress: bool = True, callback=None) -> dict:
-    """Pretrain a ``network`` classifier (ResNet-50 or VGG16, :func:`classifier`) at ``width`` on ``steps * batch_size`` fresh :class:`ObjectCrops` (each seen
-    once) with AdamW at ``lr`` (warm-up over the first 5 %, then cosine to 0), and save its backbone's state dict to
-    ``out`` atomically. ``checkpoint_path`` (default ``out`` + ``.ckpt``): :func:`course_lib.engine.fit`'s checkpoint
+    """Pretrain a ``network`` classifier (ResNet-50 or VGG16, :func:`classifier`) at ``width`` on
+    ``steps * batch_size`` fresh :class:`ObjectCrops` (each seen once) with AdamW at ``lr`` (warm-up over the first
+    5 %, then cosine to 0), and save its backbone's state dict to ``out`` atomically. ``checkpoint_path`` (default ``out`` + ``.ckpt``): :func:`course_lib.engine.fit`'s checkpoint
     -- run again with the same arguments after an interruption to resume; it is deleted once ``out`` is written.
     ``val_crops`` > 0: top-1 accuracy on that many crops of the ``val`` split; ``device``: fit's (default CUDA if
     available); ``callback``: fit's. Returns a summary dict."""
@@ -284,8 +284,8 @@ def pretrain(out: str | os.PathLike, *, width: float, steps: int, network: str =
                   checkpoint_every=checkpoint_every, num_workers=num_workers, progress=progress, callback=callback)
     save_checkpoint(out, backbone_state_dict(model))
     checkpoint.unlink(missing_ok=True)
-    summary = {"file": str(out), "network": network, "width": width, "steps": steps, "batch_size": batch_size, "size": size,
-               "seed": seed, "classes": len(CLASSES), "last_loss": history.last["loss"] if history.last else None,
+    summary = {"file": str(out), "network": network, "width": width, "steps": steps, "batch_size": batch_size,
+               "size": size, "seed": seed, "classes": len(CLASSES), "last_loss": history.last["loss"] if history.last else None,
                "seconds": history.last["time"] if history.last else None}
     if val_crops:
         summary["val_accuracy"] = accuracy(model, ObjectCrops(val_crops, size=size, seed=seed, split="val"))
