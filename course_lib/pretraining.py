@@ -48,9 +48,9 @@ from course_lib.data.synthetic.common import image_rng, to_uint8
 from course_lib.engine import fit, save_checkpoint
 from course_lib.segmentation.common import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["PRETRAINED", "NETWORKS", "backbone_path", "backbone_weights", "build_backbone", "CLASSES", "ObjectCrops",
-           "Classifier", "VGG16Classifier", "resnet_classifier", "vgg_classifier", "classifier", "classification_loss",
-           "accuracy", "backbone_state_dict", "pretrain"]
+__all__ = ["PRETRAINED", "NETWORKS", "network_settings", "backbone_path", "backbone_weights", "build_backbone",
+           "CLASSES", "ObjectCrops", "Classifier", "VGG16Classifier", "resnet_classifier", "vgg_classifier",
+           "classifier", "classification_loss", "accuracy", "backbone_state_dict", "pretrain"]
 
 #: the classes, in label order: the traffic signs of ``small_objects``, then the shapes of ``multiscale``
 CLASSES: tuple[str, ...] = (tuple(f"sign:{c[0]}" for c in traffic_signs.SIGN_CLASSES)
@@ -73,8 +73,9 @@ def _check_network(network: str) -> None:
         raise ValueError(f"network={network!r}: the course pretrains {', '.join(map(repr, NETWORKS))}.")
 
 
-def _settings(profile, network: str):
-    """(weights_backbone, width) of ``profile``'s ``network``."""
+def network_settings(profile, network: str) -> tuple[str | None, float]:
+    """``(weights_backbone, width)`` of ``profile``'s ``network``: the detectors' ResNet-50 reads ``profile.detector``,
+    chapter 4's VGG16 ``profile.rcnn``."""
     _check_network(network)
     part = profile.detector if network == "resnet50" else profile.rcnn
     return part.weights_backbone, part.width
@@ -94,7 +95,7 @@ def backbone_weights(profile, network: str = "resnet50") -> str | Path | None:
     (``cpu``, ``ci``), the file this module's :func:`pretrain` wrote for the profile's width, which must exist."""
     from course_lib.data.paths import data_root
 
-    weights, width = _settings(profile, network)
+    weights, width = network_settings(profile, network)
     if weights != PRETRAINED:
         return weights
     path = backbone_path(data_root() / profile.name, width, network)
@@ -114,7 +115,7 @@ def build_backbone(profile, network: str = "resnet50", *, root: str | os.PathLik
     :data:`NETWORKS`."""
     from course_lib.data.paths import data_root
 
-    weights, width = _settings(profile, network)
+    weights, width = network_settings(profile, network)
     if weights != PRETRAINED:
         return None
     path = backbone_path(root if root is not None else data_root() / profile.name, width, network)

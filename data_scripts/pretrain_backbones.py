@@ -21,11 +21,11 @@ from pathlib import Path
 
 try:
     from course_lib.data.paths import data_root
-    from course_lib.pretraining import NETWORKS, PRETRAINED, backbone_path, build_backbone
+    from course_lib.pretraining import NETWORKS, PRETRAINED, backbone_path, build_backbone, network_settings
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from course_lib.data.paths import data_root
-    from course_lib.pretraining import NETWORKS, PRETRAINED, backbone_path, build_backbone
+    from course_lib.pretraining import NETWORKS, PRETRAINED, backbone_path, build_backbone, network_settings
 from course_lib.profiles import PROFILES, get_profile, profile_names
 
 
@@ -50,12 +50,12 @@ def main(argv=None) -> int:
     profile = PROFILES[key] if key in PROFILES else get_profile(key or None)
     root = args.out if args.out is not None else data_root() / profile.name
     for network in args.network or NETWORKS:
-        part = profile.detector if network == "resnet50" else profile.rcnn
-        if part.weights_backbone != PRETRAINED:
+        weights, width = network_settings(profile, network)
+        if weights != PRETRAINED:
             print(f"The {profile.name!r} profile pretrains no {network}: it starts from "
-                  f"{part.weights_backbone or 'random weights'} (ImageNet's: `make weights`).")
+                  f"{weights or 'random weights'} (ImageNet's: `make weights`).")
             continue
-        path = backbone_path(root, part.width, network)
+        path = backbone_path(root, width, network)
         if path.is_file():
             print(f"{path}: exists, kept (delete it to pretrain again).")
             continue
